@@ -1,0 +1,236 @@
+"""Where each canonical layer kind lives in each supported architecture.
+
+Layer kinds are the paper's axis (§3.1, Fig. 2): ``attn_qkv``, ``attn_out``, ``mlp_up``, ``mlp_gate``,
+``mlp_down``; ``all`` means every one of those the architecture has. ``embed`` and ``lm_head`` are
+never part of ``all`` and are decomposed only when asked for by name.
+
+A mapping names, relative to one transformer block, the module(s) of each kind, and the groups of
+modules that read the same input and may therefore share one bottleneck (§3.1, layer grouping).
+Users add an architecture without touching code by passing the same structure as a dict
+(e.g. from Hydra: ``compression.architecture={blocks: ..., kinds: {...}}``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from lord.errors import LordError
+
+BLOCK_KINDS = ("attn_qkv", "attn_out", "mlp_up", "mlp_gate", "mlp_down")
+EXTRA_KINDS = ("embed", "lm_head")
+ALL_KINDS = BLOCK_KINDS + EXTRA_KINDS
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Module names of each layer kind, relative to a block under ``blocks``."""
+
+    blocks: str
+    kinds: dict[str, tuple[str, ...]]
+    groups: tuple[tuple[str, ...], ...] = ()
+    embed: str | None = None
+    lm_head: str | None = "lm_head"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Architecture":
+        try:
+            return cls(
+                blocks=str(d["blocks"]),
+                kinds={k: tuple(v) for k, v in dict(d["kinds"]).items()},
+                groups=tuple(tuple(g) for g in d.get("groups", ())),
+                embed=d.get("embed"),
+                lm_head=d.get("lm_head", "lm_head"),
+            )
+        except (KeyError, TypeError) as e:
+            raise LordError(
+                f"architecture mapping is malformed ({e!r}): it needs 'blocks' (e.g. 'model.layers') and "
+                "'kinds' (e.g. {mlp_down: [mlp.down_proj]}), optionally 'groups', 'embed', 'lm_head'"
+            ) from None
+
+
+_LLAMA = Architecture(
+    blocks="model.layers",
+    kinds={
+        "attn_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        "attn_out": ("self_attn.o_proj",),
+        "mlp_up": ("mlp.up_proj",),
+        "mlp_gate": ("mlp.gate_proj",),
+        "mlp_down": ("mlp.down_proj",),
+    },
+    groups=(
+        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        ("mlp.gate_proj", "mlp.up_proj"),
+    ),
+    embed="model.embed_tokens",
+)
+
+_GPT2_NAMES = Architecture(
+    blocks="transformer.h",
+    kinds={
+        "attn_qkv": ("attn.c_attn",),
+        "attn_out": ("attn.c_proj",),
+        "mlp_up": ("mlp.c_fc",),
+        "mlp_down": ("mlp.c_proj",),
+    },
+    embed="transformer.wte",
+)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": _LLAMA,
+    "qwen2": _LLAMA,
+    "mistral": _LLAMA,
+    "starcoder2": Architecture(
+        blocks="model.layers",
+        kinds={
+            "attn_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            "attn_out": ("self_attn.o_proj",),
+            "mlp_up": ("mlp.c_fc",),
+            "mlp_down": ("mlp.c_proj",),
+        },
+        groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),),
+        embed="model.embed_tokens",
+    ),
+    "gpt_bigcode": _GPT2_NAMES,
+    "gpt2": _GPT2_NAMES,
+    "codegen": Architecture(
+        blocks="transformer.h",
+        kinds={
+            "attn_qkv": ("attn.qkv_proj",),
+            "attn_out": ("attn.out_proj",),
+            "mlp_up": ("mlp.fc_in",),
+            "mlp_down": ("mlp.fc_out",),
+        },
+        embed="transformer.wte",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One decomposition: a single module, or a group of modules sharing one bottleneck ``A``."""
+
+    members: tuple[str, ...]  # full module names; more than one for a group
+    kind: str  # canonical kind ("attn_qkv", "mlp_gate+mlp_up" for a gate/up group, ...)
+    block: int | None  # transformer block index, None for embed / lm_head
+    input_key: str = ""  # targets with equal keys read the same input tensor (q/k/v; gate/up)
+
+    @property
+    def name(self) -> str:
+        return self.members[0] if len(self.members) == 1 else "+".join(self.members)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Names of every linear-like module, with block indices collapsed to ``{i}`` (for error messages)."""
+    seen: dict[str, None] = {}
+    for name, mod in model.named_modules():
+        if _is_linear_like(mod):
+            seen[re.sub(r"\.\d+\.", ".{i}.", name)] = None
+    return list(seen)
+
+
+def _is_linear_like(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
+
+
+def architecture_for(model: nn.Module, override: dict | Architecture | None = None) -> Architecture:
+    if isinstance(override, Architecture):
+        return override
+    if override:
+        return Architecture.from_dict(dict(override))
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    names = ", ".join(linear_module_names(model)[:12])
+    raise LordError(
+        f"no layer-kind mapping for architecture {model_type!r} (known: {', '.join(sorted(ARCHITECTURES))}); "
+        f"its linear modules are [{names}]; add one in config as compression.architecture="
+        "{blocks: <blocks path>, kinds: {mlp_down: [<name relative to a block>], ...}}"
+    )
+
+
+def expand_kinds(kinds, arch: Architecture) -> list[str]:
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    out: list[str] = []
+    for k in kinds:
+        if k == "all":
+            out += [b for b in BLOCK_KINDS if b in arch.kinds]
+        elif k in arch.kinds or (k == "embed" and arch.embed) or (k == "lm_head" and arch.lm_head):
+            out.append(k)
+        elif k in ALL_KINDS:
+            raise LordError(
+                f"layer kind {k!r} does not exist in this architecture; it has: "
+                f"{', '.join(list(arch.kinds) + ['all'] + [e for e in EXTRA_KINDS if getattr(arch, e)])}"
+            )
+        else:
+            raise LordError(f"unknown layer kind {k!r}; choose from: {', '.join(ALL_KINDS + ('all',))}")
+    return list(dict.fromkeys(out))
+
+
+def select_targets(
+    model: nn.Module,
+    kinds,
+    group: bool = False,
+    layer_indices=None,
+    architecture: dict | Architecture | None = None,
+) -> list[Target]:
+    """Resolve layer kinds to concrete targets, failing before any work if something is off."""
+    arch = architecture_for(model, architecture)
+    kinds = expand_kinds(kinds, arch)
+    if not kinds:
+        raise LordError("no layer kinds selected; pass e.g. kinds=[mlp_down] or kinds=[all]")
+    modules = dict(model.named_modules())
+    blocks = modules.get(arch.blocks)
+    if blocks is None:
+        raise LordError(
+            f"blocks path {arch.blocks!r} not found in the model; its linear modules are "
+            f"[{', '.join(linear_module_names(model)[:12])}]; fix 'blocks' in the architecture mapping"
+        )
+    n_blocks = len(blocks)
+    if layer_indices is None:
+        indices = list(range(n_blocks))
+    else:
+        indices = sorted({int(i) for i in layer_indices})
+        bad = [i for i in indices if not 0 <= i < n_blocks]
+        if bad:
+            raise LordError(f"layer indices {bad} out of range: the model has blocks 0..{n_blocks - 1}")
+
+    rel_kind = {rel: k for k in kinds if k in arch.kinds for rel in arch.kinds[k]}
+    targets: list[Target] = []
+    shared_input = {rel: "|".join(g) for g in arch.groups for rel in g}
+    if "embed" in kinds:
+        targets.append(Target((arch.embed,), "embed", None, arch.embed))
+    for i in indices:
+        prefix = f"{arch.blocks}.{i}."
+        grouped: set[str] = set()
+        if group:
+            for g in arch.groups:
+                if all(rel in rel_kind for rel in g):
+                    members = tuple(prefix + rel for rel in g)
+                    gkinds = list(dict.fromkeys(rel_kind[rel] for rel in g))
+                    targets.append(Target(members, "+".join(gkinds), i, prefix + shared_input[g[0]]))
+                    grouped.update(g)
+        for rel, k in rel_kind.items():
+            if rel not in grouped:
+                targets.append(Target((prefix + rel,), k, i, prefix + shared_input.get(rel, rel)))
+    if "lm_head" in kinds:
+        targets.append(Target((arch.lm_head,), "lm_head", None, arch.lm_head))
+
+    for t in targets:
+        for m in t.members:
+            mod = modules.get(m)
+            ok = isinstance(mod, nn.Embedding) if t.kind == "embed" else (mod is not None and _is_linear_like(mod))
+            if not ok:
+                raise LordError(
+                    f"module {m!r} (kind {t.kind}) is missing or not a linear layer; the model's linear modules "
+                    f"are [{', '.join(linear_module_names(model)[:12])}]; fix the architecture mapping in config"
+                )
+    if not targets:
+        raise LordError("the selection matched no module: check kinds and layer indices")
+    # keep module order as in the model's forward (block order, then declaration order)
+    order = {n: j for j, n in enumerate(modules)}
+    targets.sort(key=lambda t: order[t.members[0]])
+    return targets
