@@ -1,0 +1,78 @@
+"""Parameter counts of dense and decomposed models, from a config alone (meta device, no weights).
+
+Two conventions for a decomposed layer of rank ``r`` (``d_in -> d_out``):
+
+* ``exact`` (the project's default, what ``LowRankLinear`` holds): ``r (d_in + d_out)`` weights plus
+  the original bias ``d_out`` if the layer had one (or the method adds one, ``lord_meanfix``);
+* ``paper``: the paper's footnote taken literally, ``nn.Sequential(nn.Linear(in, r), nn.Linear(r, out))``
+  with PyTorch defaults, i.e. a bias in *both* factors: ``r (d_in + d_out) + r + d_out``.
+
+Shared tensors (tied embeddings) count once, as ``model.parameters()`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lord.compress import CompressionConfig, apply_structure, plan
+from lord.errors import LordError
+from lord.ranks import RankSpec
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONVENTIONS = ("exact", "paper")
+
+
+def paper_model_configs() -> dict[str, Path]:
+    """Shipped configs of the paper's models, keyed by hub id (``Salesforce/codegen-16B-mono``...)."""
+    return {p.stem.replace("--", "/"): p for p in sorted(MODEL_CONFIG_DIR.glob("*.json"))}
+
+
+def load_config(name_or_path):
+    """A transformers config from a shipped paper model id, a config.json path, or a model directory."""
+    from transformers import AutoConfig
+
+    shipped = paper_model_configs()
+    if str(name_or_path) in shipped:
+        d = json.loads(shipped[str(name_or_path)].read_text())
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+    p = Path(name_or_path)
+    if p.is_file():
+        d = json.loads(p.read_text())
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+    if p.is_dir():
+        return AutoConfig.from_pretrained(p)
+    raise LordError(f"no config for {name_or_path!r}: give a config.json, a model directory, or one of {', '.join(shipped)}")
+
+
+def meta_model(config) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields shared tensors once
+
+
+def compressed_parameter_count(config, kinds, rank: RankSpec, group: bool = False, method: str = "lord",
+                               convention: str = "exact", layers=None) -> dict:
+    """Dense and decomposed parameter counts of a model described only by its config."""
+    if convention not in CONVENTIONS:
+        raise LordError(f"unknown parameter convention {convention!r}; choose from: {', '.join(CONVENTIONS)}")
+    model = meta_model(config)
+    dense = count_parameters(model)
+    cfg = CompressionConfig(method=method, kinds=list(kinds) if not isinstance(kinds, str) else [kinds],
+                            rank=rank, group=group, layers=layers)
+    _, decs = plan(model, cfg)
+    apply_structure(model, decs, device="meta")
+    total = count_parameters(model)
+    if convention == "paper":
+        for d in decs:
+            for d_out, has_bias in zip(d.d_outs, d.bias):
+                total += d.rank + (0 if has_bias else d_out)
+    return {"dense": dense, "compressed": total, "decompositions": decs}
