@@ -1,0 +1,57 @@
+"""Load any model lord can work on: an offline zoo name, a saved compressed model, a local Hugging Face
+directory, or a hub id (paper models such as ``Salesforce/codegen-16B-mono``, for users with a network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lord import zoo
+from lord.checkpoint import MANIFEST, load_compressed
+from lord.errors import LordError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise LordError(f"unknown dtype {dtype!r}; choose from: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None, cache_root=None):
+    """(model, tokenizer, info). ``info`` records where the weights came from (and the GGUF file type)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dt = resolve_dtype(dtype)
+    path = Path(str(name)).expanduser()
+    if name in zoo.ZOO:
+        path = zoo.fetch(name, cache_root)
+        info = {"source": "zoo", **zoo.zoo_info(name, cache_root)}
+    elif path.is_dir() and (path / MANIFEST).is_file():
+        model, tok = load_compressed(path, dtype=dt, device=device)
+        return model, tok, {"source": "lord-compressed", "path": str(path)}
+    elif path.is_dir():
+        info = {"source": "local", "path": str(path)}
+    else:
+        info = {"source": "hub", "hub_id": name}
+    kwargs = {"dtype": dt}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path if info["source"] != "hub" else name, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path if info["source"] != "hub" else name)
+    except OSError as e:
+        if info["source"] == "hub":
+            raise LordError(
+                f"cannot load {name!r}: the model hub is unreachable and it is not in the local cache; "
+                f"offline models you can use instead: {', '.join(zoo.ZOO)}"
+            ) from None
+        raise LordError(f"cannot load a model from {path} ({e})") from None
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    return model, tok, info
