@@ -1,0 +1,60 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# one shared cache for the suite: CI points LORD_CACHE somewhere persistent; default under the repo
+os.environ.setdefault("LORD_CACHE", str(Path(__file__).resolve().parents[1] / "cache"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+VOCAB = 97
+
+# tiny random models built from the real architecture configs
+TINY_CONFIGS = {
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0),
+    "codegen": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, rotary_dim=4, n_ctx=64,
+                    bos_token_id=0, eos_token_id=0),
+    "gpt_bigcode": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, multi_query=True,
+                        bos_token_id=0, eos_token_id=0),
+    "llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, vocab_size=VOCAB),
+    "qwen2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=64, vocab_size=VOCAB),
+    "starcoder2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=64, vocab_size=VOCAB),
+}
+ARCHS = list(TINY_CONFIGS)
+
+
+def tiny_model(arch: str, seed: int = 0, **overrides):
+    """A random tiny model with non-zero biases (so bias handling is actually exercised)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(arch, **{**TINY_CONFIGS[arch], **overrides})
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+def calib_batches(seed: int = 1, n: int = 4, batch: int = 4, seq: int = 32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (batch, seq), generator=g) for _ in range(n)]
+
+
+@pytest.fixture
+def probe_ids():
+    return torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real pretrained SmolLM2-135M from the offline zoo (fetched from the registry once)."""
+    from lord.models import load_model
+
+    model, tok, info = load_model("smollm2-135m")
+    return model, tok, info

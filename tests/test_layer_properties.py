@@ -1,0 +1,96 @@
+"""Layer-level properties that follow from the maths of each method (see lord/methods.py)."""
+
+import pytest
+import torch
+
+from lord.calibration import Moments
+from lord.methods import METHODS, compute_basis, factors
+
+SHAPES = [(48, 16), (16, 48), (24, 24)]  # tall (input side), wide (output side), square
+
+
+def _layer(d_out, d_in, n=400, seed=0):
+    """A layer with a bias and correlated, non-centred inputs (so every method differs)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    b = torch.randn(d_out, generator=g, dtype=torch.float64)
+    mix = torch.randn(d_in, d_in, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d_in, dtype=torch.float64)
+    X = torch.randn(n, d_in, generator=g, dtype=torch.float64) @ mix.T + 3 * torch.randn(d_in, generator=g, dtype=torch.float64)
+    return W, b, X
+
+
+def _side(d_out, d_in):
+    return "output" if d_out < d_in else "input"
+
+
+def _moments(W, b, X, side):
+    m = Moments(W.shape[0] if side == "output" else W.shape[1])
+    m.update((X @ W.T).float() if side == "output" else X.float())
+    # replace the float32 path by exact float64 sums, so the tests check the maths, not rounding
+    V = X @ W.T if side == "output" else X
+    m.sum_vv, m.sum_v = V.T @ V, V.sum(0)
+    return m
+
+
+def _apply(method, W, b, X, rank):
+    side = _side(*W.shape)
+    basis = compute_basis(method, W, _moments(W, b, X, side), side)
+    A, B, bias = factors(method, basis, W, b, rank)
+    return X @ (B @ A).T + (0 if bias is None else bias), B @ A
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_whiten_minimises_weighted_error_and_meanfix_the_affine_error(shape):
+    W, b, X = _layer(*shape)
+    Y = X @ W.T + b
+    for r in range(1, min(shape) + 1):
+        weighted = {m: torch.linalg.norm((W - _apply(m, W, b, X, r)[1]) @ X.T) for m in METHODS}
+        affine = {m: torch.linalg.norm(Y - _apply(m, W, b, X, r)[0]) for m in METHODS}
+        assert all(weighted["whiten"] <= v * (1 + 1e-9) + 1e-9 for v in weighted.values()), (r, weighted)
+        assert all(affine["lord_meanfix"] <= v * (1 + 1e-9) + 1e-9 for v in affine.values()), (r, affine)
+        assert affine["lord_meanfix"] <= affine["lord"] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_error_falls_monotonically_with_rank_on_any_input(shape, method):
+    """The bases are nested, so the error cannot grow with r on *any* input: it is (I - P_r) applied to
+    W x + b (lord), W x (whiten, svd) or W (x - mu) (lord_meanfix), and ||(I - P_r) v|| falls with r."""
+    W, b, X = _layer(*shape)
+    X_new = torch.randn(50, shape[1], dtype=torch.float64) * 5  # held-out, off-distribution inputs
+    Y_new = X_new @ W.T + b
+    side = _side(*shape)
+    basis = compute_basis(method, W, _moments(W, b, X, side), side)
+    errs = []
+    for r in range(1, min(shape) + 1):
+        A, B, bias = factors(method, basis, W, b, r)
+        Yr = X_new @ (B @ A).T + (0 if bias is None else bias)
+        errs.append(torch.linalg.norm(Y_new - Yr, dim=1))
+    for e1, e2 in zip(errs, errs[1:]):
+        assert torch.all(e2 <= e1 + 1e-8)
+
+
+def test_input_and_output_side_give_the_same_projection():
+    """Eigenvectors of W C W^T (output side) span what the SVD of W L (input side) spans."""
+    W, b, X = _layer(20, 30)
+    r = 7
+    for method in ("lord", "whiten"):
+        Bs = []
+        for side in ("input", "output"):
+            basis = compute_basis(method, W, _moments(W, b, X, side), side)
+            Bs.append(basis.Q[:, :r])
+        P_in, P_out = (B @ B.T for B in Bs)
+        assert torch.allclose(P_in, P_out, atol=1e-8)
+
+
+def test_float32_chunk_accumulation_within_stated_bound():
+    from lord.calibration import CHUNK_ROWS
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(5000, 32, generator=g) * 4 + 1
+    m = Moments(32)
+    m.update(X)
+    exact = X.double().T @ X.double()
+    bound = CHUNK_ROWS * 2.0**-24 * (X.double().abs().T @ X.double().abs())
+    assert torch.all((m.sum_vv - exact).abs() <= bound)
+    assert m.n == 5000
