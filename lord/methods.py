@@ -59,6 +59,9 @@ def compute_basis(method: str, W: torch.Tensor, moments: Moments | None, side: s
         raise LordError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
     W = W.detach().to(torch.float64)
     if method == "svd":
+        if W.shape[0] <= W.shape[1]:  # wide: eigenvectors of the small Gram W W^T are the left singular vectors
+            vals, vecs = torch.linalg.eigh(W @ W.T)
+            return Basis(vecs.flip(-1), vals.flip(-1).clamp_min(0), None)
         U, S, _ = torch.linalg.svd(W, full_matrices=False)
         return Basis(U, S**2, None)
     if moments is None or moments.n == 0:

@@ -1,0 +1,40 @@
+"""Perplexity against % rank reduction, one line per method (the main job's table and figure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def rank_sweep_table(df: pd.DataFrame) -> pd.DataFrame:
+    cols = ["model", "layers", "method", "rank_value", "ranks", "perplexity", "perplexity_increase_percent",
+            "params_compressed", "params_reduction_percent"]
+    return df.sort_values(["model", "layers", "method", "rank_value"])[cols].reset_index(drop=True)
+
+
+def plot_rank_sweep(df: pd.DataFrame, out: str | Path, title: str = "") -> list[Path]:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dense = df[df.method == "dense"]
+    for method, g in df[df.method != "dense"].groupby("method"):
+        g = g.sort_values("rank_value")
+        ax.plot(g.rank_value, g.perplexity, marker="o", label=method)
+    if len(dense):
+        ax.axhline(dense.perplexity.iloc[0], color="grey", ls="--", label="dense")
+    ax.set_xlabel("% rank reduction (of each matrix's d_min)")
+    ax.set_ylabel("perplexity (validation, corpus-level)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths

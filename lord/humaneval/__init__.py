@@ -1,0 +1,1 @@
+"""HumanEval pass@k: generation presets, sandboxed execution, the unbiased estimator."""

