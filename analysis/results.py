@@ -1,4 +1,4 @@
-"""Turn result JSON files into one tidy DataFrame (status "ok" rows) plus a list of the rest."""
+"""Turn result JSON files into one tidy DataFrame (status "ok" rows) plus a list of everything skipped."""
 
 from __future__ import annotations
 
@@ -7,39 +7,67 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "calibration", "layers", "group", "rank_unit",
-           "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent", "params_dense",
-           "params_compressed", "params_reduction_percent", "n_tokens", "path"]
+COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "calibration", "layers", "group",
+           "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
+           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
+           "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
+           "params_dense", "params_compressed", "params_reduction_percent", "n_tokens", "validation_sha256", "path"]
+
+
+def _metrics(r: dict) -> dict:
+    m, ev = r["metrics"], r.get("eval", "perplexity")
+    out = {}
+    if ev == "perplexity":
+        out.update(perplexity=m["perplexity"], dense_perplexity=m["dense_perplexity"],
+                   perplexity_increase_percent=m["perplexity_increase_percent"], n_tokens=m.get("n_tokens"))
+    elif ev == "humaneval":
+        p1 = m["pass@1"]
+        out.update(pass_at_1=p1["mean"], pass_at_1_ci_low=p1.get("ci_low"), pass_at_1_ci_high=p1.get("ci_high"),
+                   pass_at_10=m.get("pass@10", {}).get("mean"), humaneval_preset=m["preset"]["name"],
+                   n_tasks=m["n_tasks"])
+    elif ev == "speed":
+        rel = m["relative"]
+        by_len = {row["seq_len"]: row["relative_time_mean"] for row in rel["forward"]}
+        out.update(relative_time_512=by_len.get(512, by_len.get(min(by_len)) if by_len else None),
+                   relative_time_1024=by_len.get(1024, by_len.get(max(by_len)) if by_len else None),
+                   decode_speedup=rel["decode"]["speedup"], relative_size_params=rel["relative_size_params"],
+                   relative_size_disk=rel["relative_size_disk"])
+    return out
 
 
 def _row(r: dict, path: Path) -> dict:
     cfg, comp = r["config"], r.get("compression") or {}
+    val = (r.get("data") or {}).get("validation") or {}
     return {
         "experiment": r["experiment"], "profile": r.get("profile"), "eval": r.get("eval", "perplexity"),
-        "model": r["model"]["name"],
-        "gguf_file_type": r["model"].get("gguf_file_type"), "method": cfg["method"]["name"],
-        "calibration": cfg["calibration"]["mode"], "layers": cfg["layers"]["name"], "group": cfg["layers"]["group"],
-        "rank_unit": cfg["rank"]["unit"] if comp else None, "rank_value": cfg["rank"]["value"] if comp else 0,
-        "ranks": ",".join(map(str, comp.get("ranks", []))), "perplexity": r["metrics"].get("perplexity"),
-        "dense_perplexity": r["metrics"].get("dense_perplexity"),
-        "perplexity_increase_percent": r["metrics"].get("perplexity_increase_percent"),
+        "model": r["model"]["name"], "gguf_file_type": r["model"].get("gguf_file_type"),
+        "method": cfg["method"]["name"], "calibration": cfg["calibration"]["mode"], "layers": cfg["layers"]["name"],
+        "group": cfg["layers"]["group"], "rank_unit": cfg["rank"]["unit"] if comp else None,
+        "rank_value": cfg["rank"]["value"] if comp else 0.0, "ranks": ",".join(map(str, comp.get("ranks", []))),
+        **_metrics(r),
         "params_dense": r["params"]["dense"], "params_compressed": r["params"]["compressed"],
-        "params_reduction_percent": r["params"]["reduction_percent"], "n_tokens": r["metrics"].get("n_tokens"),
-        "path": str(path),
+        "params_reduction_percent": r["params"]["reduction_percent"],
+        "validation_sha256": val.get("content_sha256"), "path": str(path),
     }
 
 
 def load_results(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
-    """(frame of ok runs, problems) — each problem names a file and why it was skipped, never a crash."""
+    """(frame of ok runs, problems). Each problem names a file and why it was skipped: unreadable or
+    truncated JSON, a failed run, a result missing fields. Nothing crashes and nothing is dropped silently."""
     rows, problems = [], []
     for path in sorted(Path(root).rglob("*.json")):
+        if "wandb" in path.parts:
+            continue
         try:
             r = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             problems.append({"path": str(path), "reason": f"unreadable JSON ({e})"})
             continue
         if not isinstance(r, dict) or r.get("schema") != "lord.result/1":
-            continue  # not a result file (e.g. a cache entry)
+            if isinstance(r, dict) and "benchmark" in r:
+                continue  # benchmark outputs live next to results but are not runs
+            problems.append({"path": str(path), "reason": "not a lord result (no schema 'lord.result/1')"})
+            continue
         if r.get("status") != "ok":
             problems.append({"path": str(path), "reason": f"status {r.get('status')}: {r.get('error')}"})
             continue

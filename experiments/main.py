@@ -46,8 +46,10 @@ def sweep_configs(preset: str, overrides: list[str]):
 
 def main(argv: list[str]) -> int:
     preset = "main"
-    if argv and argv[0].startswith("experiment="):
-        preset, argv = argv[0].split("=", 1)[1], argv[1:]
+    for arg in list(argv):
+        if arg.lstrip("+").startswith("experiment="):
+            preset = arg.split("=", 1)[1]
+            argv.remove(arg)
     cfgs = sweep_configs(preset, argv)
     results = [run(cfg) for cfg in cfgs]
     failed = [r for r in results if r.get("status") != "ok"]

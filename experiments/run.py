@@ -9,10 +9,10 @@ A run that fails writes its error into its result (status "failed") and the swee
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import hydra
 import torch
@@ -21,13 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import pipeline
 from experiments.cli import guarded
 from lord.compress import calibrate, compress_model, plan
-from lord.environment import environment, pick_device
 from lord import speed
+from lord.environment import environment, pick_device
 from lord.errors import LordError
 from lord.humaneval.evaluate import evaluate_humaneval
 from lord.humaneval.sandbox import Limits
-from lord.models import load_model
-from lord.params import count_parameters
+from lord.models import load_config_only, load_model
+from lord.params import count_parameters, meta_model
 from lord.perplexity import evaluate_perplexity
 
 
@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> dict:
     previous = pipeline.read_result(out_path)
     if previous is not None and previous.get("status") == "ok":
         print(f"[lord] skip (already done): {out_path}", file=sys.stderr)
-        return previous
+        return {**previous, "path": str(out_path)}
     result = {
         "schema": "lord.result/1",
         "experiment": cfg.experiment_name,
@@ -59,6 +59,8 @@ def run(cfg: DictConfig) -> dict:
             result["traceback"] = traceback.format_exc()
         print(f"[lord] run failed: {result['error']}", file=sys.stderr)
     finally:
+        if "status" not in result:  # interrupted (Ctrl-C, SIGTERM from a scheduler): re-run next time
+            result.update(status="interrupted", error="the run was interrupted before it finished")
         pipeline.write_json_atomic(out_path, result)
         _finish_logger(logger, result)
     result["path"] = str(out_path)
@@ -68,14 +70,16 @@ def run(cfg: DictConfig) -> dict:
 def _execute(cfg: DictConfig, timings: dict) -> dict:
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.model.device)
+    method, ev = cfg.method.name, cfg.eval.name
+    comp_cfg = None if method == "dense" else pipeline.compression_config(cfg)
+    if comp_cfg is not None:  # selection and ranks checked on a weightless copy before any weights load
+        plan(meta_model(load_config_only(cfg.model.name, cfg.paths.cache_dir)), comp_cfg)
     t = time.perf_counter()
     model, tok, model_info = load_model(cfg.model.name, dtype=cfg.model.dtype, device=device,
                                         device_map=cfg.model.device_map, cache_root=cfg.paths.cache_dir)
     timings["load_s"] = time.perf_counter() - t
     dense_params = count_parameters(model)
-    method, ev = cfg.method.name, cfg.eval.name
-    comp_cfg = None if method == "dense" else pipeline.compression_config(cfg)
-    targets, _ = plan(model, comp_cfg) if comp_cfg else ([], [])  # fails before any data work
+    targets, _ = plan(model, comp_cfg) if comp_cfg else ([], [])
 
     t = time.perf_counter()
     need_cal = comp_cfg is not None and method != "svd"
@@ -168,16 +172,10 @@ def _start_logger(cfg: DictConfig, out_path):
         return None
     import wandb
 
-    return wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=str(_mkdir(cfg.logger.dir)),
+    Path(cfg.logger.dir).mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=str(cfg.logger.dir),
                       group=cfg.experiment_name, name=str(out_path.relative_to(cfg.paths.results_dir).with_suffix("")),
                       config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
-
-
-def _mkdir(path):
-    from pathlib import Path
-
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _finish_logger(logger, result: dict) -> None:

@@ -95,11 +95,11 @@ def stat_slot(model: nn.Module, target: Target) -> StatSlot:
     return StatSlot(f"in:{target.input_key}", "input", target.members[0], d_in)
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     pass
 
 
-def _register_hooks(model: nn.Module, slots: list[StatSlot], stats: dict[str, Moments]) -> list:
+def register_stat_hooks(model: nn.Module, slots: list[StatSlot], stats: dict[str, Moments]) -> list:
     handles = []
     for slot in {s.key: s for s in slots}.values():
         mod = model.get_submodule(slot.module)
@@ -144,18 +144,18 @@ def collect_statistics(
     stats = stats if stats is not None else {}
     for s in slots:
         stats.setdefault(s.key, Moments(s.dim, device=device))
-    handles = _register_hooks(model, slots, stats)
+    handles = register_stat_hooks(model, slots, stats)
     stop = _stop_module(model, targets, blocks_path)
     if stop is not None:
         def raise_stop(*_):
-            raise _StopForward
+            raise StopForward
         handles.append(stop.register_forward_hook(raise_stop))
     try:
         with torch.inference_mode():
             for batch in progress_bar(batches, desc="calibration", unit="batch", disable=not progress):
                 try:
                     model(input_ids=batch.to(device), use_cache=False)
-                except _StopForward:
+                except StopForward:
                     pass
     finally:
         for h in handles:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from lord.architectures import Target, architecture_for, select_targets
-from lord.calibration import Moments, _StopForward, _register_hooks, collect_statistics, stat_slot, target_shape
+from lord.calibration import Moments, StopForward, register_stat_hooks, collect_statistics, stat_slot, target_shape
 from lord.errors import LordError
 from lord.methods import DATA_FREE, METHODS, Basis, compute_basis, factors
 from lord.modules import (GroupedLowRankLinear, LowRankEmbedding, LowRankLinear, SharedBottleneck, dense_weight,
@@ -151,18 +151,23 @@ def _dense_W_b(model: nn.Module, members) -> tuple[torch.Tensor, torch.Tensor | 
     return torch.cat(Ws), b
 
 
+def compute_target_basis(model: nn.Module, t: Target, method: str, stats: dict[str, Moments] | None) -> Basis:
+    W, _ = _dense_W_b(model, t.members)
+    if method in DATA_FREE:
+        return compute_basis(method, W, None, None)
+    slot = stat_slot(model, t)
+    if stats is None or slot.key not in stats:
+        raise LordError(f"no calibration statistics for {t.name}; calibrate with the same layer selection")
+    return compute_basis(method, W, stats[slot.key], slot.side)
+
+
 def compute_bases(model: nn.Module, targets: list[Target], method: str, stats: dict[str, Moments] | None,
                   progress: bool = True) -> dict[str, Basis]:
+    """Every target's basis, kept in memory (float32 Q) so that many ranks can be applied from them."""
     bases = {}
     for t in progress_bar(targets, desc=f"{method} bases", unit="layer", disable=not progress):
-        W, _ = _dense_W_b(model, t.members)
-        if method in DATA_FREE:
-            bases[t.name] = compute_basis(method, W, None, None)
-        else:
-            slot = stat_slot(model, t)
-            if stats is None or slot.key not in stats:
-                raise LordError(f"no calibration statistics for {t.name}; calibrate with the same layer selection")
-            bases[t.name] = compute_basis(method, W, stats[slot.key], slot.side)
+        b = compute_target_basis(model, t, method, stats)
+        bases[t.name] = Basis(b.Q.to(torch.float32), b.spectrum, b.mean_z)
     return bases
 
 
@@ -204,11 +209,13 @@ def calibrate(model: nn.Module, targets: list[Target], batches, architecture=Non
 
 
 def compress_model(model: nn.Module, cfg: CompressionConfig, batches=None, stats=None, bases=None,
-                   progress: bool = True) -> dict:
-    """Compress ``model`` in place. Returns a report with the plan, statistics and bases (for reuse).
+                   keep_bases: bool = False, progress: bool = True) -> dict:
+    """Compress ``model`` in place. Returns a report with the plan and the statistics (for reuse).
 
     ``batches``: a list of LongTensors of token ids (calibration windows), needed by every method but
-    ``svd`` unless ``stats`` (oneshot) or ``bases`` are given.
+    ``svd`` unless ``stats`` (oneshot) or ``bases`` are given. By default each target's basis is computed,
+    applied and freed in turn (peak memory stays near model + statistics); ``keep_bases=True`` keeps them
+    all (float32) in ``report["bases"]`` so that other ranks can be applied without recomputing them.
     """
     targets, decs = plan(model, cfg)
     needs_data = cfg.method not in DATA_FREE
@@ -222,7 +229,13 @@ def compress_model(model: nn.Module, cfg: CompressionConfig, batches=None, stats
             if batches is None:
                 raise LordError(f"method {cfg.method!r} needs calibration data: pass batches, stats or bases")
             stats = calibrate(model, targets, batches, cfg.architecture, progress)
-        bases = compute_bases(model, targets, cfg.method, stats, progress)
+        if keep_bases:
+            bases = compute_bases(model, targets, cfg.method, stats, progress)
+        else:
+            for t, d in progress_bar(list(zip(targets, decs)), desc=f"{cfg.method} decomposition", unit="layer",
+                                     disable=not progress):
+                apply_plan(model, [t], [d], cfg.method, {t.name: compute_target_basis(model, t, cfg.method, stats)})
+            return _report(cfg, decs, stats, None)
     apply_plan(model, targets, decs, cfg.method, bases)
     return _report(cfg, decs, stats, bases)
 
@@ -249,9 +262,8 @@ def _compress_sequential(model, targets, decs, cfg, batches, progress):
             by_block.setdefault(t.block, []).append((t, d))
 
     def run_targets(pairs, stats):
-        ts, ds = [p[0] for p in pairs], [p[1] for p in pairs]
-        bases = compute_bases(model, ts, cfg.method, stats, progress=False)
-        apply_plan(model, ts, ds, cfg.method, bases)
+        for t, d in pairs:
+            apply_plan(model, [t], [d], cfg.method, {t.name: compute_target_basis(model, t, cfg.method, stats)})
 
     if pre:
         run_targets(pre, calibrate(model, [p[0] for p in pre], batches, cfg.architecture, progress))
@@ -262,7 +274,7 @@ def _compress_sequential(model, targets, decs, cfg, batches, progress):
 
         def capture(_m, args, kwargs):
             inputs.append((args, kwargs))
-            raise _StopForward
+            raise StopForward
 
         h = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
         try:
@@ -270,7 +282,7 @@ def _compress_sequential(model, targets, decs, cfg, batches, progress):
                 for batch in batches:
                     try:
                         model(input_ids=batch.to(device), use_cache=False)
-                    except _StopForward:
+                    except StopForward:
                         pass
         finally:
             h.remove()
@@ -283,7 +295,7 @@ def _compress_sequential(model, targets, decs, cfg, batches, progress):
                 slots = [stat_slot(model, t) for t, _ in pairs]
                 for s in slots:
                     stats.setdefault(s.key, Moments(s.dim, device=device))
-                handles = _register_hooks(model, slots, stats)
+                handles = register_stat_hooks(model, slots, stats)
                 try:
                     with torch.inference_mode():
                         for args, kwargs in inputs:

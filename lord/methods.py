@@ -88,7 +88,7 @@ def factors(method: str, basis: Basis, W: torch.Tensor, b: torch.Tensor | None, 
     """(A, B, bias) in float64 for ``rank``; ``bias`` is None when the layer keeps none."""
     if not 0 < rank <= basis.Q.shape[1]:
         raise LordError(f"rank {rank} outside 1..{basis.Q.shape[1]} for this layer")
-    Qr = basis.Q[:, :rank]
+    Qr = basis.Q[:, :rank].to(torch.float64)
     W = W.detach().to(torch.float64).to(Qr.device)
     b = None if b is None else b.detach().to(torch.float64).to(Qr.device)
     A = Qr.T @ W

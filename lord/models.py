@@ -55,3 +55,19 @@ def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None,
         model.to(device)
     model.eval()
     return model, tok, info
+
+
+def load_config_only(name: str, cache_root=None):
+    """The model's transformers config without its weights (a zoo model is fetched first if needed)."""
+    from transformers import AutoConfig
+
+    path = Path(str(name)).expanduser()
+    if name in zoo.ZOO:
+        path = zoo.fetch(name, cache_root)
+    try:
+        return AutoConfig.from_pretrained(path if path.is_dir() else name)
+    except OSError:
+        raise LordError(
+            f"cannot load the config of {name!r}: the model hub is unreachable and it is not in the local cache; "
+            f"offline models you can use instead: {', '.join(zoo.ZOO)}"
+        ) from None

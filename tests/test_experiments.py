@@ -82,11 +82,17 @@ def test_main_job_sweep_on_a_real_model_and_resume(tmp_path, smollm2):
     assert time.perf_counter() - t0 < 30
 
 
-def test_failed_run_is_recorded_and_retried(tmp_path, smollm2):
+def test_failed_run_is_recorded_before_weights_load(tmp_path, smollm2, monkeypatch):
+    import experiments.run as run_mod
+
+    monkeypatch.setattr(run_mod, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
     cfg = _compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.value=1"])
     r = run(cfg)  # 1% reduction of mlp_down adds parameters: recorded as failed, with the reason
     assert r["status"] == "failed" and "adds parameters" in r["error"]
     assert json.loads(Path(r["path"]).read_text())["status"] == "failed"
+    r = run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.unit=rank",
+                      "rank.value=5000"]))
+    assert r["status"] == "failed" and "exceeds d_min=576" in r["error"]
 
 
 def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):

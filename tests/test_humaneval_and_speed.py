@@ -72,16 +72,27 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_completions_fail_and_harm_nothing(name, tmp_path):
-    canary = tmp_path / "canary.txt"
-    canary.write_text("intact")
-    os.chmod(tmp_path, 0o755)
-    problem = {"prompt": "def f():\n", "test": "def check(g):\n    assert g() is True\n", "entry_point": "f"}
-    passed, outcome = run_program(program_for(problem, HOSTILE[name].format(canary=str(canary))),
-                                  Limits(timeout_s=3, cpu_s=3))
-    assert not passed, outcome
-    assert canary.read_text() == "intact"
-    assert run_program(program_for(problem, "    return True\n"))[0]  # and the machine still works
+def test_hostile_completions_fail_and_harm_nothing(name):
+    import shutil
+    import tempfile
+
+    from lord.humaneval.sandbox import sandbox_identity
+
+    if name == "truncates via open" and not sandbox_identity()[1]:
+        pytest.skip("only an unprivileged user protects files from open(..., 'w'); none is available here")
+    folder = Path(tempfile.mkdtemp(prefix="lord-canary-"))  # reachable by the sandbox user, unlike pytest's tmp
+    try:
+        os.chmod(folder, 0o755)
+        canary = folder / "canary.txt"
+        canary.write_text("intact")
+        problem = {"prompt": "def f():\n", "test": "def check(g):\n    assert g() is True\n", "entry_point": "f"}
+        passed, outcome = run_program(program_for(problem, HOSTILE[name].format(canary=str(canary))),
+                                      Limits(timeout_s=3, cpu_s=3))
+        assert not passed, outcome
+        assert canary.read_text() == "intact"
+        assert run_program(program_for(problem, "    return True\n"))[0]  # and the machine still works
+    finally:
+        shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")

@@ -137,3 +137,18 @@ def test_table_1_model_sizes(key):
             got = compressed_parameter_count(config, [kind], RankSpec("rank", rank, force=True),
                                              convention=convention)["compressed"] / 1e9
             assert math.floor(got * 10) / 10 == pytest.approx(printed), (name, rank, got)
+
+
+def test_streaming_and_kept_bases_give_the_same_model(probe_ids):
+    """Default: each basis is applied then freed; keep_bases=True keeps float32 bases for other ranks."""
+    model = tiny_model("qwen2")
+    cfg = CompressionConfig(method="lord", kinds=["all"], group=True, rank=RankSpec("reduction", 40, force=True))
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    rep_a = compress_model(a, cfg, batches=calib_batches(), progress=False)
+    rep_b = compress_model(b, cfg, batches=calib_batches(), keep_bases=True, progress=False)
+    assert rep_a["bases"] is None and len(rep_b["bases"]) == len(rep_b["decompositions"])
+    assert torch.allclose(a(probe_ids).logits, b(probe_ids).logits, atol=1e-4)
+    c = copy.deepcopy(model)  # a second rank from the kept bases, no recalibration
+    compress_model(c, CompressionConfig(method="lord", kinds=["all"], group=True,
+                                        rank=RankSpec("reduction", 60)), bases=rep_b["bases"], progress=False)
+    assert count_parameters(c) < count_parameters(b)

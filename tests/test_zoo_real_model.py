@@ -70,7 +70,7 @@ def test_mlp_down_compression_on_a_real_model(smollm2, windows):
     dense = evaluate_perplexity(model, val, batch_size=2, progress=False)["perplexity"]
     cfg = CompressionConfig(method="lord", kinds=["mlp_down"], rank=RankSpec("reduction", 0, force=True))
     full = copy.deepcopy(model)
-    report = compress_model(full, cfg, batches=list(cal.split(4)), progress=False)
+    report = compress_model(full, cfg, batches=list(cal.split(4)), keep_bases=True, progress=False)
     ppl_full = evaluate_perplexity(full, val, batch_size=2, progress=False)["perplexity"]
     del full
     assert abs(ppl_full / dense - 1) < 1e-4

@@ -5,7 +5,7 @@
 
 Writes results/benchmarks/calibration-<model>-<kinds>.json: plain-forward time over the calibration
 windows (with logits, as a user would run the model), calibration time over the same windows, their
-ratio, time to compute every basis and apply the factors, and the process's peak resident memory.
+ratio, time to decompose and replace every target, and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 import torch
 
 from experiments.benchmarks.common import peak_rss_gib, stdlib_windows, write
-from lord.compress import CompressionConfig, apply_plan, calibrate, compute_bases, plan
+from lord.compress import CompressionConfig, calibrate, compress_model, plan
 from lord.models import load_model
 from lord.ranks import RankSpec
 
@@ -42,22 +42,19 @@ def main():
     forward_s = time.perf_counter() - t
     cfg = CompressionConfig(method=args.method, kinds=args.kinds, group=args.group,
                             rank=RankSpec("reduction", args.reduction, force=True))
-    targets, decs = plan(model, cfg)
+    targets, _ = plan(model, cfg)
     t = time.perf_counter()
     stats = calibrate(model, targets, batches)
     calib_s = time.perf_counter() - t
     stats_bytes = sum(m.sum_vv.numel() * 8 for m in stats.values())
     t = time.perf_counter()
-    bases = compute_bases(model, targets, args.method, stats)
-    bases_s = time.perf_counter() - t
-    t = time.perf_counter()
-    apply_plan(model, targets, decs, args.method, bases)
-    apply_s = time.perf_counter() - t
+    compress_model(model, cfg, stats=stats)  # each target: basis, factors, replacement, then freed
+    compress_s = time.perf_counter() - t
     write(f"calibration-{args.model}-{'-'.join(args.kinds)}{'-grouped' if args.group else ''}", {
         "model": args.model, "gguf_file_type": info.get("gguf_file_type"), "kinds": args.kinds, "group": args.group,
         "method": args.method, "n_targets": len(targets), "calibration_windows": args.windows,
         "tokens": int(cal.numel()), "plain_forward_s": forward_s, "calibration_s": calib_s,
-        "calibration_over_forward": calib_s / forward_s, "bases_s": bases_s, "apply_s": apply_s,
+        "calibration_over_forward": calib_s / forward_s, "decomposition_s": compress_s,
         "statistics_mib": stats_bytes / 2**20, "peak_rss_after_load_gib": rss_loaded,
         "peak_rss_gib": peak_rss_gib(), "threads": torch.get_num_threads(), "calibration_data": desc,
     })

@@ -28,7 +28,8 @@ def peak_rss_gib() -> float:
 def write(name: str, payload: dict) -> Path:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{name}.json"
-    payload = {"benchmark": name, "command": "python -m experiments.benchmarks." + name + " " + " ".join(sys.argv[1:]),
+    module = getattr(sys.modules["__main__"].__spec__, "name", "experiments.benchmarks")
+    payload = {"benchmark": name, "command": " ".join(["python -m", module, *sys.argv[1:]]),
                **payload, "environment": environment()}
     path.write_text(json.dumps(payload, indent=2, default=str))
     print(json.dumps({k: v for k, v in payload.items() if k != "environment"}, indent=2, default=str))

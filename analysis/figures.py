@@ -1,0 +1,141 @@
+"""Figures (PNG and PDF) from the results frame and the analytic tables; each is readable on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.tables import paper_perplexity_increase  # noqa: E402
+
+
+def _save(fig, out: Path) -> list[Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def _note(ax, text):
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
+
+
+def fig1(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
+    """Perplexity increase vs % rank reduction, all layers: ours per model (solid), the paper's (dashed)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    d = df[(df["eval"] == "perplexity") & (df.layers.isin(["all", "all-grouped"])) & (df.method == "lord")]
+    for model, g in d.groupby("model"):
+        g = g.sort_values("rank_value")
+        ax.plot(g.rank_value, g.perplexity_increase_percent.clip(lower=1e-3), marker="o", label=f"{model} (ours)")
+    p = paper_perplexity_increase()
+    for name, g in p.groupby("name"):
+        g = g[g.percent_rank_reduction > 0].sort_values("percent_rank_reduction")
+        ax.plot(g.percent_rank_reduction, g.perplexity_increase_percent, ls="--", lw=1, alpha=0.6,
+                label=f"{name} (paper)")
+    if d.empty:
+        _note(ax, "no all-layer LoRD results yet")
+    ax.set_yscale("log")
+    ax.set_xlabel("% rank reduction (all linear layers)")
+    ax.set_ylabel("perplexity increase over dense (%)")
+    ax.set_title(f"Fig. 1: perplexity vs rank reduction{subtitle}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, out)
+
+
+def fig2(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
+    """Perplexity increase vs % parameter reduction, one line per layer kind."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    d = df[(df["eval"] == "perplexity") & (df.method == "lord")]
+    for (model, layers), g in d.groupby(["model", "layers"]):
+        g = g.sort_values("params_reduction_percent")
+        ax.plot(g.params_reduction_percent, g.perplexity_increase_percent, marker="o", label=f"{layers} ({model})")
+    if d.empty:
+        _note(ax, "no LoRD perplexity results yet")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("% parameter reduction of the whole model (negative: decomposition adds parameters)")
+    ax.set_ylabel("perplexity increase over dense (%)")
+    ax.set_title(f"Fig. 2: layer sensitivity{subtitle}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def fig3(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
+    """Relative forward time (512, 1,024 tokens), decode speed and size vs % rank reduction."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    d = df[df["eval"] == "speed"].sort_values("rank_value")
+    for col, label in [("relative_time_512", "time, 512 tokens"), ("relative_time_1024", "time, 1,024 tokens"),
+                       ("relative_size_params", "model size (parameters)")]:
+        ax.plot(d.rank_value, d[col], marker="o", label=label)
+    ax.plot(d.rank_value, 1 / d.decode_speedup, marker="s", label="time per decoded token")
+    if d.empty:
+        _note(ax, "no speed results yet")
+    ax.axhline(1, color="grey", lw=0.8)
+    ax.set_xlabel("% rank reduction (MLP-down)")
+    ax.set_ylabel("relative to the dense model")
+    ax.set_title(f"Fig. 3: time and size vs rank{subtitle}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def fig4(curves: pd.DataFrame, kinds: pd.DataFrame, out: Path) -> list[Path]:
+    """Eq. 6: % parameter change vs % rank reduction per aspect ratio; real layer kinds marked at parity."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for a, g in curves.groupby("alpha"):
+        ax.plot(g.percent_rank_reduction, g.percent_param_change, label=f"α = {a:g}")
+    markers = "^svDoP*X"
+    for j, (model, g) in enumerate(kinds.groupby("model", sort=False)):
+        for _, k in g.drop_duplicates("alpha").iterrows():
+            same = ", ".join(g[g.alpha == k.alpha].kind)
+            ax.plot(k.parity_reduction, -4 - 5 * j, markers[j % len(markers)], color="k", ms=5, ls="none",
+                    label=f"{model.split('/')[-1]}: {same} (α={k.alpha:.3g})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("% rank reduction")
+    ax.set_ylabel("% change in parameters (Eq. 6)")
+    ax.set_title("Fig. 4: parity point by aspect ratio (where a line crosses zero); markers: real layers", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=5.5, ncol=2, loc="upper right")
+    return _save(fig, out)
+
+
+def fig7(sizes: pd.DataFrame, out: Path) -> list[Path]:
+    """4-bit model size vs parameter count: LoRD (dense) vs sparse formats at the same parameter count."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for fmt, g in sizes.groupby("format", sort=False):
+        g = g.sort_values("params")
+        ax.plot(g.params / 1e9, g.size_gb, marker="o", label=fmt)
+    ax.set_yscale("log")
+    ax.set_xlabel(f"parameters (billions), {sizes.model.iloc[0]} {sizes.kind.iloc[0]} at the paper's ranks")
+    ax.set_ylabel("model size at 4 bits per value (GB)")
+    ax.set_title("Fig. 7: storage of LoRD vs pruned models at equal parameter count", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def methods_figure(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
+    """lord vs lord_meanfix vs whiten vs svd: perplexity increase vs parameters, per layer selection."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
+    for (method, layers), g in d.groupby(["method", "layers"]):
+        g = g.sort_values("params_compressed")
+        ax.plot(g.params_compressed / 1e6, g.perplexity_increase_percent.clip(lower=1e-3), marker="o",
+                label=f"{method}, {layers}")
+    if d.empty:
+        _note(ax, "no perplexity results yet")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters after compression (millions)")
+    ax.set_ylabel("perplexity increase over dense (%)")
+    ax.set_title(f"Methods at equal parameter count{subtitle}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, out)

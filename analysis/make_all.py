@@ -1,0 +1,90 @@
+"""Regenerate every table and figure from the result files, with the paper's numbers side by side.
+
+    python -m analysis.make_all                       # results/ -> results/analysis/
+    python -m analysis.make_all --results R --out O
+
+Malformed, truncated or failed result files are listed (file and reason) and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import analytic, figures, tables
+from analysis.results import load_results
+from lord import zoo
+
+
+def _caption(df: pd.DataFrame, what: str) -> str:
+    if df.empty:
+        return what
+    models = ", ".join(f"{m} ({t})" if isinstance(t, str) else m
+                       for m, t in df[["model", "gguf_file_type"]].drop_duplicates().itertuples(index=False))
+    profiles = ", ".join(sorted({str(p) for p in df.profile}))
+    shas = sorted({s[:12] for s in df.validation_sha256.dropna()})
+    data = f"; validation split sha256 {', '.join(shas)}" if shas else ""
+    return f"{what}. Models: {models}; profile: {profiles}{data}."
+
+
+def _zoo_models_in_cache() -> list[str]:
+    return [n for n in zoo.ZOO if zoo._marker_valid(zoo.model_dir(n)) is not None]
+
+
+def make_all(results: Path, out: Path) -> dict:
+    df, problems = load_results(results)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    ppl = df[df["eval"] == "perplexity"]
+    he = df[df["eval"] == "humaneval"]
+    sp = df[df["eval"] == "speed"]
+    presets = ", ".join(sorted({str(p) for p in he.humaneval_preset.dropna()})) or "none"
+    written += tables.write(tables.perplexity_table(df), out / "table_perplexity",
+                            _caption(ppl, "Perplexity increase vs % rank reduction (paper: Tables 3-4, all layers, "
+                                          "interpolated at our reductions)"))
+    written += tables.write(tables.humaneval_table(df), out / "table1_humaneval",
+                            _caption(he, f"HumanEval pass@1 vs rank, preset {presets}, 95% bootstrap CI over tasks "
+                                         "(paper: Table 1, StarCoder 16B MLP-down, code-eval)"))
+    written += tables.write(tables.speed_table(df), out / "table_speed",
+                            _caption(sp, "Time and size relative to the dense model (paper: Figure 3)"))
+    written += tables.write(tables.method_table(df), out / "table_methods",
+                            _caption(ppl, "Perplexity increase (%) of each method at equal parameter count"))
+    for name in ("table2_quantization", "blog_humaneval"):
+        written += tables.write(tables.paper(name), out / f"paper_{name}",
+                                f"Paper values ({name}); not yet reproduced here")
+    written += figures.fig1(df, out / "fig1_perplexity_vs_rank")
+    written += figures.fig2(df, out / "fig2_layer_kinds")
+    written += figures.fig3(df, out / "fig3_speed")
+    kinds = pd.concat([analytic.layer_kind_alphas(m) for m in
+                       ["bigcode/starcoder", "Salesforce/codegen-16B-mono", *_zoo_models_in_cache()]])
+    written += figures.fig4(analytic.eq6_curves(), kinds, out / "fig4_parity")
+    written += figures.fig7(analytic.storage_sizes(), out / "fig7_storage")
+    written += figures.methods_figure(df, out / "methods")
+    index = ["# Regenerated tables and figures", "", f"{len(df)} results from `{results}`.", ""]
+    index += [f"- [{p.name}]({p.name})" for p in written]
+    if problems:
+        index += ["", "## Skipped result files", ""] + [f"- `{p['path']}`: {p['reason']}" for p in problems]
+    (out / "index.md").write_text("\n".join(index) + "\n")
+    for p in problems:
+        print(f"skipped {p['path']}: {p['reason']}", file=sys.stderr)
+    print(f"{len(df)} results -> {len(written)} files in {out} (see {out / 'index.md'})")
+    return {"frame": df, "problems": problems, "written": written}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not args.results.is_dir():
+        print(f"error: results folder {args.results} does not exist; run experiments first", file=sys.stderr)
+        return 2
+    make_all(args.results, args.out or args.results / "analysis")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

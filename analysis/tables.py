@@ -1,0 +1,100 @@
+"""Tables from the results frame, with the paper's values side by side.
+
+Absolute numbers cannot match across models and data, so the comparison is of *relative* changes:
+perplexity increase over the dense model, pass@1 change from the dense model. Paper values are linearly
+interpolated at our % rank reduction within each paper model's rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PAPER_DIR = Path(__file__).parent / "paper"
+
+
+def paper(name: str) -> pd.DataFrame:
+    return pd.read_csv(PAPER_DIR / f"{name}.csv")
+
+
+def paper_perplexity_increase() -> pd.DataFrame:
+    """Tables 3-4 as % perplexity increase over each model's full-rank row."""
+    t = paper("tables3_4_perplexity")
+    base = t[t.percent_rank_reduction == 0].set_index("name").perplexity
+    t = t.assign(perplexity_increase_percent=100 * (t.perplexity / t.name.map(base) - 1))
+    return t
+
+
+def _interp(x, xs, ys):
+    order = np.argsort(xs)
+    xs, ys = np.asarray(xs)[order], np.asarray(ys)[order]
+    return float(np.interp(x, xs, ys)) if xs.min() <= x <= xs.max() else float("nan")
+
+
+def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarCoder-3B", "StarCoder-16B")):
+    """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase."""
+    d = df[df["eval"] == "perplexity"].copy()
+    d = d[d.method != "dense"]
+    p = paper_perplexity_increase()
+    for name in paper_models:
+        rows = p[p.name == name]
+        d[f"paper {name} (%)"] = [_interp(x, rows.percent_rank_reduction, rows.perplexity_increase_percent)
+                                  for x in d.rank_value]
+    cols = ["model", "layers", "method", "rank_value", "ranks", "dense_perplexity", "perplexity",
+            "perplexity_increase_percent", "params_reduction_percent"] + [f"paper {n} (%)" for n in paper_models]
+    return d.sort_values(["model", "layers", "method", "rank_value"])[cols].rename(columns={
+        "rank_value": "% rank reduction", "perplexity_increase_percent": "increase (%)",
+        "params_reduction_percent": "params reduction (%)"}).reset_index(drop=True)
+
+
+def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
+    """pass@1 (with its bootstrap CI) vs rank, the drop from dense next to the paper's StarCoder 16B drop."""
+    d = df[df["eval"] == "humaneval"].copy()
+    if d.empty:
+        return d
+    t1 = paper("table1_humaneval")
+    sc = t1[t1.family == "starcoder"]
+    sc_base = sc[sc.percent_rank_reduction == 0].pass_at_1.iloc[0]
+    out = []
+    for (model, preset), g in d.groupby(["model", "humaneval_preset"]):
+        dense = g[g.method == "dense"].pass_at_1
+        base = dense.iloc[0] if len(dense) else float("nan")
+        for _, r in g.sort_values("rank_value").iterrows():
+            out.append({"model": model, "preset": preset, "method": r.method, "% rank reduction": r.rank_value,
+                        "ranks": r.ranks, "pass@1": r.pass_at_1, "CI low": r.pass_at_1_ci_low,
+                        "CI high": r.pass_at_1_ci_high, "pass@10": r.pass_at_10, "tasks": r.n_tasks,
+                        "change from dense": r.pass_at_1 - base,
+                        "paper StarCoder-16B change": _interp(r.rank_value, sc.percent_rank_reduction,
+                                                              sc.pass_at_1 - sc_base)})
+    return pd.DataFrame(out)
+
+
+def speed_table(df: pd.DataFrame) -> pd.DataFrame:
+    d = df[df["eval"] == "speed"]
+    cols = ["model", "layers", "rank_value", "ranks", "relative_time_512", "relative_time_1024", "decode_speedup",
+            "relative_size_params", "relative_size_disk"]
+    return d.sort_values(["model", "rank_value"])[cols].rename(columns={"rank_value": "% rank reduction"}) \
+        .reset_index(drop=True)
+
+
+def method_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Methods at equal parameter count: the same layers and rank give every method the same size."""
+    d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
+    if d.empty:
+        return d
+    t = d.pivot_table(index=["model", "layers", "rank_value", "params_compressed"], columns="method",
+                      values="perplexity_increase_percent", aggfunc="first")
+    return t.reset_index().rename(columns={"rank_value": "% rank reduction"})
+
+
+def write(table: pd.DataFrame, out: Path, caption: str) -> list[Path]:
+    """Markdown (for the README) and LaTeX (for papers), each with its caption."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md, tex = out.with_suffix(".md"), out.with_suffix(".tex")
+    md.write_text(f"{caption}\n\n" + (table.to_markdown(index=False, floatfmt=".4g") if len(table) else
+                                      "(no results yet)") + "\n")
+    tex.write_text(table.to_latex(index=False, float_format="%.4g", caption=caption, label=f"tab:{out.stem}",
+                                  escape=True) if len(table) else f"% {caption}: no results yet\n")
+    return [md, tex]

@@ -1,0 +1,124 @@
+"""Analysis: a results fixture made by real tiny jobs, every table and figure regenerated from it."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from analysis import analytic
+from analysis.make_all import make_all
+from analysis.results import load_results
+from experiments.run import run
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+BASE = ["model=smollm2-135m", "profile=quick", "rank.force=true", "experiment_name=fixture"]
+RUNS = [
+    ["method=dense"],
+    ["layers=all", "rank.value=20"],
+    ["layers=all", "rank.value=50"],
+    ["method=lord", "rank.value=40"],
+    ["method=svd", "rank.value=40"],
+    ["method=whiten", "rank.value=40"],
+    ["method=lord_meanfix", "rank.value=40"],
+    ["eval=humaneval_greedy", "method=dense", "eval.limit=2", "eval.max_new_tokens=16"],
+    ["eval=humaneval_greedy", "rank.value=50", "eval.limit=2", "eval.max_new_tokens=16"],
+    ["eval=speed", "method=svd", "rank.value=50"],
+]
+
+
+@pytest.fixture(scope="module")
+def fixture_results(tmp_path_factory, smollm2):
+    root = tmp_path_factory.mktemp("results")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for ov in RUNS:
+            r = run(compose("config", overrides=[*BASE, *ov, f"paths.results_dir={root}"]))
+            assert r["status"] == "ok", r.get("error")
+    return root
+
+
+def test_every_table_and_figure_is_regenerated_with_the_results_numbers(fixture_results, tmp_path):
+    out = make_all(fixture_results, tmp_path / "analysis")
+    df = out["frame"]
+    assert len(df) == len(RUNS) and not out["problems"]
+    names = {p.name for p in out["written"]}
+    for stem in ("fig1_perplexity_vs_rank", "fig2_layer_kinds", "fig3_speed", "fig4_parity", "fig7_storage",
+                 "methods"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+        assert (tmp_path / "analysis" / f"{stem}.png").stat().st_size > 10_000
+    for stem in ("table_perplexity", "table1_humaneval", "table_speed", "table_methods"):
+        assert {f"{stem}.md", f"{stem}.tex"} <= names
+    md = (tmp_path / "analysis" / "table_perplexity.md").read_text()
+    he_md = (tmp_path / "analysis" / "table1_humaneval.md").read_text()
+    for f in fixture_results.rglob("*.json"):
+        r = json.loads(f.read_text())
+        if r["eval"] == "perplexity" and r["config"]["method"]["name"] != "dense":
+            assert f"{r['metrics']['perplexity']:.4g}" in md
+            assert f"{r['metrics']['perplexity_increase_percent']:.4g}" in md
+        if r["eval"] == "humaneval":
+            assert f"{r['metrics']['pass@1']['mean']:.4g}" in he_md
+    assert "smollm2-135m (MOSTLY_Q4_1)" in md and "profile: quick" in md  # the caption says what was run
+    assert "\\caption{" in (tmp_path / "analysis" / "table_perplexity.tex").read_text()
+
+
+def test_fig4_points_by_hand():
+    curves = analytic.eq6_curves(alphas=(0.25, 1.0), reductions=[10.0, 50.0])
+    got = {(r.alpha, r.percent_rank_reduction): r.percent_param_change for r in curves.itertuples()}
+    # alpha = 0.25, 10 % reduction: r = 0.9 d_min, r (d_max + d_min) / (d_max d_min) = 0.9 * 1.25 -> +12.5 %
+    assert got[(0.25, 10.0)] == pytest.approx(12.5)
+    # a square matrix at 50 % reduction is exactly at parity
+    assert got[(1.0, 50.0)] == pytest.approx(0.0)
+    kinds = analytic.layer_kind_alphas("bigcode/starcoder").set_index("kind")
+    assert kinds.loc["mlp_down", "alpha"] == pytest.approx(6144 / 24576)  # 0.25, paper 3.1
+    assert kinds.loc["attn_qkv", "alpha"] == pytest.approx(6144 / 6400)  # 0.96 (multi-query), paper 3.1
+
+
+def test_fig7_points_by_hand():
+    sizes = analytic.storage_sizes(ranks=(3072, 2304)).set_index(["rank", "format"]).size_gb
+    dense = 15_517_456_384  # StarCoder 16B from its config
+    for rank in (3072, 2304):
+        n = dense - 40 * (24576 * 6144 - rank * (24576 + 6144))  # 40 MLP-down matrices decomposed
+        assert sizes[(rank, "LoRD (dense)")] == pytest.approx(n * 4 / 8 / 1e9)
+        assert sizes[(rank, "CSR (64-bit indices)")] == pytest.approx(n * 68 / 8 / 1e9)
+        assert sizes[(rank, "bitmask (1 bit per dense weight)")] == pytest.approx((4 * n + dense) / 8 / 1e9)
+    # the paper's A.7 claim: SpQR's format costs ~24.6 GB more than LoRD at the 12.3B model
+    assert sizes[(2304, "SpQR (16-bit indices)")] - sizes[(2304, "LoRD (dense)")] == pytest.approx(24.6, abs=0.05)
+
+
+def test_malformed_results_are_reported_and_skipped(fixture_results, tmp_path):
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(fixture_results, root)
+    good = next(root.rglob("*.json"))
+    (root / "truncated.json").write_text(good.read_text()[:200])
+    (root / "list.json").write_text("[1, 2]")
+    broken = json.loads(good.read_text())
+    del broken["params"]
+    (root / "missing.json").write_text(json.dumps(broken))
+    df, problems = load_results(root)
+    assert len(df) == len(RUNS)
+    reasons = {Path(p["path"]).name: p["reason"] for p in problems}
+    assert reasons["truncated.json"].startswith("unreadable JSON")
+    assert "not a lord result" in reasons["list.json"]
+    assert "missing field" in reasons["missing.json"]
+    out = make_all(root, tmp_path / "analysis")
+    assert "truncated.json" in (tmp_path / "analysis" / "index.md").read_text() and out["written"]
+
+
+def test_the_notebook_runs_on_the_fixture(fixture_results, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "ablation_methods_and_layers.ipynb",
+                       as_version=4)
+    os.environ["LORD_RESULTS"], os.environ["LORD_NOTEBOOK_OUT"] = str(fixture_results), str(tmp_path)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(Path(__file__).resolve().parents[1])}}).execute()
+    finally:
+        del os.environ["LORD_RESULTS"], os.environ["LORD_NOTEBOOK_OUT"]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"{len(RUNS)} results from" in text
+    assert (tmp_path / "ablation_methods_layers.png").stat().st_size > 10_000
