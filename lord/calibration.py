@@ -50,8 +50,8 @@ class Moments:
 
     def update(self, v: torch.Tensor) -> None:
         v = v.detach().reshape(-1, self.dim)
-        for chunk in v.split(CHUNK_ROWS):
-            c = chunk.to(torch.float32)
+        for chunk in v.split(CHUNK_ROWS):  # with device_map, activations may live on another GPU
+            c = chunk.to(device=self.sum_vv.device, dtype=torch.float32)
             self.sum_vv += (c.T @ c).to(torch.float64)
             self.sum_v += c.sum(0, dtype=torch.float64)
         self.n += v.shape[0]

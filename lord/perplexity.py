@@ -44,9 +44,9 @@ def evaluate_perplexity(model, windows: torch.Tensor, batch_size: int = 4, chunk
             logits = head(hs).float()
             nll_sum += F.cross_entropy(logits, ys, reduction="sum").item()
         n_tokens += y.numel()
-    seconds = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
     mean_nll = nll_sum / n_tokens
     return {
         "perplexity": math.exp(mean_nll),

@@ -47,6 +47,19 @@ def test_presets_truncate_as_their_harness_does():
         get_preset("best")
 
 
+def test_chat_replies_become_completions_of_the_raw_prompt():
+    from lord.humaneval.generate import completion_from_chat
+
+    problem = {"prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "entry_point": "add",
+               "test": "def check(f):\n    assert f(2, 3) == 5\n"}
+    whole = "Sure!\n```python\ndef add(a, b):\n\treturn a + b\n```\nDone."
+    body = "```python\n    return a + b\n```"
+    unclosed = "```python\ndef add(a, b):\n    return a + b\n"
+    for reply in (whole, body, unclosed):
+        assert run_program(program_for(problem, completion_from_chat(reply, problem)))[0], reply
+    assert not run_program(program_for(problem, completion_from_chat("I cannot help.", problem)))[0]
+
+
 def test_every_canonical_solution_passes_in_the_sandbox(tmp_path):
     """The harness itself is right: the 164 reference solutions all pass, a wrong one fails."""
     problems = load_problems()
