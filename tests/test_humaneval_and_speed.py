@@ -41,7 +41,9 @@ def test_presets_truncate_as_their_harness_does():
     text = "    x = 1\n    return x\n\n\ndef other():\n    pass\n"
     assert truncate(text, PRESETS["code_eval"]) == "    x = 1\n    return x"
     assert truncate(text, PRESETS["bigcode"]) == "    x = 1\n    return x\n\n"
-    assert truncate("    a = 1\n\n    return a\nprint(3)", PRESETS["greedy"]) == "    a = 1\n\n    return a"
+    assert truncate("    a = 1\n\n    return a\nprint(3)", PRESETS["greedy"]) == "    a = 1\n\n    return a\n"
+    assert truncate("    return 1\n\nThis function returns one.", PRESETS["greedy"]) == "    return 1\n"
+    assert truncate("    return 1\n```\n", PRESETS["greedy"]) == "    return 1\n"
     assert get_preset("code_eval").n == 10 and get_preset("greedy", n=3).n == 3
     with pytest.raises(LordError, match="unknown HumanEval preset"):
         get_preset("best")

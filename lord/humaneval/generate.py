@@ -18,6 +18,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from lord.errors import LordError
 from lord.progress import progress_bar
 
+TOP_LEVEL = re.compile(r"\n(?=[^\s])")
 BIGCODE_STOPS = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n@", "\nassert ", '\n"""', "\n```")
 
 
@@ -28,7 +29,7 @@ class Preset:
     temperature: float
     top_p: float
     max_new_tokens: int
-    stop: str  # "blank_line" (code-eval: cut at the first blank line) or "sequences" (bigcode stop list)
+    stop: str  # "blank_line" (code-eval), "sequences" (bigcode stop list) or "top_level" (first unindented line)
     stop_sequences: tuple[str, ...] = field(default=BIGCODE_STOPS)
     ks: tuple[int, ...] = (1, 10)
 
@@ -38,8 +39,9 @@ PRESETS = {
     "code_eval": Preset("code_eval", n=10, temperature=0.2, top_p=0.95, max_new_tokens=512, stop="blank_line"),
     # bigcode-evaluation-harness: same sampling, stop at the next top-level statement
     "bigcode": Preset("bigcode", n=10, temperature=0.2, top_p=0.95, max_new_tokens=512, stop="sequences"),
-    # the cheap CPU setting: one greedy sample, bigcode stops (a blank line inside a function does not end it)
-    "greedy": Preset("greedy", n=1, temperature=0.0, top_p=1.0, max_new_tokens=512, stop="sequences", ks=(1,)),
+    # the cheap CPU setting: one greedy sample, stopped at the first unindented line (the function body is
+    # over: this also ends prose that an Instruct model writes after the code, which no bigcode stop matches)
+    "greedy": Preset("greedy", n=1, temperature=0.0, top_p=1.0, max_new_tokens=512, stop="top_level", ks=(1,)),
 }
 
 
@@ -55,6 +57,9 @@ def truncate(text: str, preset: Preset) -> str:
     text = text.replace("\t", "    ")
     if preset.stop == "blank_line":
         return text.lstrip("\n").split("\n\n")[0]
+    if preset.stop == "top_level":
+        m = TOP_LEVEL.search(text)
+        return text[:m.start()].rstrip("\n") + "\n" if m else text
     cut = min((i for i in (text.find(s) for s in preset.stop_sequences) if i >= 0), default=len(text))
     return text[:cut]
 
@@ -62,6 +67,8 @@ def truncate(text: str, preset: Preset) -> str:
 def _done(text: str, preset: Preset) -> bool:
     if preset.stop == "blank_line":
         return "\n\n" in text.lstrip("\n")
+    if preset.stop == "top_level":
+        return TOP_LEVEL.search(text) is not None
     return any(s in text for s in preset.stop_sequences)
 
 
