@@ -23,6 +23,16 @@ def _save(fig, out: Path) -> list[Path]:
     return paths
 
 
+def _style(ax, xlabel: str, ylabel: str, title: str, log: bool = False, legend_size: float = 7) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both" if log else "major")
+    ax.legend(fontsize=legend_size)
+
+
 def _note(ax, text):
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
 
@@ -41,12 +51,8 @@ def fig1(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
                 label=f"{name} (paper)")
     if d.empty:
         _note(ax, "no all-layer LoRD results yet")
-    ax.set_yscale("log")
-    ax.set_xlabel("% rank reduction (all linear layers)")
-    ax.set_ylabel("perplexity increase over dense (%)")
-    ax.set_title(f"Fig. 1: perplexity vs rank reduction{subtitle}", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, ncol=2)
+    _style(ax, "% rank reduction (all linear layers)", "perplexity increase over dense (%)",
+           f"Fig. 1: perplexity vs rank reduction{subtitle}", log=True, legend_size=6)
     return _save(fig, out)
 
 
@@ -60,11 +66,8 @@ def fig2(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
     if d.empty:
         _note(ax, "no LoRD perplexity results yet")
     ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("% parameter reduction of the whole model (negative: decomposition adds parameters)")
-    ax.set_ylabel("perplexity increase over dense (%)")
-    ax.set_title(f"Fig. 2: layer sensitivity{subtitle}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _style(ax, "% parameter reduction of the whole model (negative: decomposition adds parameters)",
+           "perplexity increase over dense (%)", f"Fig. 2: layer sensitivity{subtitle}")
     return _save(fig, out)
 
 
@@ -79,11 +82,7 @@ def fig3(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
     if d.empty:
         _note(ax, "no speed results yet")
     ax.axhline(1, color="grey", lw=0.8)
-    ax.set_xlabel("% rank reduction (MLP-down)")
-    ax.set_ylabel("relative to the dense model")
-    ax.set_title(f"Fig. 3: time and size vs rank{subtitle}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _style(ax, "% rank reduction (MLP-down)", "relative to the dense model", f"Fig. 3: time and size vs rank{subtitle}")
     return _save(fig, out)
 
 
@@ -99,11 +98,9 @@ def fig4(curves: pd.DataFrame, kinds: pd.DataFrame, out: Path) -> list[Path]:
             ax.plot(k.parity_reduction, -4 - 5 * j, markers[j % len(markers)], color="k", ms=5, ls="none",
                     label=f"{model.split('/')[-1]}: {same} (α={k.alpha:.3g})")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("% rank reduction")
-    ax.set_ylabel("% change in parameters (Eq. 6)")
-    ax.set_title("Fig. 4: parity point by aspect ratio (where a line crosses zero); markers: real layers", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=5.5, ncol=2, loc="upper right")
+    _style(ax, "% rank reduction", "% change in parameters (Eq. 6)",
+           "Fig. 4: parity point by aspect ratio (where a line crosses zero); markers: real layers", legend_size=5.5)
+    ax.legend(fontsize=5.5, ncol=2, loc="upper right")  # many entries: two columns keep the markers visible
     return _save(fig, out)
 
 
@@ -113,12 +110,9 @@ def fig7(sizes: pd.DataFrame, out: Path) -> list[Path]:
     for fmt, g in sizes.groupby("format", sort=False):
         g = g.sort_values("params")
         ax.plot(g.params / 1e9, g.size_gb, marker="o", label=fmt)
-    ax.set_yscale("log")
-    ax.set_xlabel(f"parameters (billions), {sizes.model.iloc[0]} {sizes.kind.iloc[0]} at the paper's ranks")
-    ax.set_ylabel("model size at 4 bits per value (GB)")
-    ax.set_title("Fig. 7: storage of LoRD vs pruned models at equal parameter count", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    _style(ax, f"parameters (billions), {sizes.model.iloc[0]} {sizes.kind.iloc[0]} at the paper's ranks",
+           "model size at 4 bits per value (GB)", "Fig. 7: storage of LoRD vs pruned models at equal parameter count",
+           log=True)
     return _save(fig, out)
 
 
@@ -132,10 +126,6 @@ def methods_figure(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path
                 label=f"{method}, {layers}")
     if d.empty:
         _note(ax, "no perplexity results yet")
-    ax.set_yscale("log")
-    ax.set_xlabel("parameters after compression (millions)")
-    ax.set_ylabel("perplexity increase over dense (%)")
-    ax.set_title(f"Methods at equal parameter count{subtitle}", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    _style(ax, "parameters after compression (millions)", "perplexity increase over dense (%)",
+           f"Methods at equal parameter count{subtitle}", log=True)
     return _save(fig, out)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from experiments.cli import guarded
 from experiments.benchmarks.common import peak_rss_gib, stdlib_windows, write
 from lord.compress import CompressionConfig, calibrate, compress_model, plan
 from lord.models import load_model
@@ -61,4 +62,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

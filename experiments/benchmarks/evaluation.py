@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.cli import guarded
 from experiments.benchmarks.common import OUT_DIR, stdlib_windows, write
 from lord import speed
 from lord.compress import CompressionConfig, compress_model
@@ -75,4 +76,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from experiments.cli import guarded
 from experiments.benchmarks.common import stdlib_windows, write
 from lord import zoo
 from lord.models import load_model
@@ -49,4 +50,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)
