@@ -23,13 +23,16 @@ def _save(fig, out: Path) -> list[Path]:
     return paths
 
 
-def _style(ax, xlabel: str, ylabel: str, title: str, log: bool = False, legend_size: float = 7) -> None:
+def _style(ax, xlabel: str, ylabel: str, title: str, log: bool = False, legend_size: float = 7,
+           symlog: bool = False) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     if log:
         ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both" if log else "major")
+    if symlog:  # percentages that may be negative, near zero or in the millions
+        ax.set_yscale("symlog", linthresh=1)
+    ax.grid(alpha=0.3, which="both" if log or symlog else "major")
     ax.legend(fontsize=legend_size)
 
 
@@ -38,36 +41,40 @@ def _note(ax, text):
 
 
 def fig1(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
-    """Perplexity increase vs % rank reduction, all layers: ours per model (solid), the paper's (dashed)."""
+    """Perplexity increase vs % rank reduction, all layers: ours per model and method (solid), the paper's
+    (dashed). Symmetric-log axis: linear within ±1 %, logarithmic beyond, so small and huge changes both read."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    d = df[(df["eval"] == "perplexity") & (df.layers.isin(["all", "all-grouped"])) & (df.method == "lord")]
-    for model, g in d.groupby("model"):
+    d = df[(df["eval"] == "perplexity") & (df.layers.isin(["all", "all-grouped"])) & (df.method != "dense")]
+    for (model, method), g in d.groupby(["model", "method"]):
         g = g.sort_values("rank_value")
-        ax.plot(g.rank_value, g.perplexity_increase_percent.clip(lower=1e-3), marker="o", label=f"{model} (ours)")
+        ax.plot(g.rank_value, g.perplexity_increase_percent, marker="o", ls="-" if method == "lord" else "-.",
+                label=f"{model}, {method} (ours)")
     p = paper_perplexity_increase()
     for name, g in p.groupby("name"):
         g = g[g.percent_rank_reduction > 0].sort_values("percent_rank_reduction")
         ax.plot(g.percent_rank_reduction, g.perplexity_increase_percent, ls="--", lw=1, alpha=0.6,
-                label=f"{name} (paper)")
+                label=f"{name}, lord (paper)")
     if d.empty:
-        _note(ax, "no all-layer LoRD results yet")
+        _note(ax, "no all-layer results yet")
     _style(ax, "% rank reduction (all linear layers)", "perplexity increase over dense (%)",
-           f"Fig. 1: perplexity vs rank reduction{subtitle}", log=True, legend_size=6)
+           f"Fig. 1: perplexity vs rank reduction{subtitle}", symlog=True, legend_size=6)
     return _save(fig, out)
 
 
 def fig2(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
-    """Perplexity increase vs % parameter reduction, one line per layer kind."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    d = df[(df["eval"] == "perplexity") & (df.method == "lord")]
-    for (model, layers), g in d.groupby(["model", "layers"]):
+    """Perplexity increase vs % parameter reduction, one line per layer kind (and LoRD variant)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    d = df[(df["eval"] == "perplexity") & (df.method.isin(["lord", "lord_meanfix"]))]
+    for (model, layers, method), g in d.groupby(["model", "layers", "method"]):
         g = g.sort_values("params_reduction_percent")
-        ax.plot(g.params_reduction_percent, g.perplexity_increase_percent, marker="o", label=f"{layers} ({model})")
+        ax.plot(g.params_reduction_percent, g.perplexity_increase_percent, marker="o",
+                ls="-" if method == "lord" else "-.", label=f"{layers}, {method} ({model})")
     if d.empty:
         _note(ax, "no LoRD perplexity results yet")
     ax.axvline(0, color="grey", lw=0.8)
     _style(ax, "% parameter reduction of the whole model (negative: decomposition adds parameters)",
-           "perplexity increase over dense (%)", f"Fig. 2: layer sensitivity{subtitle}")
+           "perplexity increase over dense (%)", f"Fig. 2: layer sensitivity{subtitle}", symlog=True,
+           legend_size=6)
     return _save(fig, out)
 
 
@@ -122,10 +129,10 @@ def methods_figure(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path
     d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
     for (method, layers), g in d.groupby(["method", "layers"]):
         g = g.sort_values("params_compressed")
-        ax.plot(g.params_compressed / 1e6, g.perplexity_increase_percent.clip(lower=1e-3), marker="o",
+        ax.plot(g.params_compressed / 1e6, g.perplexity_increase_percent, marker="o",
                 label=f"{method}, {layers}")
     if d.empty:
         _note(ax, "no perplexity results yet")
     _style(ax, "parameters after compression (millions)", "perplexity increase over dense (%)",
-           f"Methods at equal parameter count{subtitle}", log=True)
+           f"Methods at equal parameter count{subtitle}", symlog=True)
     return _save(fig, out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import analytic, figures, tables
-from analysis.results import load_results
+from analysis.results import for_artefact, load_results, same_models_as
 from lord import zoo
 
 
@@ -39,25 +39,25 @@ def make_all(results: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     ppl = df[df["eval"] == "perplexity"]
-    he = df[df["eval"] == "humaneval"]
-    sp = df[df["eval"] == "speed"]
+    he = for_artefact(df[df["eval"] == "humaneval"], "table1_humaneval")
+    sp = for_artefact(df[df["eval"] == "speed"], "fig3_speed")
     presets = ", ".join(sorted({str(p) for p in he.humaneval_preset.dropna()})) or "none"
     written += tables.write(tables.perplexity_table(df), out / "table_perplexity",
                             _caption(ppl, "Perplexity increase vs % rank reduction (paper: Tables 3-4, all layers, "
                                           "interpolated at our reductions)"))
-    written += tables.write(tables.humaneval_table(df), out / "table1_humaneval",
+    written += tables.write(tables.humaneval_table(he), out / "table1_humaneval",
                             _caption(he, f"HumanEval pass@1 vs rank, preset {presets}, 95% bootstrap CI over tasks "
                                          "(paper: Table 1, StarCoder 16B MLP-down, code-eval)"))
-    written += tables.write(tables.speed_table(df), out / "table_speed",
+    written += tables.write(tables.speed_table(sp), out / "table_speed",
                             _caption(sp, "Time and size relative to the dense model (paper: Figure 3)"))
     written += tables.write(tables.method_table(df), out / "table_methods",
                             _caption(ppl, "Perplexity increase (%) of each method at equal parameter count"))
     for name in ("table2_quantization", "blog_humaneval"):
         written += tables.write(tables.paper(name), out / f"paper_{name}",
                                 f"Paper values ({name}); not yet reproduced here")
-    written += figures.fig1(df, out / "fig1_perplexity_vs_rank")
-    written += figures.fig2(df, out / "fig2_layer_kinds")
-    written += figures.fig3(df, out / "fig3_speed")
+    written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
+    written += figures.fig2(same_models_as(ppl, "fig2_layer_kinds"), out / "fig2_layer_kinds")
+    written += figures.fig3(sp, out / "fig3_speed")
     kinds = pd.concat([analytic.layer_kind_alphas(m) for m in
                        ["bigcode/starcoder", "Salesforce/codegen-16B-mono", *_zoo_models_in_cache()]])
     written += figures.fig4(analytic.eq6_curves(), kinds, out / "fig4_parity")

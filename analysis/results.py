@@ -76,3 +76,20 @@ def load_results(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
         except (KeyError, TypeError) as e:
             problems.append({"path": str(path), "reason": f"missing field {e}"})
     return pd.DataFrame(rows, columns=COLUMNS), problems
+
+
+def for_artefact(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The rows of the preset that makes an artefact (``conf/experiment/<experiment>.yaml``) when the folder
+    holds any, else every row: a published folder mixes presets, a user's own folder may hold only ad-hoc runs."""
+    own = df[df.experiment == experiment]
+    return own if len(own) else df
+
+
+def same_models_as(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """Every run of the model(s) that preset ran, from any preset, one row per setting (the preset's own row
+    first): Fig. 2's `all` line is the same model's all-layer runs of Fig. 1."""
+    own = for_artefact(df, experiment)
+    d = df[df.model.isin(set(own.model))]
+    d = d.assign(_own=d.experiment != experiment).sort_values("_own", kind="stable")
+    setting = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value"]
+    return d.drop_duplicates(setting).drop(columns="_own")

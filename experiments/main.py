@@ -26,14 +26,15 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 def sweep_points(spec) -> list[list[str]]:
     """A preset's ``sweep``: a list of override lists, or ``{grid: {key: [values]}, plus: [[overrides]]}``
-    whose grid is expanded as a cartesian product (then ``plus`` runs are added)."""
+    whose grid is expanded as a cartesian product; ``plus`` runs (baselines such as the dense model) go first,
+    so a sweep cut short still has its reference."""
     if spec is None:
         return [[]]
     if isinstance(spec, list):
         return [list(p) for p in spec]
     grid = spec.get("grid") or {}
     points = [[f"{k}={v}" for k, v in zip(grid, combo)] for combo in itertools.product(*grid.values())]
-    return (points or [[]]) + [list(p) for p in spec.get("plus") or []]
+    return [list(p) for p in spec.get("plus") or []] + (points or [[]])
 
 
 def sweep_configs(preset: str, overrides: list[str]):

@@ -24,6 +24,7 @@ from lord.compress import calibrate, compress_model, plan
 from lord import speed
 from lord.environment import environment, pick_device
 from lord.errors import LordError
+from lord.methods import BASIS_FAMILY
 from lord.humaneval.evaluate import evaluate_humaneval
 from lord.humaneval.sandbox import Limits
 from lord.models import load_config_only, load_model
@@ -113,7 +114,7 @@ def _execute(cfg: DictConfig, timings: dict) -> dict:
                 timings["calibration_s"] = time.perf_counter() - t
                 pipeline.store_stats(stats_file, stats, {"model": cfg.model.name, "targets": len(targets)})
         t = time.perf_counter()
-        report = compress_model(model, comp_cfg, batches=batches, stats=stats)
+        report = _compress(cfg, comp_cfg, model, model_info, targets, cal, batches, stats, timings)
         timings["compress_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -140,6 +141,30 @@ def _execute(cfg: DictConfig, timings: dict) -> dict:
         }
     del model
     return out
+
+
+# The last run's bases, so that the next rank of a sweep in the same process (experiments.main) is a slice of
+# them instead of a new decomposition: {"key": ..., "bases": {target: Basis}}.
+_LAST_BASES: dict = {}
+
+
+def _compress(cfg, comp_cfg, model, model_info, targets, cal, batches, stats, timings) -> dict:
+    """compress_model, keeping every basis (float32) for the next run when ``calibration.reuse_bases``."""
+    if not cfg.calibration.get("reuse_bases") or comp_cfg.calibration != "oneshot":
+        _LAST_BASES.clear()
+        return compress_model(model, comp_cfg, batches=batches, stats=stats)
+    # bases depend on the weights, the method's basis, the targets and the calibration windows -- not on the
+    # rank, and not on the bias rule (lord and lord_meanfix share one basis)
+    key = [pipeline.model_key(cfg, model_info), BASIS_FAMILY[comp_cfg.method], [t.name for t in targets],
+           None if cal is None else pipeline.tensor_hash(cal)]
+    if _LAST_BASES.get("key") == key:
+        timings["bases_reused"] = True
+        return compress_model(model, comp_cfg, bases=_LAST_BASES["bases"])
+    _LAST_BASES.clear()  # free the previous bases before the new ones are computed
+    report = compress_model(model, comp_cfg, batches=batches, stats=stats, keep_bases=True)
+    _LAST_BASES.update(key=key, bases=report.pop("bases"))
+    timings["bases_reused"] = False
+    return report
 
 
 def _evaluate(cfg, model, tok, val, dense_eval, report) -> dict:

@@ -38,6 +38,9 @@ from lord.errors import LordError
 
 METHODS = ("lord", "lord_meanfix", "whiten", "svd")
 DATA_FREE = ("svd",)
+# methods with the same entry here compute the same basis (they differ only in the output bias)
+BASIS_FAMILY = {"lord": "centred output covariance", "lord_meanfix": "centred output covariance",
+                "whiten": "second moment", "svd": "weights only"}
 
 
 @dataclass

@@ -4,12 +4,14 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
 from analysis import analytic
 from analysis.make_all import make_all
-from analysis.results import load_results
+from analysis.results import for_artefact, load_results, same_models_as
+from experiments.main import sweep_points
 from experiments.run import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -122,3 +124,17 @@ def test_the_notebook_runs_on_the_fixture(fixture_results, tmp_path):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"{len(RUNS)} results from" in text
     assert (tmp_path / "ablation_methods_layers.png").stat().st_size > 10_000
+
+
+def test_each_artefact_prefers_its_own_presets_rows():
+    df = pd.DataFrame({"experiment": ["main", "fig2_layer_kinds", "fig2_layer_kinds"], "x": [1, 2, 3]})
+    assert list(for_artefact(df, "fig2_layer_kinds").x) == [2, 3]
+    assert list(for_artefact(df, "fig1_rank_sweep").x) == [1, 2, 3]  # no rows of that preset: all rows
+    setting = dict(eval="perplexity", method="lord", calibration="oneshot", rank_unit="reduction", rank_value=50)
+    runs = pd.DataFrame([dict(setting, experiment="fig1_rank_sweep", model="a", layers="all", x=1),
+                         dict(setting, experiment="main", model="a", layers="mlp_down", x=2),
+                         dict(setting, experiment="fig2_layer_kinds", model="a", layers="mlp_down", x=3),
+                         dict(setting, experiment="fig1_rank_sweep", model="b", layers="all", x=4)])
+    assert sorted(same_models_as(runs, "fig2_layer_kinds").x) == [1, 3]  # model a only; its own mlp_down row
+    spec = {"grid": {"rank.value": [10, 20]}, "plus": [["method=dense"]]}
+    assert sweep_points(spec) == [["method=dense"], ["rank.value=10"], ["rank.value=20"]]

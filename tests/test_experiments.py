@@ -75,6 +75,14 @@ def test_main_job_sweep_on_a_real_model_and_resume(tmp_path, smollm2):
     for method in ("lord", "svd"):
         assert by_method[(method, 50)]["metrics"]["perplexity"] > by_method[(method, 25)]["metrics"]["perplexity"]
     assert (tmp_path / "main" / "summary.md").is_file() and (tmp_path / "main" / "rank_sweep.png").is_file()
+    # the second rank of each method is a slice of the first one's bases, and equals a fresh decomposition
+    assert by_method[("lord", 25)]["timings"]["bases_reused"] is False
+    assert by_method[("lord", 50)]["timings"]["bases_reused"] is True
+    assert by_method[("svd", 50)]["timings"]["bases_reused"] is True
+    fresh = run(_compose([*overrides[:2], f"paths.results_dir={tmp_path / 'fresh'}", "rank.force=true",
+                          "calibration.reuse_bases=false", "+experiment=main", "method=lord", "rank.value=50"]))
+    assert "bases_reused" not in fresh["timings"]
+    assert fresh["metrics"]["perplexity"] == pytest.approx(by_method[("lord", 50)]["metrics"]["perplexity"], rel=1e-4)
     mtimes = [f.stat().st_mtime_ns for f in files]
     t0 = time.perf_counter()
     assert main_job.main(overrides) == 0  # resume: every finished job is skipped

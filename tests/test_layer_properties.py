@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lord.calibration import Moments
-from lord.methods import METHODS, compute_basis, factors
+from lord.methods import BASIS_FAMILY, METHODS, compute_basis, factors
 
 SHAPES = [(48, 16), (16, 48), (24, 24)]  # tall (input side), wide (output side), square
 
@@ -94,3 +94,19 @@ def test_float32_chunk_accumulation_within_stated_bound():
     bound = CHUNK_ROWS * 2.0**-24 * (X.double().abs().T @ X.double().abs())
     assert torch.all((m.sum_vv - exact).abs() <= bound)
     assert m.n == 5000
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_methods_of_one_basis_family_compute_the_same_basis(shape):
+    """experiments.run reuses bases across methods of one BASIS_FAMILY entry; that must be exact."""
+    W, b, X = _layer(*shape)
+    side = _side(*W.shape)
+    assert set(BASIS_FAMILY) == set(METHODS)
+    for family in set(BASIS_FAMILY.values()):
+        members = [m for m in METHODS if BASIS_FAMILY[m] == family]
+        bases = [compute_basis(m, W, _moments(W, b, X, side), side) for m in members]
+        for other in bases[1:]:
+            assert torch.equal(other.Q, bases[0].Q) and torch.equal(other.spectrum, bases[0].spectrum)
+            assert (other.mean_z is None) == (bases[0].mean_z is None)
+            if other.mean_z is not None:
+                assert torch.equal(other.mean_z, bases[0].mean_z)
