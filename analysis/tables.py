@@ -34,14 +34,16 @@ def _interp(x, xs, ys):
 
 
 def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarCoder-3B", "StarCoder-16B")):
-    """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase."""
+    """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase
+    (empty for our runs of a single layer kind, which the paper's Tables 3-4 do not cover)."""
     d = df[df["eval"] == "perplexity"].copy()
     d = d[d.method != "dense"]
     p = paper_perplexity_increase()
-    for name in paper_models:
+    for name in paper_models:  # the paper's rows decompose every layer: compared with our all-layer runs only
         rows = p[p.name == name]
         d[f"paper {name} (%)"] = [_interp(x, rows.percent_rank_reduction, rows.perplexity_increase_percent)
-                                  for x in d.rank_value]
+                                  if layers in ("all", "all-grouped") else float("nan")
+                                  for x, layers in zip(d.rank_value, d.layers)]
     cols = ["model", "layers", "method", "rank_value", "ranks", "dense_perplexity", "perplexity",
             "perplexity_increase_percent", "params_reduction_percent"] + [f"paper {n} (%)" for n in paper_models]
     return d.sort_values(["model", "layers", "method", "rank_value"])[cols].rename(columns={

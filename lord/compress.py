@@ -137,7 +137,7 @@ def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, mod)
 
 
-def _dense_W_b(model: nn.Module, members) -> tuple[torch.Tensor, torch.Tensor | None]:
+def dense_W_b(model: nn.Module, members) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Stacked (W, b) of a target's members, in float64; missing member biases count as zero."""
     Ws, bs = [], []
     for m in members:
@@ -152,7 +152,7 @@ def _dense_W_b(model: nn.Module, members) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def compute_target_basis(model: nn.Module, t: Target, method: str, stats: dict[str, Moments] | None) -> Basis:
-    W, _ = _dense_W_b(model, t.members)
+    W, _ = dense_W_b(model, t.members)
     if method in DATA_FREE:
         return compute_basis(method, W, None, None)
     slot = stat_slot(model, t)
@@ -176,7 +176,7 @@ def apply_plan(model: nn.Module, targets: list[Target], decs: list[Decomposition
                bases: dict[str, Basis]) -> None:
     """Replace every target by its rank-``d.rank`` factors (dense weights are read before being replaced)."""
     for t, d in zip(targets, decs):
-        W, b = _dense_W_b(model, t.members)
+        W, b = dense_W_b(model, t.members)
         A, B, bias = factors(method, bases[t.name], W, b, d.rank)
         new = apply_structure(model, [d])
         if d.kind == "embed":

@@ -103,3 +103,16 @@ def factors(method: str, basis: Basis, W: torch.Tensor, b: torch.Tensor | None, 
     else:
         bias = b
     return A, Qr, bias
+
+
+def output_errors(basis: Basis, b: torch.Tensor | None, rank: int) -> dict[str, float]:
+    """Mean squared output error per calibration vector at ``rank``, from the statistics alone (exact algebra):
+    ``meanfix`` = discarded variance ``sum_{i>r} lambda_i`` (``lord_meanfix``, PCA reconstruction), and
+    ``lord_extra`` = ``||(I - Q_r Q_r^T) ybar||^2``, what ``lord``'s bias rule adds by projecting the output
+    mean ``ybar = W mu + b`` too (``lord``'s error is the sum of both)."""
+    Qr = basis.Q[:, :rank].to(torch.float64)
+    ybar = basis.mean_z.to(Qr.device, torch.float64)
+    if b is not None:
+        ybar = ybar + b.to(Qr.device, torch.float64)
+    outside = ybar - Qr @ (Qr.T @ ybar)
+    return {"meanfix": float(basis.spectrum[rank:].sum()), "lord_extra": float(outside.square().sum())}

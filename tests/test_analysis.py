@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from analysis import analytic
+from analysis import analytic, tables
 from analysis.make_all import make_all
 from analysis.results import for_artefact, load_results, same_models_as
 from experiments.main import sweep_points
@@ -61,6 +61,11 @@ def test_every_table_and_figure_is_regenerated_with_the_results_numbers(fixture_
         if r["eval"] == "humaneval":
             assert f"{r['metrics']['pass@1']['mean']:.4g}" in he_md
     assert "smollm2-135m (MOSTLY_Q4_1)" in md and "profile: quick" in md  # the caption says what was run
+    t = tables.perplexity_table(df)  # the paper's all-layer rows sit next to our all-layer runs only
+    paper = t["paper StarCoder-16B (%)"]
+    assert paper[t.layers == "all"].notna().all() and paper[t.layers != "all"].isna().all()
+    assert paper[(t.layers == "all") & (t["% rank reduction"] == 50)].iloc[0] == pytest.approx(
+        100 * (2.698 / 1.86 - 1), rel=1e-9)  # Table 3: StarCoder-16B 50 % (rank 3072) vs full rank
     assert "\\caption{" in (tmp_path / "analysis" / "table_perplexity.tex").read_text()
 
 

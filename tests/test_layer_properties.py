@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lord.calibration import Moments
-from lord.methods import BASIS_FAMILY, METHODS, compute_basis, factors
+from lord.methods import BASIS_FAMILY, METHODS, compute_basis, factors, output_errors
 
 SHAPES = [(48, 16), (16, 48), (24, 24)]  # tall (input side), wide (output side), square
 
@@ -110,3 +110,16 @@ def test_methods_of_one_basis_family_compute_the_same_basis(shape):
             assert (other.mean_z is None) == (bases[0].mean_z is None)
             if other.mean_z is not None:
                 assert torch.equal(other.mean_z, bases[0].mean_z)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_output_errors_predict_the_measured_errors_of_lord_and_meanfix(shape):
+    W, b, X = _layer(*shape)
+    Y = X @ W.T + b
+    side = _side(*W.shape)
+    basis = compute_basis("lord", W, _moments(W, b, X, side), side)
+    for r in (2, 7, min(shape)):
+        predicted = output_errors(basis, b, r)
+        mse = {m: float((Y - _apply(m, W, b, X, r)[0]).square().sum(1).mean()) for m in ("lord", "lord_meanfix")}
+        assert mse["lord_meanfix"] == pytest.approx(predicted["meanfix"], rel=1e-8, abs=1e-9)
+        assert mse["lord"] == pytest.approx(predicted["meanfix"] + predicted["lord_extra"], rel=1e-8)
