@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.tables import paper_perplexity_increase  # noqa: E402
@@ -32,6 +33,10 @@ def _style(ax, xlabel: str, ylabel: str, title: str, log: bool = False, legend_s
         ax.set_yscale("log")
     if symlog:  # percentages that may be negative, near zero or in the millions
         ax.set_yscale("symlog", linthresh=1)
+        ys = [y for line in ax.lines for y in np.asarray(line.get_ydata(), dtype=float).ravel() if np.isfinite(y)]
+        if ys:  # autoscaling in symlog space pads a few-% dip down to -1e7: pad by a factor of 3 instead
+            lo, hi = min(ys), max(ys)
+            ax.set_ylim(min(lo * 3, -1) if lo < 0 else -0.5, hi * 3 if hi > 0 else 1)
     ax.grid(alpha=0.3, which="both" if log or symlog else "major")
     ax.legend(fontsize=legend_size)
 

@@ -1,7 +1,7 @@
 """Regenerate every table and figure from the result files, with the paper's numbers side by side.
 
     python -m analysis.make_all                       # results/ -> results/analysis/
-    python -m analysis.make_all --results R --out O
+    python -m analysis.make_all --results R --out O [--benchmarks results/benchmarks]
 
 Malformed, truncated or failed result files are listed (file and reason) and skipped.
 """
@@ -9,13 +9,14 @@ Malformed, truncated or failed result files are listed (file and reason) and ski
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import analytic, figures, tables
-from analysis.results import for_artefact, load_results, same_models_as
+from analysis.results import for_artefact, load_results, load_speed_benchmarks, same_models_as
 from lord import zoo
 
 
@@ -34,8 +35,9 @@ def _zoo_models_in_cache() -> list[str]:
     return [n for n in zoo.ZOO if zoo._marker_valid(zoo.model_dir(n)) is not None]
 
 
-def make_all(results: Path, out: Path) -> dict:
+def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     df, problems = load_results(results)
+    gpu = load_speed_benchmarks(benchmarks) if benchmarks is not None else load_speed_benchmarks(results)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     ppl = df[df["eval"] == "perplexity"]
@@ -58,6 +60,13 @@ def make_all(results: Path, out: Path) -> dict:
     written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
     written += figures.fig2(same_models_as(ppl, "fig2_layer_kinds"), out / "fig2_layer_kinds")
     written += figures.fig3(sp, out / "fig3_speed")
+    for (model, device, dtype), g in gpu.groupby(["model", "device", "dtype"]):
+        stem = "fig3_speed_" + re.sub(r"[^A-Za-z0-9.]+", "-", f"{model.split('/')[-1]}_{device}_{dtype}")
+        what = f"{model}, random weights, {dtype} on {device}"
+        written += tables.write(tables.speed_table(g), out / stem.replace("fig3", "table"),
+                                f"Time and size relative to the dense model: {what} (paper: Figure 3, StarCoder "
+                                f"16B on an A100, speedups up to 22.35%)")
+        written += figures.fig3(g, out / stem, subtitle=f"\n{what}")
     kinds = pd.concat([analytic.layer_kind_alphas(m) for m in
                        ["bigcode/starcoder", "Salesforce/codegen-16B-mono", *_zoo_models_in_cache()]])
     written += figures.fig4(analytic.eq6_curves(), kinds, out / "fig4_parity")
@@ -78,11 +87,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--benchmarks", type=Path, default=Path("results/benchmarks"),
+                    help="folder of speed-from-config-*.json files (Figure 3 at the paper's scale)")
     args = ap.parse_args(argv)
     if not args.results.is_dir():
         print(f"error: results folder {args.results} does not exist; run experiments first", file=sys.stderr)
         return 2
-    make_all(args.results, args.out or args.results / "analysis")
+    make_all(args.results, args.out or args.results / "analysis", args.benchmarks)
     return 0
 
 

@@ -13,6 +13,9 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "n_tokens", "validation_sha256", "path"]
 
+# what makes two runs the same measurement, whichever preset ran them
+SETTING = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value"]
+
 
 def _metrics(r: dict) -> dict:
     m, ev = r["metrics"], r.get("eval", "perplexity")
@@ -91,5 +94,25 @@ def same_models_as(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     own = for_artefact(df, experiment)
     d = df[df.model.isin(set(own.model))]
     d = d.assign(_own=d.experiment != experiment).sort_values("_own", kind="stable")
-    setting = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value"]
-    return d.drop_duplicates(setting).drop(columns="_own")
+    return d.drop_duplicates(SETTING).drop(columns="_own")
+
+
+def load_speed_benchmarks(root: str | Path) -> pd.DataFrame:
+    """Rows (``eval == "speed"``) from ``speed-from-config-*.json`` benchmark files: Figure 3 measured on a
+    model built from its config with random weights (``experiments.benchmarks.speed_from_config``). A file that
+    cannot be read is skipped; these rows feed a figure of their own, never the run tables."""
+    rows = []
+    for path in sorted(Path(root).glob("speed-from-config-*.json")):
+        try:
+            b = json.loads(path.read_text())
+            hw = b["environment"].get("hardware", {})
+            for r in b["per_rank"]:
+                rows.append({"experiment": "speed_from_config", "eval": "speed", "model": b["model_config"],
+                             "layers": "+".join(b["kinds"]), "rank_unit": "reduction", "rank_value": r["reduction"],
+                             "ranks": ",".join(map(str, r["ranks"])), "relative_time_512": r.get("relative_time_512"),
+                             "relative_time_1024": r.get("relative_time_1024"), "decode_speedup": r["decode_speedup"],
+                             "relative_size_params": r["relative_size_params"], "relative_size_disk": None,
+                             "device": hw.get("gpu") or b["device"], "dtype": b["dtype"], "path": str(path)})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return pd.DataFrame(rows, columns=[*COLUMNS, "device", "dtype"])

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.results import SETTING
+
 PAPER_DIR = Path(__file__).parent / "paper"
 
 
@@ -37,7 +39,7 @@ def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarC
     """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase
     (empty for our runs of a single layer kind, which the paper's Tables 3-4 do not cover)."""
     d = df[df["eval"] == "perplexity"].copy()
-    d = d[d.method != "dense"]
+    d = d[d.method != "dense"].drop_duplicates(SETTING)  # one row per setting, whichever preset ran it
     p = paper_perplexity_increase()
     for name in paper_models:  # the paper's rows decompose every layer: compared with our all-layer runs only
         rows = p[p.name == name]
@@ -86,8 +88,10 @@ def method_table(df: pd.DataFrame) -> pd.DataFrame:
     d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
     if d.empty:
         return d
-    t = d.pivot_table(index=["model", "layers", "rank_value", "params_compressed"], columns="method",
-                      values="perplexity_increase_percent", aggfunc="first")
+    key = ["model", "layers", "rank_value"]  # lord_meanfix differs only by the biases it adds (listed)
+    t = d.pivot_table(index=key, columns="method", values="perplexity_increase_percent", aggfunc="first")
+    params = d.groupby(key).params_compressed.agg(["min", "max"])
+    t.insert(0, "params_compressed", [f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}" for lo, hi in params.values])
     return t.reset_index().rename(columns={"rank_value": "% rank reduction"})
 
 
