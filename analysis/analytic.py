@@ -25,8 +25,7 @@ def eq6_curves(alphas=FIG4_ALPHAS, reductions=np.linspace(0, 100, 101)) -> pd.Da
 
 def layer_kind_alphas(model_name: str, group: bool = True) -> pd.DataFrame:
     """Aspect ratio and parity point of each layer kind of a real model (block 0), from its config alone."""
-    model = meta_model(load_config(model_name) if "/" in model_name or model_name.endswith(".json")
-                       else _zoo_config(model_name))
+    model = meta_model(load_config(model_name))  # a shipped paper or zoo config, or a config.json
     arch = architecture_for(model)
     rows = []
     for kind, rels in arch.kinds.items():
@@ -39,12 +38,6 @@ def layer_kind_alphas(model_name: str, group: bool = True) -> pd.DataFrame:
             rows.append({"model": model_name, "kind": kind + ("-grouped" if group and len(rels) > 1 else ""),
                          "d_out": d_out, "d_in": d_in_, "alpha": a, "parity_reduction": parity_reduction(a)})
     return pd.DataFrame(rows)
-
-
-def _zoo_config(name: str):
-    from lord.models import load_config_only
-
-    return load_config_only(name)
 
 
 # bits per stored parameter in each format (paper A.7), for 4-bit values

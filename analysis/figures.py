@@ -132,10 +132,11 @@ def methods_figure(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path
     """lord vs lord_meanfix vs whiten vs svd: perplexity increase vs parameters, per layer selection."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
-    for (method, layers), g in d.groupby(["method", "layers"]):
+    several = d.model.nunique() > 1
+    for (model, method, layers), g in d.groupby(["model", "method", "layers"]):  # one line per model
         g = g.sort_values("params_compressed")
         ax.plot(g.params_compressed / 1e6, g.perplexity_increase_percent, marker="o",
-                label=f"{method}, {layers}")
+                label=f"{model}: {method}, {layers}" if several else f"{method}, {layers}")
     if d.empty:
         _note(ax, "no perplexity results yet")
     _style(ax, "parameters after compression (millions)", "perplexity increase over dense (%)",

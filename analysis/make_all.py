@@ -3,7 +3,9 @@
     python -m analysis.make_all                       # results/ -> results/analysis/
     python -m analysis.make_all --results R --out O [--benchmarks results/benchmarks]
 
-Malformed, truncated or failed result files are listed (file and reason) and skipped.
+It reads only the folders it is given (a ``published/`` folder inside ``--results`` is another results folder,
+and is not read) and no cache. Malformed, truncated or failed result files are listed (file and reason) and
+skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 
 from analysis import analytic, figures, tables
 from analysis.results import for_artefact, load_results, load_speed_benchmarks, same_models_as
-from lord import zoo
+from lord.params import zoo_model_configs
 
 
 def _caption(df: pd.DataFrame, what: str) -> str:
@@ -31,13 +33,10 @@ def _caption(df: pd.DataFrame, what: str) -> str:
     return f"{what}. Models: {models}; profile: {profiles}{data}."
 
 
-def _zoo_models_in_cache() -> list[str]:
-    return [n for n in zoo.ZOO if zoo._marker_valid(zoo.model_dir(n)) is not None]
-
-
 def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     df, problems = load_results(results)
-    gpu = load_speed_benchmarks(benchmarks) if benchmarks is not None else load_speed_benchmarks(results)
+    gpu, gpu_problems = load_speed_benchmarks(benchmarks) if benchmarks is not None else (None, [])
+    problems = problems + gpu_problems
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     ppl = df[df["eval"] == "perplexity"]
@@ -60,7 +59,7 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
     written += figures.fig2(same_models_as(ppl, "fig2_layer_kinds"), out / "fig2_layer_kinds")
     written += figures.fig3(sp, out / "fig3_speed")
-    for (model, device, dtype), g in gpu.groupby(["model", "device", "dtype"]):
+    for (model, device, dtype), g in ([] if gpu is None else gpu.groupby(["model", "device", "dtype"])):
         stem = "fig3_speed_" + re.sub(r"[^A-Za-z0-9.]+", "-", f"{model.split('/')[-1]}_{device}_{dtype}")
         what = f"{model}, random weights, {dtype} on {device}"
         written += tables.write(tables.speed_table(g), out / stem.replace("fig3", "table"),
@@ -68,7 +67,7 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
                                 f"16B on an A100, speedups up to 22.35%)")
         written += figures.fig3(g, out / stem, subtitle=f"\n{what}")
     kinds = pd.concat([analytic.layer_kind_alphas(m) for m in
-                       ["bigcode/starcoder", "Salesforce/codegen-16B-mono", *_zoo_models_in_cache()]])
+                       ["bigcode/starcoder", "Salesforce/codegen-16B-mono", *zoo_model_configs()]])
     written += figures.fig4(analytic.eq6_curves(), kinds, out / "fig4_parity")
     written += figures.fig7(analytic.storage_sizes(), out / "fig7_storage")
     written += figures.methods_figure(df, out / "methods")
@@ -87,8 +86,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--benchmarks", type=Path, default=Path("results/benchmarks"),
-                    help="folder of speed-from-config-*.json files (Figure 3 at the paper's scale)")
+    ap.add_argument("--benchmarks", type=Path, default=None,
+                    help="folder of speed-from-config-*.json files (Figure 3 at the paper's scale), e.g. "
+                         "results/benchmarks; none is read unless given")
     args = ap.parse_args(argv)
     if not args.results.is_dir():
         print(f"error: results folder {args.results} does not exist; run experiments first", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -38,3 +39,22 @@ def plot_rank_sweep(df: pd.DataFrame, out: str | Path, title: str = "") -> list[
         fig.savefig(p, dpi=150)
     plt.close(fig)
     return paths
+
+
+def report(folder: str | Path) -> None:
+    """A preset's last step (``hydra.sweeper.report``): the perplexity table (printed and ``summary.md``) and
+    figure (``rank_sweep.png``) of every run in ``folder``; files that could not be read are listed."""
+    from analysis.results import load_results
+
+    folder = Path(folder)
+    df, problems = load_results(folder)
+    ppl = df[df["eval"] == "perplexity"] if len(df) else df
+    if len(ppl):
+        table = rank_sweep_table(ppl)
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+        (folder / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".4g") + "\n")
+        profiles = ", ".join(sorted({str(p) for p in ppl.profile}))
+        figs = plot_rank_sweep(ppl, folder / "rank_sweep", title=f"{folder.name}, profile={profiles}")
+        print(f"table: {folder / 'summary.md'}  figure: {figs[0]}")
+    for p in problems:
+        print(f"skipped {p['path']}: {p['reason']}", file=sys.stderr)

@@ -58,8 +58,10 @@ def load_results(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     """(frame of ok runs, problems). Each problem names a file and why it was skipped: unreadable or
     truncated JSON, a failed run, a result missing fields. Nothing crashes and nothing is dropped silently."""
     rows, problems = [], []
-    for path in sorted(Path(root).rglob("*.json")):
-        if "wandb" in path.parts:
+    root = Path(root)
+    for path in sorted(root.rglob("*.json")):
+        inner = path.relative_to(root).parts[:-1]
+        if "wandb" in inner or "published" in inner or ".hydra" in inner:  # not runs, or another results folder
             continue
         try:
             r = json.loads(path.read_text())
@@ -97,11 +99,12 @@ def same_models_as(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return d.drop_duplicates(SETTING).drop(columns="_own")
 
 
-def load_speed_benchmarks(root: str | Path) -> pd.DataFrame:
-    """Rows (``eval == "speed"``) from ``speed-from-config-*.json`` benchmark files: Figure 3 measured on a
-    model built from its config with random weights (``experiments.benchmarks.speed_from_config``). A file that
-    cannot be read is skipped; these rows feed a figure of their own, never the run tables."""
-    rows = []
+def load_speed_benchmarks(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+    """(rows, problems): rows (``eval == "speed"``) from ``speed-from-config-*.json`` benchmark files, Figure 3
+    measured on a model built from its config with random weights (``experiments.benchmarks.speed_from_config``);
+    a file that cannot be read is listed in problems with the reason. These rows feed a figure of their own,
+    never the run tables."""
+    rows, problems = [], []
     for path in sorted(Path(root).glob("speed-from-config-*.json")):
         try:
             b = json.loads(path.read_text())
@@ -113,6 +116,6 @@ def load_speed_benchmarks(root: str | Path) -> pd.DataFrame:
                              "relative_time_1024": r.get("relative_time_1024"), "decode_speedup": r["decode_speedup"],
                              "relative_size_params": r["relative_size_params"], "relative_size_disk": None,
                              "device": hw.get("gpu") or b["device"], "dtype": b["dtype"], "path": str(path)})
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return pd.DataFrame(rows, columns=[*COLUMNS, "device", "dtype"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append({"path": str(path), "reason": f"unreadable speed benchmark ({type(e).__name__}: {e})"})
+    return pd.DataFrame(rows, columns=[*COLUMNS, "device", "dtype"]), problems

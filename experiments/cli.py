@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lord import logs
 from lord.errors import LordError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -27,6 +28,7 @@ def check_overrides(argv: list[str], conf: Path = CONF) -> None:
 
 def guarded(main_fn) -> None:
     """Run an entry point: user errors become one line on stderr and exit status 2."""
+    logs.configure()
     try:
         check_overrides(sys.argv[1:])
         result = main_fn()

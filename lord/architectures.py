@@ -51,60 +51,31 @@ class Architecture:
             ) from None
 
 
-_LLAMA = Architecture(
-    blocks="model.layers",
-    kinds={
-        "attn_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        "attn_out": ("self_attn.o_proj",),
-        "mlp_up": ("mlp.up_proj",),
-        "mlp_gate": ("mlp.gate_proj",),
-        "mlp_down": ("mlp.down_proj",),
-    },
-    groups=(
-        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        ("mlp.gate_proj", "mlp.up_proj"),
-    ),
-    embed="model.embed_tokens",
-)
+def _mapping(blocks: str, embed: str, qkv: tuple[str, ...], out: str, up: str, down: str,
+             gate: str | None = None) -> Architecture:
+    """A block of attention (q/k/v fused or separate, grouped when separate) and an MLP (SwiGLU when ``gate``,
+    whose gate and up projections form a group)."""
+    kinds = {"attn_qkv": qkv, "attn_out": (out,), "mlp_up": (up,), "mlp_down": (down,)}
+    if gate is not None:
+        kinds["mlp_gate"] = (gate,)
+    groups = ((qkv,) if len(qkv) > 1 else ()) + (((gate, up),) if gate is not None else ())
+    return Architecture(blocks=blocks, kinds=kinds, groups=groups, embed=embed)
 
-_GPT2_NAMES = Architecture(
-    blocks="transformer.h",
-    kinds={
-        "attn_qkv": ("attn.c_attn",),
-        "attn_out": ("attn.c_proj",),
-        "mlp_up": ("mlp.c_fc",),
-        "mlp_down": ("mlp.c_proj",),
-    },
-    embed="transformer.wte",
-)
+
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_LLAMA = _mapping("model.layers", "model.embed_tokens", _QKV, "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj",
+                  gate="mlp.gate_proj")
+_GPT2_NAMES = _mapping("transformer.h", "transformer.wte", ("attn.c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA,
     "qwen2": _LLAMA,
     "mistral": _LLAMA,
-    "starcoder2": Architecture(
-        blocks="model.layers",
-        kinds={
-            "attn_qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-            "attn_out": ("self_attn.o_proj",),
-            "mlp_up": ("mlp.c_fc",),
-            "mlp_down": ("mlp.c_proj",),
-        },
-        groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),),
-        embed="model.embed_tokens",
-    ),
+    "starcoder2": _mapping("model.layers", "model.embed_tokens", _QKV, "self_attn.o_proj", "mlp.c_fc", "mlp.c_proj"),
     "gpt_bigcode": _GPT2_NAMES,
     "gpt2": _GPT2_NAMES,
-    "codegen": Architecture(
-        blocks="transformer.h",
-        kinds={
-            "attn_qkv": ("attn.qkv_proj",),
-            "attn_out": ("attn.out_proj",),
-            "mlp_up": ("mlp.fc_in",),
-            "mlp_down": ("mlp.fc_out",),
-        },
-        embed="transformer.wte",
-    ),
+    "codegen": _mapping("transformer.h", "transformer.wte", ("attn.qkv_proj",), "attn.out_proj", "mlp.fc_in",
+                        "mlp.fc_out"),
 }
 
 

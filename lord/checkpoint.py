@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lord.compress import Decomposition, apply_structure, decompositions_from_json, decompositions_to_json
+from lord.structure import Decomposition, apply_structure, decompositions_from_json, decompositions_to_json
 from lord.errors import LordError
 
 FORMAT_VERSION = 1

@@ -19,6 +19,7 @@ tokens; ``all_windows`` cuts every non-overlapping window instead.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 import platform
@@ -31,6 +32,8 @@ import torch
 
 from lord.errors import LordError
 from lord.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("calibration", "validation")
 _EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
@@ -179,7 +182,8 @@ def tokenize_windows(corpus: Corpus, tokenizer, seq_len: int = 1024, min_chars: 
     if cache_file is not None and cache_file.is_file():
         try:
             return torch.load(cache_file)
-        except Exception:
+        except Exception as e:  # truncated or foreign file: torch.load raises many types
+            log.warning("window cache %s is unreadable (%s: %s); tokenising again", cache_file, type(e).__name__, e)
             cache_file.unlink()
     kept = [r for r in corpus.records if r["size"] >= min_chars]
     kept.sort(key=lambda r: hashlib.sha256(r["path"].encode()).hexdigest())

@@ -58,9 +58,13 @@ def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None,
 
 
 def load_config_only(name: str, cache_root=None):
-    """The model's transformers config without its weights (a zoo model is fetched first if needed)."""
+    """The model's transformers config without its weights (a zoo model's is shipped with lord)."""
     from transformers import AutoConfig
 
+    from lord.params import load_config, zoo_model_configs
+
+    if name in zoo_model_configs():
+        return load_config(name)
     path = Path(str(name)).expanduser()
     if name in zoo.ZOO:
         path = zoo.fetch(name, cache_root)
@@ -71,3 +75,28 @@ def load_config_only(name: str, cache_root=None):
             f"cannot load the config of {name!r}: the model hub is unreachable and it is not in the local cache; "
             f"offline models you can use instead: {', '.join(zoo.ZOO)}"
         ) from None
+
+
+def random_model(config, seed: int = 0, device=None, dtype=torch.float32, blocks: int | None = None,
+                 bias_std: float | None = None):
+    """A model of ``config``'s architecture with random weights (tests, speed at scale, CUDA checks).
+
+    ``blocks`` keeps only the first transformer blocks; ``bias_std`` redraws every bias from N(0, bias_std^2)
+    so that bias handling is really exercised (transformers initialises biases to zero).
+    """
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from lord.params import with_blocks
+
+    config = with_blocks(copy.deepcopy(config), blocks)
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if bias_std is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, bias_std)
+    return model.eval()

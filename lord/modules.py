@@ -28,7 +28,22 @@ def dense_weight(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return mod.weight, mod.bias
 
 
-class LowRankLinear(nn.Sequential):
+class _TwoFactors(nn.Sequential):
+    """``Sequential(first, Linear(r, out))``: what a factored layer and a factored embedding share."""
+
+    @property
+    def out_features(self) -> int:
+        return self[1].out_features
+
+    @property
+    def rank(self) -> int:
+        return self[1].in_features
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class LowRankLinear(_TwoFactors):
     """``B @ A`` with an optional output bias: ``nn.Sequential(Linear(in, r, bias=False), Linear(r, out))``."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, device=None, dtype=None):
@@ -39,19 +54,8 @@ class LowRankLinear(nn.Sequential):
     def in_features(self) -> int:
         return self[0].in_features
 
-    @property
-    def out_features(self) -> int:
-        return self[1].out_features
 
-    @property
-    def rank(self) -> int:
-        return self[0].out_features
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
-
-class LowRankEmbedding(nn.Sequential):
+class LowRankEmbedding(_TwoFactors):
     """An embedding table factored as ``Embedding(vocab, r)`` followed by ``Linear(r, d)``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, rank: int, bias: bool = False, padding_idx=None,
@@ -66,19 +70,11 @@ class LowRankEmbedding(nn.Sequential):
 
     @property
     def embedding_dim(self) -> int:
-        return self[1].out_features
-
-    @property
-    def rank(self) -> int:
-        return self[0].embedding_dim
+        return self.out_features
 
     @property
     def in_features(self) -> int:
         return self.num_embeddings
-
-    @property
-    def out_features(self) -> int:
-        return self.embedding_dim
 
     def extra_repr(self) -> str:
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, rank={self.rank}"

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lord.compress import CompressionConfig, apply_structure, plan
+from lord.compress import CompressionConfig
+from lord.structure import apply_structure, plan
 from lord.errors import LordError
 from lord.ranks import RankSpec
 
@@ -31,11 +32,16 @@ def paper_model_configs() -> dict[str, Path]:
     return {p.stem.replace("--", "/"): p for p in sorted(MODEL_CONFIG_DIR.glob("*.json"))}
 
 
+def zoo_model_configs() -> dict[str, Path]:
+    """Shipped configs of the offline zoo's converted models (``lord.zoo``), keyed by zoo name."""
+    return {p.stem: p for p in sorted((MODEL_CONFIG_DIR / "zoo").glob("*.json"))}
+
+
 def load_config(name_or_path):
     """A transformers config from a shipped paper model id, a config.json path, or a model directory."""
     from transformers import AutoConfig
 
-    shipped = paper_model_configs()
+    shipped = {**paper_model_configs(), **zoo_model_configs()}
     if str(name_or_path) in shipped:
         d = json.loads(shipped[str(name_or_path)].read_text())
         return AutoConfig.for_model(d.pop("model_type"), **d)
@@ -46,6 +52,15 @@ def load_config(name_or_path):
     if p.is_dir():
         return AutoConfig.from_pretrained(p)
     raise LordError(f"no config for {name_or_path!r}: give a config.json, a model directory, or one of {', '.join(shipped)}")
+
+
+def with_blocks(config, blocks: int | None):
+    """``config`` cut to its first ``blocks`` transformer blocks (unchanged when ``blocks`` is None)."""
+    if blocks is not None:
+        for key in ("n_layer", "num_hidden_layers"):
+            if hasattr(config, key):
+                setattr(config, key, blocks)
+    return config
 
 
 def meta_model(config) -> nn.Module:
@@ -68,7 +83,7 @@ def compressed_parameter_count(config, kinds, rank: RankSpec, group: bool = Fals
     dense = count_parameters(model)
     cfg = CompressionConfig(method=method, kinds=list(kinds) if not isinstance(kinds, str) else [kinds],
                             rank=rank, group=group, layers=layers)
-    _, decs = plan(model, cfg)
+    decs = [d for _, d in plan(model, cfg)]
     apply_structure(model, decs, device="meta")
     total = count_parameters(model)
     if convention == "paper":

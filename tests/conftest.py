@@ -29,16 +29,11 @@ ARCHS = list(TINY_CONFIGS)
 
 def tiny_model(arch: str, seed: int = 0, **overrides):
     """A random tiny model with non-zero biases (so bias handling is actually exercised)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(arch, **{**TINY_CONFIGS[arch], **overrides})
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.5)
-    return model
+    from lord.models import random_model
+
+    return random_model(AutoConfig.for_model(arch, **{**TINY_CONFIGS[arch], **overrides}), seed=seed, bias_std=0.5)
 
 
 def calib_batches(seed: int = 1, n: int = 4, batch: int = 4, seq: int = 32):

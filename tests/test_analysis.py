@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from analysis import analytic, tables
 from analysis.make_all import make_all
 from analysis.results import for_artefact, load_results, same_models_as
-from experiments.main import sweep_points
+from hydra_plugins.lord_sweeper.lord_sweeper import merge, preset_points
 from experiments.run import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -141,5 +141,9 @@ def test_each_artefact_prefers_its_own_presets_rows():
                          dict(setting, experiment="fig2_layer_kinds", model="a", layers="mlp_down", x=3),
                          dict(setting, experiment="fig1_rank_sweep", model="b", layers="all", x=4)])
     assert sorted(same_models_as(runs, "fig2_layer_kinds").x) == [1, 3]  # model a only; its own mlp_down row
-    spec = {"grid": {"rank.value": [10, 20]}, "plus": [["method=dense"]]}
-    assert sweep_points(spec) == [["method=dense"], ["rank.value=10"], ["rank.value=20"]]
+    assert preset_points({"rank.value": [10, 20]}, [["method=dense"]], None) == [
+        ["method=dense"], ["rank.value=10"], ["rank.value=20"]]
+    assert preset_points(None, None, [["method=lord"]]) == [["method=lord"]]
+    assert preset_points(None, None, None) == [[]]
+    # the command line wins over a preset point's value of the same key
+    assert merge(["model=a", "method=lord"], ["+experiment=x", "model=b"]) == ["+experiment=x", "model=b", "method=lord"]

@@ -34,7 +34,8 @@ def test_speed_from_config_sizes_restores_and_feeds_fig3(tmp_path, monkeypatch):
         assert row["dense"]["n_params"] == dense  # measured after restoring: the dense model came back intact
     assert out["compression_time"]["calibration_s"] > 0 and out["compression_time"]["decomposition_s"] > 0
 
-    frame = load_speed_benchmarks(tmp_path)
+    frame, problems = load_speed_benchmarks(tmp_path)
+    assert problems == []
     assert list(frame.rank_value) == [0, 50] and frame["eval"].eq("speed").all()
     assert list(frame.relative_time_512.isna()) == [True, True]  # not measured: left empty, not invented
     written = figures.fig3(frame, tmp_path / "fig3")

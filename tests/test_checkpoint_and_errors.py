@@ -7,7 +7,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import calib_batches, tiny_model
 from lord.checkpoint import load_compressed, save_compressed
-from lord.compress import CompressionConfig, compress_model, plan
+from lord.compress import CompressionConfig, compress_model
+from lord.structure import plan
 from lord.errors import LordError
 from lord.ranks import RankSpec
 

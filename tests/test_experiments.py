@@ -1,18 +1,24 @@
-"""The real Hydra configs: every group option composes, a tiny sweep runs end to end and resumes."""
+"""The real Hydra configs: every group option composes, presets expand through the sweeper, a tiny sweep runs
+end to end, resumes and reuses bases, and a method or a stage registered outside lord runs end to end."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
-from experiments import main as main_job
-from experiments import pipeline
+from experiments import records
 from experiments.run import run
+from hydra_plugins.lord_sweeper.lord_sweeper import expand
 from lord.errors import LordError
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 GROUPS = ["model", "data", "method", "layers", "eval", "logger", "profile", "paths"]
 EXTRA = {"data=folder": ["data.path=/tmp"]}
 
@@ -22,6 +28,10 @@ def _compose(overrides):
         return compose("config", overrides=overrides)
 
 
+def preset_jobs(preset: str, command_line=()) -> list:
+    return expand(str(CONF), preset, command_line)
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_of_every_group_composes_and_validates(group):
     options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
@@ -29,25 +39,28 @@ def test_every_option_of_every_group_composes_and_validates(group):
     for opt in options:
         ov = f"{group}={opt}"
         cfg = _compose([ov, *EXTRA.get(ov, [])])
-        pipeline.validate(cfg)
-        assert pipeline.result_path(cfg).suffix == ".json"
+        _, evaluation = records.validate(cfg)
+        assert records.result_path(cfg, evaluation).suffix == ".json"
 
 
-def test_every_experiment_preset_composes():
+def test_every_experiment_preset_expands_and_validates():
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
-        cfgs = main_job.sweep_configs(preset, [])
-        for cfg in cfgs:
-            pipeline.validate(cfg)
-        assert len({pipeline.result_path(c) for c in cfgs}) == len(cfgs)  # no two runs share a result file
+        cfgs = preset_jobs(preset)
+        assert len(cfgs) > 1, preset
+        paths = {records.result_path(c, records.validate(c)[1]) for c in cfgs}
+        assert len(paths) == len(cfgs)  # no two runs share a result file
+    # a key given on the command line wins over the preset's points
+    assert {c.model.name for c in preset_jobs("fig1_rank_sweep", ["model=smollm2-135m"])} == {"smollm2-135m"}
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method.name=pca"], "method.name='pca' is unknown; allowed: lord"),
+    (["method.name=pca"], "method.name='pca' is unknown; allowed: dense, lord"),
     (["layers.kinds=[mlp_middle]"], "layers.kinds has unknown kind"),
     (["rank.value=150"], r"rank: rank reduction must be in \[0, 100\)"),
     (["rank.unit=rank", "rank.value=0"], "rank: an absolute rank must be a positive integer"),
     (["data=folder"], "missing required value\\(s\\): data.path"),
-    (["calibration.mode=twice"], "calibration.mode='twice' is unknown"),
+    (["stages=[calibrate,squeeze]"], "stages='squeeze' is unknown; allowed: calibrate"),
+    (["method.name=lord", "+method.alpha=0.5"], "method 'lord' has no option\\(s\\) alpha"),
 ])
 def test_bad_configs_fail_before_any_model_loads(overrides, match, monkeypatch):
     import experiments.run as run_mod
@@ -57,9 +70,27 @@ def test_bad_configs_fail_before_any_model_loads(overrides, match, monkeypatch):
         run(_compose(overrides))
 
 
-def test_main_job_sweep_on_a_real_model_and_resume(tmp_path, smollm2):
-    overrides = ["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.force=true"]
-    assert main_job.main(overrides) == 0
+def _cli(args, timeout=600, env=None):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _private_cache(tmp_path) -> Path:
+    """A cache of its own (statistics, bases, dense baselines) sharing the suite's converted zoo models."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "zoo").symlink_to(Path(os.environ["LORD_CACHE"]).resolve() / "zoo")
+    return cache
+
+
+def test_main_job_sweep_on_a_real_model_resumes_and_reuses_bases(tmp_path, smollm2):
+    cache = _private_cache(tmp_path)
+    args = ["experiments.main", "model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}",
+            f"paths.cache_dir={cache}", "rank.force=true"]
+    p = _cli(args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "sweep: 5 jobs: 5 ran, 0 skipped (already done), 0 failed" in p.stderr
     files = sorted((tmp_path / "main").rglob("*.json"))
     results = [json.loads(f.read_text()) for f in files]
     assert len(results) == 5 and all(r["status"] == "ok" for r in results)
@@ -71,23 +102,70 @@ def test_main_job_sweep_on_a_real_model_and_resume(tmp_path, smollm2):
         assert r["data"]["validation"]["content_sha256"] and r["environment"]["versions"]["torch"]
         if method != "dense":
             assert r["compression"]["n_targets"] == 30 and r["metrics"]["perplexity"] > dense
-    # more rank reduction hurts more, for both methods
-    for method in ("lord", "svd"):
+    for method in ("lord", "svd"):  # more rank reduction hurts more, for both methods
         assert by_method[(method, 50)]["metrics"]["perplexity"] > by_method[(method, 25)]["metrics"]["perplexity"]
     assert (tmp_path / "main" / "summary.md").is_file() and (tmp_path / "main" / "rank_sweep.png").is_file()
-    # the second rank of each method is a slice of the first one's bases, and equals a fresh decomposition
-    assert by_method[("lord", 25)]["timings"]["bases_reused"] is False
-    assert by_method[("lord", 50)]["timings"]["bases_reused"] is True
-    assert by_method[("svd", 50)]["timings"]["bases_reused"] is True
-    fresh = run(_compose([*overrides[:2], f"paths.results_dir={tmp_path / 'fresh'}", "rank.force=true",
-                          "calibration.reuse_bases=false", "+experiment=main", "method=lord", "rank.value=50"]))
-    assert "bases_reused" not in fresh["timings"]
+    # the second rank of each method is a slice of the first one's bases (from the content-keyed disk cache)
+    assert "bases_from_cache" not in by_method[("lord", 25)]["compression"]["reused"]
+    assert by_method[("lord", 50)]["compression"]["reused"] == {"bases_from_cache": 30, "statistics_from_cache": True}
+    assert by_method[("svd", 50)]["compression"]["reused"]["bases_from_cache"] == 30
+    assert not list(tmp_path.glob("outputs")) and not (ROOT / "multirun").exists()
+    # bases computed afresh in float64 (no reuse) give the same model to float32 precision
+    fresh = run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path / 'fresh'}",
+                          f"paths.cache_dir={cache}", "rank.force=true", "calibration.reuse_bases=false",
+                          "+experiment=main", "method=lord", "rank.value=50"]))
+    assert fresh["compression"]["reused"] == {"statistics_from_cache": True}
     assert fresh["metrics"]["perplexity"] == pytest.approx(by_method[("lord", 50)]["metrics"]["perplexity"], rel=1e-4)
     mtimes = [f.stat().st_mtime_ns for f in files]
     t0 = time.perf_counter()
-    assert main_job.main(overrides) == 0  # resume: every finished job is skipped
+    p = _cli(args)  # resume: every finished job is skipped
+    assert p.returncode == 0 and "5 skipped (already done)" in p.stderr, p.stderr[-2000:]
     assert [f.stat().st_mtime_ns for f in files] == mtimes
-    assert time.perf_counter() - t0 < 30
+    assert time.perf_counter() - t0 < 60
+
+
+def test_a_sweep_runs_every_job_then_exits_1_naming_the_failed_one(tmp_path, smollm2):
+    p = _cli(["experiments.run", "-m", "model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}",
+              "method=svd", "rank.value=40,1"])  # 1 % reduction of mlp_down adds parameters: that job fails
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "sweep: 2 jobs: 1 ran, 0 skipped (already done), 1 failed" in p.stderr
+    assert "reduction-1.json" in p.stderr and (tmp_path / "adhoc/smollm2-135m/svd/mlp_down/reduction-40.json").is_file()
+
+
+def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, smollm2):
+    """A new method is a Method subclass + a registry entry; a new stage likewise: no edit anywhere else."""
+    from lord.methods import METHODS
+    from lord.methods.base import Method, MethodConfig, moment_basis
+    from lord.stages import STAGES, Stage
+
+    from dataclasses import dataclass
+
+    @dataclass
+    class ToyConfig(MethodConfig):
+        shrink: float = 1.0
+
+    @METHODS.register("toy_whiten")
+    class ToyWhiten(Method):  # whiten's basis, with the output bias scaled (an option of its own)
+        config_class = ToyConfig
+
+        def basis(self, W, moments, side):
+            return moment_basis(W, moments, side, centred=False, method=self.name)
+
+        def output_bias(self, basis, Qr, b):
+            return None if b is None else self.config.shrink * b
+
+    @STAGES.register("count_lowrank")
+    class CountLowRank(Stage):  # a stage after decompose: records what it sees
+        def apply(self, ctx):
+            return {"lowrank_modules": sum(type(m).__name__ == "LowRankLinear" for m in ctx.model.modules())}
+
+    base = ["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.value=40"]
+    toy = run(_compose([*base, "method.name=toy_whiten", "+method.shrink=1.0",
+                        "stages=[calibrate,decompose,count_lowrank]"]))
+    ref = run(_compose([*base, "method=whiten"]))
+    assert toy["status"] == "ok" and toy["stages"]["count_lowrank"] == {"lowrank_modules": 30}
+    assert toy["compression"]["method"] == "toy_whiten"
+    assert toy["metrics"]["perplexity"] == pytest.approx(ref["metrics"]["perplexity"], rel=1e-6)
 
 
 def test_failed_run_is_recorded_before_weights_load(tmp_path, smollm2, monkeypatch):
@@ -112,30 +190,21 @@ def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
     assert runs and any(p.suffix == ".wandb" for p in runs[0].rglob("*"))
 
 
-def _cli(args, tmp_path, timeout=600):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.parametrize("args,match", [
     (["experiments.run", "model=gpt5"], "error: model='gpt5' is unknown; allowed: codegen-16B-mono"),
     (["experiments.run", "-m", "method=lord,pca"], "error: method='pca' is unknown; allowed: dense, lord"),
     (["experiments.main", "layers=mlp_middle"], "error: layers='mlp_middle' is unknown; allowed: all"),
+    (["experiments.run", "model=smollm2-135m", "rank.value=150"], "error: rank: rank reduction must be in [0, 100)"),
 ])
 def test_cli_rejects_unknown_options_in_one_line(args, match, tmp_path):
-    p = _cli(args, tmp_path, timeout=120)
+    p = _cli(args, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and match in p.stderr
 
 
 def test_two_job_sweep_through_the_submitit_local_launcher(tmp_path, smollm2):
     p = _cli(["experiments.run", "-m", "launcher=submitit_local", "method=dense,svd", "model=smollm2-135m",
-              "profile=quick", f"paths.results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"], tmp_path)
+              "profile=quick", f"paths.results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"])
     assert p.returncode == 0, p.stderr[-2000:]
     results = [json.loads(f.read_text()) for f in tmp_path.rglob("*.json") if "multirun" not in str(f)]
     assert sorted(r["config"]["method"]["name"] for r in results) == ["dense", "svd"]

@@ -1,10 +1,12 @@
-"""Layer-level properties that follow from the maths of each method (see lord/methods.py)."""
+"""Layer-level properties that follow from the maths of each method (see lord/methods/)."""
 
 import pytest
 import torch
 
 from lord.calibration import Moments
-from lord.methods import BASIS_FAMILY, METHODS, compute_basis, factors, output_errors
+from lord.methods import METHODS as REGISTRY, compute_basis, factors, get_method, output_errors
+
+METHODS = [m for m in REGISTRY.names() if REGISTRY.get(m).decomposes]  # the built-in ones, dense excluded
 
 SHAPES = [(48, 16), (16, 48), (24, 24)]  # tall (input side), wide (output side), square
 
@@ -98,12 +100,13 @@ def test_float32_chunk_accumulation_within_stated_bound():
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_methods_of_one_basis_family_compute_the_same_basis(shape):
-    """experiments.run reuses bases across methods of one BASIS_FAMILY entry; that must be exact."""
+    """Compressor reuses bases across methods with equal ``basis_key()`` (in memory and on disk); that must be exact."""
     W, b, X = _layer(*shape)
     side = _side(*W.shape)
-    assert set(BASIS_FAMILY) == set(METHODS)
-    for family in set(BASIS_FAMILY.values()):
-        members = [m for m in METHODS if BASIS_FAMILY[m] == family]
+    keys = {m: get_method(m).basis_key() for m in METHODS}
+    assert keys["lord"] == keys["lord_meanfix"] and len(set(keys.values())) == len(METHODS) - 1
+    for family in set(keys.values()):
+        members = [m for m in METHODS if keys[m] == family]
         bases = [compute_basis(m, W, _moments(W, b, X, side), side) for m in members]
         for other in bases[1:]:
             assert torch.equal(other.Q, bases[0].Q) and torch.equal(other.spectrum, bases[0].spectrum)

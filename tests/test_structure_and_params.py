@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import calib_batches, tiny_model
-from lord.compress import CompressionConfig, compress_model
+from lord.compress import CompressionConfig, Compressor, compress_model
 from lord.modules import GroupedLowRankLinear, LowRankLinear, SharedBottleneck
 from lord.params import compressed_parameter_count, count_parameters, load_config
 from lord.ranks import RankSpec, parity_reduction, percent_param_change
@@ -139,16 +139,33 @@ def test_table_1_model_sizes(key):
             assert math.floor(got * 10) / 10 == pytest.approx(printed), (name, rank, got)
 
 
-def test_streaming_and_kept_bases_give_the_same_model(probe_ids):
-    """Default: each basis is applied then freed; keep_bases=True keeps float32 bases for other ranks."""
+def test_streaming_and_kept_bases_give_the_same_model(probe_ids, tmp_path):
+    """compress_model streams float64 bases; a Compressor reusing float32 bases (in memory or on disk) gives the
+    same model to float32 precision, restores the dense model exactly, and never recomputes a kept basis."""
     model = tiny_model("qwen2")
     cfg = CompressionConfig(method="lord", kinds=["all"], group=True, rank=RankSpec("reduction", 40, force=True))
-    a, b = copy.deepcopy(model), copy.deepcopy(model)
-    rep_a = compress_model(a, cfg, batches=calib_batches(), progress=False)
-    rep_b = compress_model(b, cfg, batches=calib_batches(), keep_bases=True, progress=False)
-    assert rep_a["bases"] is None and len(rep_b["bases"]) == len(rep_b["decompositions"])
+    a = copy.deepcopy(model)
+    compress_model(a, cfg, batches=calib_batches(), progress=False)
+    b = copy.deepcopy(model)
+    dense_logits = b(probe_ids).logits
+    c = Compressor(b, ["all"], group=True, batches=calib_batches(), reuse_bases=True, progress=False)
+    c.apply("lord", cfg.rank)
     assert torch.allclose(a(probe_ids).logits, b(probe_ids).logits, atol=1e-4)
-    c = copy.deepcopy(model)  # a second rank from the kept bases, no recalibration
-    compress_model(c, CompressionConfig(method="lord", kinds=["all"], group=True,
-                                        rank=RankSpec("reduction", 60)), bases=rep_b["bases"], progress=False)
-    assert count_parameters(c) < count_parameters(b)
+    n40 = count_parameters(b)
+    c.restore()
+    assert torch.equal(b(probe_ids).logits, dense_logits) and count_parameters(b) == count_parameters(model)
+    computed = []
+    c._compute_basis = lambda *args: computed.append(args) or pytest.fail("a kept basis was recomputed")
+    c.apply("lord_meanfix", RankSpec("reduction", 60))  # another rank and bias rule: slices of the same bases
+    assert count_parameters(b) < n40 and not computed
+    # the disk cache serves another Compressor (another process) with the very same numbers
+    from lord.cache import CompressionCache
+
+    cache = CompressionCache(tmp_path, "tiny-qwen2")
+    d, e = copy.deepcopy(model), copy.deepcopy(model)
+    Compressor(d, ["all"], group=True, batches=calib_batches(), cache=cache, reuse_bases=True,
+               progress=False).apply("lord", cfg.rank)
+    ce = Compressor(e, ["all"], group=True, batches=calib_batches(), cache=cache, reuse_bases=True, progress=False)
+    ce.apply("lord", cfg.rank)
+    assert ce.events == {"statistics_from_cache": True, "bases_from_cache": len(ce.targets)}
+    assert torch.equal(d(probe_ids).logits, e(probe_ids).logits)

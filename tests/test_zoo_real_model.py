@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lord import zoo
-from lord.compress import CompressionConfig, compress_model
+from lord.compress import Compressor
 from lord.corpora import stdlib_corpus, take_windows, tokenize_windows
 from lord.errors import LordError
 from lord.perplexity import evaluate_perplexity
@@ -68,17 +68,13 @@ def test_mlp_down_compression_on_a_real_model(smollm2, windows):
     model, _, _ = smollm2
     cal, val = windows
     dense = evaluate_perplexity(model, val, batch_size=2, progress=False)["perplexity"]
-    cfg = CompressionConfig(method="lord", kinds=["mlp_down"], rank=RankSpec("reduction", 0, force=True))
-    full = copy.deepcopy(model)
-    report = compress_model(full, cfg, batches=list(cal.split(4)), keep_bases=True, progress=False)
-    ppl_full = evaluate_perplexity(full, val, batch_size=2, progress=False)["perplexity"]
-    del full
+    work = copy.deepcopy(model)
+    c = Compressor(work, ["mlp_down"], batches=list(cal.split(4)), reuse_bases=True, progress=False)
+    c.apply("lord", RankSpec("reduction", 0, force=True))
+    ppl_full = evaluate_perplexity(work, val, batch_size=2, progress=False)["perplexity"]
     assert abs(ppl_full / dense - 1) < 1e-4
-    ten = copy.deepcopy(model)
-    compress_model(ten, CompressionConfig(method="lord", kinds=["mlp_down"],
-                                          rank=RankSpec("reduction", 10, force=True)),
-                   bases=report["bases"], progress=False)
-    ppl_ten = evaluate_perplexity(ten, val, batch_size=2, progress=False)["perplexity"]
+    c.apply("lord", RankSpec("reduction", 10, force=True))  # restores the dense layers, then slices the bases
+    ppl_ten = evaluate_perplexity(work, val, batch_size=2, progress=False)["perplexity"]
     assert 1.0005 < ppl_ten / dense < 1.25, (dense, ppl_ten)
 
 

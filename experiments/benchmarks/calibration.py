@@ -10,26 +10,20 @@ ratio, time to decompose and replace every target, and the process's peak reside
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from experiments.cli import guarded
-from experiments.benchmarks.common import peak_rss_gib, stdlib_windows, write
-from lord.compress import CompressionConfig, calibrate, compress_model, plan
+from experiments.benchmarks.common import parser, peak_rss_gib, stdlib_windows, write
+from lord.compress import Compressor
 from lord.models import load_model
 from lord.ranks import RankSpec
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--kinds", nargs="+", default=["mlp_down"])
-    ap.add_argument("--group", action="store_true")
+    ap = parser(__doc__, kinds=["mlp_down"], windows=8)
     ap.add_argument("--method", default="lord")
-    ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--reduction", type=float, default=50)
     args = ap.parse_args()
     model, tok, info = load_model(args.model)
@@ -41,15 +35,14 @@ def main():
         for b in batches:
             model(input_ids=b, use_cache=False)
     forward_s = time.perf_counter() - t
-    cfg = CompressionConfig(method=args.method, kinds=args.kinds, group=args.group,
-                            rank=RankSpec("reduction", args.reduction, force=True))
-    targets, _ = plan(model, cfg)
+    compressor = Compressor(model, args.kinds, args.group, batches=batches)
+    targets = compressor.targets
     t = time.perf_counter()
-    stats = calibrate(model, targets, batches)
+    stats = compressor.statistics
     calib_s = time.perf_counter() - t
     stats_bytes = sum(m.sum_vv.numel() * 8 for m in stats.values())
     t = time.perf_counter()
-    compress_model(model, cfg, stats=stats)  # each target: basis, factors, replacement, then freed
+    compressor.apply(args.method, RankSpec("reduction", args.reduction, force=True))  # each basis applied, then freed
     compress_s = time.perf_counter() - t
     write(f"calibration-{args.model}-{'-'.join(args.kinds)}{'-grouped' if args.group else ''}", {
         "model": args.model, "gguf_file_type": info.get("gguf_file_type"), "kinds": args.kinds, "group": args.group,

@@ -1,8 +1,10 @@
-"""Shared helpers for benchmark scripts: stdlib windows for a tokenizer, peak memory, JSON output."""
+"""Shared helpers for benchmark scripts: their common arguments, stdlib windows, peak memory, JSON output."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import resource
 import sys
 from pathlib import Path
@@ -12,6 +14,22 @@ from lord.environment import environment
 from lord.zoo import cache_root
 
 OUT_DIR = Path(__file__).resolve().parents[2] / "results" / "benchmarks"
+log = logging.getLogger("lord.benchmarks")
+
+
+def parser(doc: str, model: str | None = "qwen2.5-coder-0.5b", kinds: list[str] | None = None,
+           windows: int | None = None) -> argparse.ArgumentParser:
+    """An argument parser described by the script's docstring, with the options most scripts share."""
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    if model is not None:
+        ap.add_argument("--model", default=model, help="an offline zoo name, a model directory or a hub id")
+    if kinds is not None:
+        ap.add_argument("--kinds", nargs="+", default=kinds, help="layer kinds (mlp_down, all, ...)")
+        ap.add_argument("--group", action="store_true", help="q/k/v and gate/up share one bottleneck")
+    if windows is not None:
+        ap.add_argument("--windows", type=int, default=windows, help="calibration windows (1,024 tokens)")
+        ap.add_argument("--batch-size", type=int, default=4)
+    return ap
 
 
 def stdlib_windows(tokenizer, split: str, n: int, seq_len: int = 1024):
@@ -33,5 +51,5 @@ def write(name: str, payload: dict) -> Path:
                **payload, "environment": environment()}
     path.write_text(json.dumps(payload, indent=2, default=str))
     print(json.dumps({k: v for k, v in payload.items() if k != "environment"}, indent=2, default=str))
-    print(f"wrote {path}")
+    log.info("wrote %s", path)
     return path

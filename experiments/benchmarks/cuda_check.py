@@ -21,20 +21,19 @@ Windows are random token ids: the checks are algebraic and do not need real text
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
 
 import torch
 
-from experiments.benchmarks.common import write
+from experiments.benchmarks.common import log, parser, write
 from experiments.cli import guarded
-from lord.architectures import select_targets
 from lord.calibration import target_shape
 from lord.checkpoint import load_compressed, save_compressed
-from lord.compress import CompressionConfig, calibrate, compress_model
+from lord.compress import CompressionConfig, Compressor, compress_model
 from lord.errors import LordError
+from lord.models import random_model
 from lord.params import load_config, paper_model_configs
 from lord.perplexity import evaluate_perplexity
 from lord.ranks import RankSpec
@@ -45,19 +44,8 @@ TOL = {"stats_rel_diff": 1e-5, "full_rank_rel_err": 1e-4, "perplexity_rel_diff":
 
 
 def _model(config, blocks: int, device, dtype=torch.float32):
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(config)
-    for key in ("n_layer", "num_hidden_layers"):
-        if hasattr(config, key):
-            setattr(config, key, blocks)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():  # non-zero biases, so that bias handling is exercised
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.1)
-    return model.to(device=device, dtype=dtype)
+    """The same random weights on every device: drawn on the CPU in float32 (non-zero biases), then moved."""
+    return random_model(config, blocks=blocks, bias_std=0.1).to(device=device, dtype=dtype)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,7 +63,7 @@ def _compressed(model, method, reduction, batches, calibration="oneshot"):
 @torch.inference_mode()
 def check(config, blocks: int, device, n_windows: int | None, seq_len: int) -> dict:
     cpu_model, model = _model(config, blocks, "cpu"), _model(config, blocks, device)
-    targets = select_targets(model, ["all"], False, None, None)
+    targets = Compressor(model, ["all"], progress=False).targets
     if n_windows is None:  # full rank is exact only if the calibration outputs span every output direction
         widest = max(max(d_in, sum(d_outs)) for d_in, d_outs in (target_shape(model, t) for t in targets))
         n_windows = -(-2 * widest // seq_len)
@@ -85,9 +73,9 @@ def check(config, blocks: int, device, n_windows: int | None, seq_len: int) -> d
     probe = torch.randint(0, config.vocab_size, (2, seq_len), generator=g).to(device)
     out: dict = {"model_type": config.model_type, "blocks": blocks, "calibration_tokens": windows.numel()}
     t = time.perf_counter()
-    gpu_stats = calibrate(model, targets, batches, progress=False)
+    gpu_stats = Compressor(model, ["all"], batches=batches, progress=False).statistics
     out["calibration_s"] = time.perf_counter() - t
-    cpu_stats = calibrate(cpu_model, targets, batches, progress=False)
+    cpu_stats = Compressor(cpu_model, ["all"], batches=batches, progress=False).statistics
     out["stats_rel_diff"] = max(_rel(gpu_stats[k].sum_vv.cpu(), cpu_stats[k].sum_vv) for k in cpu_stats)
 
     ref = model(probe).logits
@@ -124,7 +112,7 @@ def check(config, blocks: int, device, n_windows: int | None, seq_len: int) -> d
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, model=None)
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
                     help=f"shipped ids ({', '.join(paper_model_configs())}) or config.json paths")
     ap.add_argument("--blocks", type=int, default=2, help="transformer blocks kept from each config")
@@ -138,7 +126,7 @@ def main():
     results = {}
     for name in args.configs:
         results[name] = check(load_config(name), args.blocks, torch.device(args.device), args.windows, args.seq_len)
-        print(name, results[name], flush=True)
+        log.info("%s %s", name, results[name])
     write("cuda-check", {"device": args.device, "tolerances": TOL, "blocks": args.blocks,
                          "windows": [args.windows, args.seq_len], "all_ok": all(r["ok"] for r in results.values()),
                          "per_config": results})

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from experiments.cli import guarded
-from experiments.benchmarks.common import OUT_DIR, stdlib_windows, write
+from experiments.benchmarks.common import OUT_DIR, parser, stdlib_windows, write
 from lord import speed
 from lord.compress import CompressionConfig, compress_model
 from lord.humaneval.evaluate import evaluate_humaneval
@@ -30,8 +29,7 @@ from lord.ranks import RankSpec
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap = parser(__doc__)
     ap.add_argument("--ppl-windows", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None, help="HumanEval problems (default: all 164)")
     ap.add_argument("--batch-size", type=int, default=16)

@@ -17,36 +17,30 @@ their ratio. Exact algebra on the calibration statistics; no evaluation of the m
 
 from __future__ import annotations
 
-import argparse
 from collections import defaultdict
 
-from experiments.benchmarks.common import stdlib_windows, write
+from experiments.benchmarks.common import parser, stdlib_windows, write
 from experiments.cli import guarded
-from lord.compress import CompressionConfig, calibrate, compute_target_basis, dense_W_b, plan
-from lord.methods import output_errors
+from lord.compress import Compressor
+from lord.methods import get_method, output_errors
 from lord.models import load_model
 from lord.ranks import RankSpec
+from lord.structure import dense_W_b
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
-    ap.add_argument("--kinds", nargs="+", default=["all"])
-    ap.add_argument("--group", action="store_true")
-    ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap = parser(__doc__, kinds=["all"], windows=8)
     ap.add_argument("--reductions", nargs="+", type=float, default=[10, 30, 50])
     args = ap.parse_args()
     model, tok, info = load_model(args.model)
     cal, desc = stdlib_windows(tok, "calibration", args.windows)
-    cfgs = {red: CompressionConfig(method="lord", kinds=args.kinds, group=args.group,
-                                   rank=RankSpec("reduction", red, force=True)) for red in args.reductions}
-    targets, _ = plan(model, cfgs[args.reductions[0]])
-    ranks = {red: {d.name: d.rank for d in plan(model, c)[1]} for red, c in cfgs.items()}
-    stats = calibrate(model, targets, list(cal.split(args.batch_size)))
+    compressor = Compressor(model, args.kinds, args.group, batches=list(cal.split(args.batch_size)))
+    lord = get_method("lord")
+    ranks = {red: {d.name: d.rank for _, d in compressor.plan(lord, RankSpec("reduction", red, force=True))}
+             for red in args.reductions}
     sums = defaultdict(lambda: defaultdict(float))
-    for t in targets:
-        basis = compute_target_basis(model, t, "lord", stats)
+    for t in compressor.targets:
+        basis = compressor.basis(lord, t, compressor.statistics)
         _, b = dense_W_b(model, t.members)
         for red in args.reductions:
             r = ranks[red][t.name]

@@ -15,38 +15,29 @@ Writes results/benchmarks/speed-from-config-<model>-<device>-<dtype>.json.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from experiments.benchmarks.common import write
+from experiments.benchmarks.common import log, parser, write
 from experiments.cli import guarded
 from lord import speed
-from lord.compress import CompressionConfig, apply_structure, calibrate, compress_model, plan
+from lord.compress import CompressionConfig, Compressor
 from lord.environment import pick_device
 from lord.errors import LordError
-from lord.models import resolve_dtype
+from lord.models import random_model, resolve_dtype
 from lord.params import count_parameters, load_config
 from lord.ranks import RankSpec
+from lord.structure import apply_structure, plan, set_module
 
 # StarCoder's MLP-down is 24576 -> 6144: the paper's Figure 3 ranks 6144, 4480, 4096, 3584, 3072, 2560, 2304
 PAPER_REDUCTIONS = [0, 27.08, 33.33, 41.67, 50, 58.33, 62.5]
 
 
-def random_model(config, device, dtype):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
-
-
 def decompose(model, cfg: CompressionConfig):
     """Swap the targets for random low-rank modules; returns (decompositions, a function that restores them)."""
-    _, decs = plan(model, cfg)
+    decs = [d for _, d in plan(model, cfg)]
     if any(len(d.members) > 1 or d.kind in ("embed", "lm_head") for d in decs):
         raise LordError("speed_from_config decomposes ungrouped block layers only: drop --group, the embedding "
                         "and the LM head from --kinds (e.g. --kinds mlp_down)")
@@ -55,14 +46,13 @@ def decompose(model, cfg: CompressionConfig):
 
     def restore():
         for name, mod in originals.items():
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent), leaf, mod)
+            set_module(model, name, mod)
 
     return decs, restore
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, model=None)
     ap.add_argument("--model", default="bigcode/starcoder", help="a shipped paper config id or a config.json")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float16", choices=["float32", "bfloat16", "float16"])
@@ -78,13 +68,11 @@ def main():
     ap.add_argument("--layers", type=int, default=None, help="keep only the first N blocks (a smaller, faster probe)")
     args = ap.parse_args()
     device, dtype = torch.device(pick_device(args.device)), resolve_dtype(args.dtype)
+    if args.time_compression and not any(r > 0 for r in args.reductions):
+        raise LordError("--time-compression times the first nonzero reduction: add one to --reductions (e.g. 27.08)")
     config = load_config(args.model)
-    if args.layers is not None:
-        for key in ("n_layer", "num_hidden_layers"):
-            if hasattr(config, key):
-                setattr(config, key, args.layers)
     t = time.perf_counter()
-    model = random_model(config, device, dtype)
+    model = random_model(config, device=device, dtype=dtype, blocks=args.layers)
     init_s = time.perf_counter() - t
     dense_params = count_parameters(model)
     measure = dict(seq_lens=args.seq_lens, warmup=args.warmup, runs=args.runs, decode_tokens=args.decode_tokens,
@@ -104,7 +92,7 @@ def main():
                      **{f"flops_bound_{r['seq_len']}": r["flops_bound"] for r in rel["forward"]},
                      "decode_speedup": rel["decode"]["speedup"], "decode_bytes_bound": rel["decode"]["bytes_bound"],
                      "relative_size_params": rel["relative_size_params"], "dense": dense, "compressed": comp})
-        print({k: v for k, v in rows[-1].items() if k not in ("dense", "compressed")}, flush=True)
+        log.info("%s", {k: v for k, v in rows[-1].items() if k not in ("dense", "compressed")})
     compression = time_compression(model, args, device) if args.time_compression else None
     # a config.json is named by its folder (a model directory), a shipped config by its hub id
     name = Path(args.model).parent.name if args.model.endswith(".json") else args.model.replace("/", "--")
@@ -123,14 +111,14 @@ def time_compression(model, args, device) -> dict:
     cfg = CompressionConfig(method="lord", kinds=args.kinds, rank=RankSpec("reduction", red, force=True))
     windows = torch.randint(0, model.config.vocab_size, (args.time_compression, 1024),
                             generator=torch.Generator().manual_seed(2))
-    targets, _ = plan(model, cfg)
+    compressor = Compressor(model, cfg.kinds, batches=list(windows.split(8)), progress=False)
     _sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t = time.perf_counter()
-    stats = calibrate(model, targets, list(windows.split(8)), progress=False)
+    compressor.statistics  # noqa: B018 (one calibration pass, timed on its own)
     _sync()
     calibration_s = time.perf_counter() - t
     t = time.perf_counter()
-    compress_model(model, cfg, stats=stats, progress=False)
+    compressor.apply(cfg.method, cfg.rank)
     _sync()
     return {"method": "lord", "reduction": red, "windows": args.time_compression, "seq_len": 1024,
             "calibration_s": calibration_s, "decomposition_s": time.perf_counter() - t,

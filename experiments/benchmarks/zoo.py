@@ -8,20 +8,19 @@ fetch/convert times are those of the first fetch (from lord_zoo.json).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from experiments.cli import guarded
-from experiments.benchmarks.common import stdlib_windows, write
+from experiments.benchmarks.common import parser, stdlib_windows, write
 from lord import zoo
 from lord.models import load_model
 from lord.perplexity import evaluate_perplexity
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__, model=None)
     ap.add_argument("--models", nargs="+", default=["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=1024)

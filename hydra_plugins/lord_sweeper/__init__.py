@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin: the project sweep engine (see lord_sweeper.py)."""

@@ -1,0 +1,98 @@
+"""Content-keyed disk caches for what a sweep would otherwise recompute: calibration statistics and bases.
+
+Layout under a cache root (``paths.cache_dir`` for experiments; safe to delete at any time)::
+
+    stats/<key>.safetensors           oneshot statistics per (model, calibration windows, targets)
+    bases/<key>/<target>.safetensors  one basis per target, per (model, statistics, method's basis)
+
+A key is a hash of everything that determines the content, so a hit is always the same numbers, whichever
+process (a joblib or submitit job too) wrote it. Bases are stored in float32 (``Q``) and float64 (spectrum,
+mean); every run that reuses bases uses float32 ``Q``, hit or miss, so a hit reproduces a miss exactly.
+Files are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lord.calibration import Moments, load_statistics, save_statistics
+from lord.errors import LordError
+
+log = logging.getLogger(__name__)
+
+
+def content_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class CompressionCache:
+    """Statistics and bases of one model (``model_key`` names its weights) under ``root``."""
+
+    def __init__(self, root: str | os.PathLike, model_key: str):
+        self.root = Path(root)
+        self.model_key = model_key
+
+    # statistics -------------------------------------------------------------------------------------------
+    def statistics_key(self, windows: torch.Tensor, target_names: list[str]) -> str:
+        return content_key(self.model_key, tensor_hash(windows), target_names, "oneshot")
+
+    def _stats_file(self, key: str) -> Path:
+        return self.root / "stats" / f"{key}.safetensors"
+
+    def load_statistics(self, key: str, device=None) -> dict[str, Moments] | None:
+        f = self._stats_file(key)
+        if not f.is_file():
+            return None
+        try:
+            return load_statistics(f, device=device)
+        except LordError as e:
+            log.warning("%s; recomputing it", e)
+            f.unlink(missing_ok=True)
+            return None
+
+    def store_statistics(self, key: str, stats: dict[str, Moments], meta: dict) -> None:
+        save_statistics(stats, self._stats_file(key), meta)
+
+    # bases ------------------------------------------------------------------------------------------------
+    def bases_dir(self, statistics_key: str | None, basis_key: str) -> Path:
+        return self.root / "bases" / content_key(self.model_key, statistics_key, basis_key)
+
+    def load_basis(self, folder: Path, target: str):
+        from lord.methods import Basis
+
+        f = folder / f"{target}.safetensors"
+        if not f.is_file():
+            return None
+        try:
+            t = load_file(str(f))
+            return Basis(t["Q"], t["spectrum"], t.get("mean_z"))
+        except Exception as e:  # a truncated or foreign file: recompute it
+            log.warning("basis cache file %s is unreadable (%s: %s); recomputing it", f, type(e).__name__, e)
+            f.unlink(missing_ok=True)
+            return None
+
+    def store_basis(self, folder: Path, target: str, basis) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"Q": basis.Q.cpu().contiguous(), "spectrum": basis.spectrum.cpu().contiguous()}
+        if basis.mean_z is not None:
+            tensors["mean_z"] = basis.mean_z.cpu().contiguous()
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp)
+            os.replace(tmp, folder / f"{target}.safetensors")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -1,0 +1,41 @@
+"""``perplexity``: corpus-level perplexity on the validation windows; the dense value is the baseline,
+cached on disk per (model, validation windows, batch size)."""
+
+from __future__ import annotations
+
+from lord.cache import content_key, tensor_hash
+from lord.evaluations.base import EVALUATIONS, Evaluation
+from lord.jsonio import read_json, write_json_atomic
+from lord.perplexity import evaluate_perplexity
+
+
+@EVALUATIONS.register("perplexity")
+class Perplexity(Evaluation):
+    needs_validation_windows = True
+
+    @property
+    def tag(self) -> str:
+        return ""
+
+    def _run(self, ctx) -> dict:
+        o = self.options
+        return evaluate_perplexity(ctx.model, ctx.data.windows("validation"), o.batch_size, o.chunk_tokens)
+
+    def baseline(self, ctx) -> dict:
+        val = ctx.data.windows("validation")
+        f = ctx.cache.root / "dense" / f"{content_key(ctx.cache.model_key, tensor_hash(val), self.options.batch_size)}.json"
+        dense = read_json(f)
+        if dense is None:
+            dense = self._run(ctx)
+            write_json_atomic(f, dense)
+        return dense
+
+    def measure(self, ctx, baseline) -> dict:
+        m = dict(self._run(ctx) if ctx.changed else baseline)
+        m["dense_perplexity"] = baseline["perplexity"]
+        m["perplexity_increase_percent"] = 100 * (m["perplexity"] / baseline["perplexity"] - 1)
+        return m
+
+    def headline(self, m: dict) -> str:
+        return (f"perplexity {m['perplexity']:.4f} (dense {m['dense_perplexity']:.4f}, "
+                f"{m['perplexity_increase_percent']:+.2f}%)")

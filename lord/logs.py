@@ -1,0 +1,32 @@
+"""The one place logging is configured: messages go to stderr through tqdm, so progress bars stay intact.
+
+Library modules only create loggers (``log = logging.getLogger(__name__)``); entry points call
+``configure()`` once. ``LORD_LOG_LEVEL`` (e.g. ``DEBUG``, ``WARNING``) overrides the level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from tqdm.auto import tqdm
+
+
+class TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=__import__("sys").stderr)
+        except Exception:  # logging's own contract: report the failure, never raise from a log call
+            self.handleError(record)
+
+
+def configure(level: str | int = "INFO") -> None:
+    level = os.environ.get("LORD_LOG_LEVEL", level)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, TqdmHandler):
+            root.removeHandler(h)
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)

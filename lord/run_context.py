@@ -1,0 +1,92 @@
+"""What the stages and the evaluation of one run share: the model, its data, its caches, its records."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from lord.cache import CompressionCache
+from lord.corpora import (folder_corpus, stdlib_corpus, take_windows, the_stack_calibration, the_stack_smol,
+                          tokenize_windows)
+from lord.errors import LordError
+
+DATA_SOURCES = ("stdlib", "the-stack-smol", "folder")
+
+
+def model_key(cfg: DictConfig, model_info: dict) -> str:
+    """Names the weights a run starts from (the zoo's GGUF checksum, a local path, or the hub id)."""
+    ident = model_info.get("gguf_sha256") or model_info.get("path") or cfg.model.name
+    return f"{cfg.model.name}|{ident}|{cfg.model.dtype}"
+
+
+class RunData:
+    """The run's calibration and validation windows, tokenised (and cached) on first use."""
+
+    def __init__(self, cfg: DictConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self._corpora = None
+        self._windows: dict[str, torch.Tensor] = {}
+
+    def corpora(self):
+        if self._corpora is None:
+            d = self.cfg.data
+            if d.name == "stdlib":
+                self._corpora = (stdlib_corpus("calibration", d.validation_percent),
+                                 stdlib_corpus("validation", d.validation_percent))
+            elif d.name == "the-stack-smol":
+                val = the_stack_smol(d.source)
+                cal = the_stack_calibration(val, n_files=4 * int(self.cfg.calibration.n_windows),
+                                            min_chars=d.min_chars, source=d.calibration_source,
+                                            token=os.environ.get("HF_TOKEN"))
+                self._corpora = (cal, val)
+            elif d.name == "folder":
+                self._corpora = (folder_corpus(d.calibration_path, "calibration"), folder_corpus(d.path, "validation"))
+            else:
+                raise LordError(f"data.name={d.name!r} is unknown; allowed: {', '.join(DATA_SOURCES)}")
+        return self._corpora
+
+    def windows(self, split: str) -> torch.Tensor:
+        """``split`` is "calibration" (``calibration.n_windows``) or "validation" (``eval.n_windows``)."""
+        if split not in self._windows:
+            d = self.cfg.data
+            corpus = self.corpora()[0 if split == "calibration" else 1]
+            n = self.cfg.calibration.n_windows if split == "calibration" else self.cfg.eval.n_windows
+            all_w = tokenize_windows(corpus, self.tokenizer, seq_len=d.seq_len, min_chars=d.min_chars,
+                                     all_windows=d.all_windows, cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
+            self._windows[split] = take_windows(all_w, n, f"{split} windows")
+        return self._windows[split]
+
+    def describe(self) -> dict | None:
+        """What was used (None when the run needed no data)."""
+        if not self._windows:
+            return None
+        d, (cal, val) = self.cfg.data, self.corpora()
+        used = {s: int(w.shape[0]) for s, w in self._windows.items()}
+        return {"validation": val.describe() if "validation" in used else None,
+                "calibration": cal.describe() if "calibration" in used else None,
+                "seq_len": d.seq_len, "min_chars": d.min_chars, "all_windows": d.all_windows,
+                "validation_windows": used.get("validation"), "calibration_windows": used.get("calibration")}
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    model: torch.nn.Module
+    tokenizer: object
+    model_info: dict
+    data: RunData
+    cache: CompressionCache
+    artifacts: Path  # folder for files an evaluation writes besides the result (HumanEval samples)
+    timings: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)  # per stage: what it did (goes into the result)
+    decompositions: list = field(default_factory=list)  # every replaced target so far
+    compressor: object = None  # the calibrate stage's Compressor, used by the stages after it
+
+    @property
+    def changed(self) -> bool:
+        """Whether any stage changed the model (a dense run's evaluation can reuse its baseline)."""
+        return bool(self.decompositions) or any(r and r.get("changed") for r in self.records.values())

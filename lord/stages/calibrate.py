@@ -1,0 +1,44 @@
+"""``calibrate`` (config group ``calibration``, layer selection from ``layers``): the calibration windows and
+the owner of everything later stages share -- a ``Compressor`` with the targets, the oneshot statistics
+(gathered on first use, cached on disk per model, windows and targets) and the bases (reused across runs
+through the disk cache when ``calibration.reuse_bases``)."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from lord.compress import CALIBRATION_MODES, Compressor
+from lord.errors import LordError
+from lord.stages.base import STAGES, Stage
+
+
+def architecture(cfg):
+    return OmegaConf.to_container(cfg.architecture, resolve=True) if cfg.get("architecture") else None
+
+
+def layer_selection(cfg) -> dict:
+    ly = cfg.layers
+    return dict(kinds=list(ly.kinds), group=bool(ly.group), layers=None if ly.indices is None else list(ly.indices),
+                architecture=architecture(cfg))
+
+
+@STAGES.register("calibrate")
+class Calibrate(Stage):
+    def check(self, model) -> None:
+        if self.cfg.calibration.mode not in CALIBRATION_MODES:
+            raise LordError(f"calibration.mode={self.cfg.calibration.mode!r} is unknown; "
+                            f"allowed: {', '.join(CALIBRATION_MODES)}")
+        if any(s.uses_layer_selection() for s in self.later):
+            Compressor(model, **layer_selection(self.cfg), progress=False)  # the selection exists in this model
+
+    def apply(self, ctx) -> dict | None:
+        c = self.cfg.calibration
+        if not any(s.uses_layer_selection() for s in self.later):
+            return None
+        batches = None
+        if any(s.needs_calibration_data() for s in self.later):
+            batches = list(ctx.data.windows("calibration").split(c.batch_size))
+        ctx.compressor = Compressor(ctx.model, **layer_selection(self.cfg), batches=batches,
+                                    cache=ctx.cache if c.mode == "oneshot" else None,
+                                    reuse_bases=bool(c.reuse_bases) and c.mode == "oneshot")
+        return {"mode": c.mode, "windows": None if batches is None else sum(len(b) for b in batches)}

@@ -1,0 +1,68 @@
+"""``decompose`` (config groups ``method``, ``rank``): replace every selected layer by its low-rank factors,
+using the targets, statistics and bases of the ``calibrate`` stage before it."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from omegaconf import OmegaConf
+
+from lord.errors import LordError
+from lord.methods import get_method
+from lord.ranks import RankSpec
+from lord.stages.base import STAGES, Stage
+
+log = logging.getLogger(__name__)
+
+
+def rank_spec(cfg) -> RankSpec:
+    r = cfg.rank
+    try:
+        return RankSpec(unit=r.unit, value=r.value, round_to=int(r.round_to), force=bool(r.force))
+    except LordError as e:
+        raise LordError(f"rank: {e}") from None
+
+
+@STAGES.register("decompose")
+class Decompose(Stage):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.method = get_method(OmegaConf.to_container(cfg.method, resolve=True))
+        self.rank = rank_spec(cfg) if self.method.decomposes else None
+
+    def needs_calibration_data(self) -> bool:
+        return self.method.decomposes and self.method.needs_statistics
+
+    def uses_layer_selection(self) -> bool:
+        return self.method.decomposes
+
+    def check(self, model) -> None:
+        if not self.method.decomposes:
+            return
+        if not any(s.name == "calibrate" for s in self.earlier):
+            raise LordError("stage 'decompose' needs 'calibrate' before it (it selects the layers); "
+                            "set stages=[calibrate,decompose]")
+        from lord.compress import Compressor
+        from lord.stages.calibrate import layer_selection
+
+        Compressor(model, **layer_selection(self.cfg), progress=False).plan(self.method, self.rank)
+
+    def apply(self, ctx) -> dict | None:
+        if not self.method.decomposes:
+            return None
+        c = ctx.compressor
+        t = time.perf_counter()
+        report = c.apply(self.method, self.rank, self.cfg.calibration.mode)
+        decs = report["decompositions"]
+        ctx.decompositions += decs
+        log.info("decomposed %d targets with %s in %.1f s", len(decs), self.method.name, time.perf_counter() - t)
+        return {
+            "method": self.method.name, "kinds": list(self.cfg.layers.kinds), "group": bool(self.cfg.layers.group),
+            "calibration": self.cfg.calibration.mode, "rank_spec": OmegaConf.to_container(self.cfg.rank),
+            "n_targets": len(decs), "ranks": sorted({d.rank for d in decs}),
+            "target_dense_params": report["dense_params"], "target_lowrank_params": report["lowrank_params"],
+            "decompositions": [{"name": d.name, "kind": d.kind, "rank": d.rank, "d_in": d.d_in, "d_outs": d.d_outs}
+                               for d in decs],
+            "reused": dict(c.events),  # statistics and bases that came from the cache
+        }
