@@ -45,15 +45,20 @@ def _note(ax, text):
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="grey")
 
 
+def _v(variant) -> str:
+    """A legend suffix naming how runs of one point differ (analysis.results: variant), if they do."""
+    return f" [{variant}]" if isinstance(variant, str) and variant else ""
+
+
 def fig1(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
     """Perplexity increase vs % rank reduction, all layers: ours per model and method (solid), the paper's
     (dashed). Symmetric-log axis: linear within ±1 %, logarithmic beyond, so small and huge changes both read."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     d = df[(df["eval"] == "perplexity") & (df.layers.isin(["all", "all-grouped"])) & (df.method != "dense")]
-    for (model, method), g in d.groupby(["model", "method"]):
+    for (model, method, variant), g in d.groupby(["model", "method", "variant"]):
         g = g.sort_values("rank_value")
         ax.plot(g.rank_value, g.perplexity_increase_percent, marker="o", ls="-" if method == "lord" else "-.",
-                label=f"{model}, {method} (ours)")
+                label=f"{model}, {method} (ours){_v(variant)}")
     p = paper_perplexity_increase()
     for name, g in p.groupby("name"):
         g = g[g.percent_rank_reduction > 0].sort_values("percent_rank_reduction")
@@ -70,10 +75,10 @@ def fig2(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path]:
     """Perplexity increase vs % parameter reduction, one line per layer kind (and LoRD variant)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     d = df[(df["eval"] == "perplexity") & (df.method.isin(["lord", "lord_meanfix"]))]
-    for (model, layers, method), g in d.groupby(["model", "layers", "method"]):
+    for (model, layers, method, variant), g in d.groupby(["model", "layers", "method", "variant"]):
         g = g.sort_values("params_reduction_percent")
         ax.plot(g.params_reduction_percent, g.perplexity_increase_percent, marker="o",
-                ls="-" if method == "lord" else "-.", label=f"{layers}, {method} ({model})")
+                ls="-" if method == "lord" else "-.", label=f"{layers}, {method} ({model}){_v(variant)}")
     if d.empty:
         _note(ax, "no LoRD perplexity results yet")
     ax.axvline(0, color="grey", lw=0.8)
@@ -133,10 +138,10 @@ def methods_figure(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
     several = d.model.nunique() > 1
-    for (model, method, layers), g in d.groupby(["model", "method", "layers"]):  # one line per model
+    for (model, method, layers, variant), g in d.groupby(["model", "method", "layers", "variant"]):  # per model
         g = g.sort_values("params_compressed")
         ax.plot(g.params_compressed / 1e6, g.perplexity_increase_percent, marker="o",
-                label=f"{model}: {method}, {layers}" if several else f"{method}, {layers}")
+                label=(f"{model}: {method}, {layers}" if several else f"{method}, {layers}") + _v(variant))
     if d.empty:
         _note(ax, "no perplexity results yet")
     _style(ax, "parameters after compression (millions)", "perplexity increase over dense (%)",

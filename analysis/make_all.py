@@ -73,6 +73,12 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += figures.methods_figure(df, out / "methods")
     index = ["# Regenerated tables and figures", "", f"{len(df)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]
+    variants = df.attrs.get("variants", [])
+    if variants:  # runs of one point with different configs: each kept as its own row/line, never averaged
+        index += ["", "## Points run with different configurations", ""]
+        index += [f"- {v['point']}: differ in {', '.join(v['keys'])} ({len(v['paths'])} runs)" for v in variants]
+    for v in variants:
+        print(f"note: {len(v['paths'])} runs of {v['point']} differ in {', '.join(v['keys'])}", file=sys.stderr)
     if problems:
         index += ["", "## Skipped result files", ""] + [f"- `{p['path']}`: {p['reason']}" for p in problems]
     (out / "index.md").write_text("\n".join(index) + "\n")

@@ -11,10 +11,12 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
-           "params_dense", "params_compressed", "params_reduction_percent", "n_tokens", "validation_sha256", "path"]
+           "params_dense", "params_compressed", "params_reduction_percent", "n_tokens", "validation_sha256",
+           "identity", "variant", "path"]
 
-# what makes two runs the same measurement, whichever preset ran them
-SETTING = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value"]
+# what makes two runs the same measurement, whichever preset ran them; ``variant`` names the config keys in
+# which two runs of one such point differ (e.g. calibration.n_windows=32), empty when they do not
+SETTING = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value", "variant"]
 
 
 def _metrics(r: dict) -> dict:
@@ -50,14 +52,49 @@ def _row(r: dict, path: Path) -> dict:
         **_metrics(r),
         "params_dense": r["params"]["dense"], "params_compressed": r["params"]["compressed"],
         "params_reduction_percent": r["params"]["reduction_percent"],
-        "validation_sha256": val.get("content_sha256"), "path": str(path),
+        "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
+        "variant": "", "path": str(path),
     }
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
+    return out
+
+
+def _mark_variants(rows: list[dict], flats: list[dict]) -> list[dict]:
+    """Give runs of one point that differ in config a ``variant`` naming the differing keys and values; returns
+    one note per such point. Nothing is averaged or dropped: each variant stays its own row."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(tuple(r[k] for k in SETTING if k != "variant"), []).append(i)
+    notes = []
+    for point, idx in groups.items():
+        if len({json.dumps(flats[i], sort_keys=True) for i in idx}) < 2:
+            continue
+        keys = sorted({k for i in idx for k in flats[i]})
+        differ = [k for k in keys if len({flats[i].get(k) for i in idx}) > 1]
+        for i in idx:
+            rows[i]["variant"] = ", ".join(f"{k}={flats[i].get(k, 'absent')}" for k in differ)
+        notes.append({"point": dict(zip([k for k in SETTING if k != "variant"], point)), "keys": differ,
+                      "paths": [rows[i]["path"] for i in idx]})
+    return notes
 
 
 def load_results(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
     """(frame of ok runs, problems). Each problem names a file and why it was skipped: unreadable or
-    truncated JSON, a failed run, a result missing fields. Nothing crashes and nothing is dropped silently."""
-    rows, problems = [], []
+    truncated JSON, a failed run, a result missing fields. Nothing crashes and nothing is dropped silently.
+    Runs of one point (``SETTING``) whose configs differ get a ``variant`` naming the differing keys, and
+    ``frame.attrs["variants"]`` lists each such point; a folder under ``root`` named ``published`` is another
+    results folder and is not read."""
+    from lord.identity import numeric_config
+
+    rows, flats, problems = [], [], []
     root = Path(root)
     for path in sorted(root.rglob("*.json")):
         inner = path.relative_to(root).parts[:-1]
@@ -78,9 +115,13 @@ def load_results(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
             continue
         try:
             rows.append(_row(r, path))
+            flats.append(_flat(numeric_config(r["config"])))
         except (KeyError, TypeError) as e:
             problems.append({"path": str(path), "reason": f"missing field {e}"})
-    return pd.DataFrame(rows, columns=COLUMNS), problems
+    variants = _mark_variants(rows, flats)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame.attrs["variants"] = variants
+    return frame, problems
 
 
 def for_artefact(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
@@ -96,7 +137,7 @@ def same_models_as(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     own = for_artefact(df, experiment)
     d = df[df.model.isin(set(own.model))]
     d = d.assign(_own=d.experiment != experiment).sort_values("_own", kind="stable")
-    return d.drop_duplicates(SETTING).drop(columns="_own")
+    return d.drop_duplicates([k for k in SETTING if k in d]).drop(columns="_own")  # frames built by hand may lack variant
 
 
 def load_speed_benchmarks(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:

@@ -39,16 +39,16 @@ def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarC
     """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase
     (empty for our runs of a single layer kind, which the paper's Tables 3-4 do not cover)."""
     d = df[df["eval"] == "perplexity"].copy()
-    d = d[d.method != "dense"].drop_duplicates(SETTING)  # one row per setting, whichever preset ran it
+    d = d[d.method != "dense"].drop_duplicates([k for k in SETTING if k in d])  # one row per setting and variant
     p = paper_perplexity_increase()
     for name in paper_models:  # the paper's rows decompose every layer: compared with our all-layer runs only
         rows = p[p.name == name]
         d[f"paper {name} (%)"] = [_interp(x, rows.percent_rank_reduction, rows.perplexity_increase_percent)
                                   if layers in ("all", "all-grouped") else float("nan")
                                   for x, layers in zip(d.rank_value, d.layers)]
-    cols = ["model", "layers", "method", "rank_value", "ranks", "dense_perplexity", "perplexity",
+    cols = ["model", "layers", "method", "rank_value", *_variant(d), "ranks", "dense_perplexity", "perplexity",
             "perplexity_increase_percent", "params_reduction_percent"] + [f"paper {n} (%)" for n in paper_models]
-    return d.sort_values(["model", "layers", "method", "rank_value"])[cols].rename(columns={
+    return d.sort_values(["model", "layers", "method", "rank_value", *_variant(d)])[cols].rename(columns={
         "rank_value": "% rank reduction", "perplexity_increase_percent": "increase (%)",
         "params_reduction_percent": "params reduction (%)"}).reset_index(drop=True)
 
@@ -67,6 +67,7 @@ def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
         base = dense.iloc[0] if len(dense) else float("nan")
         for _, r in g.sort_values("rank_value").iterrows():
             out.append({"model": model, "preset": preset, "method": r.method, "% rank reduction": r.rank_value,
+                        **({"variant": r.variant} if _variant(d) else {}),
                         "ranks": r.ranks, "pass@1": r.pass_at_1, "CI low": r.pass_at_1_ci_low,
                         "CI high": r.pass_at_1_ci_high, "pass@10": r.pass_at_10, "tasks": r.n_tasks,
                         "change from dense": r.pass_at_1 - base,
@@ -77,10 +78,15 @@ def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     d = df[df["eval"] == "speed"]
-    cols = ["model", "layers", "rank_value", "ranks", "relative_time_512", "relative_time_1024", "decode_speedup",
-            "relative_size_params", "relative_size_disk"]
+    cols = ["model", "layers", "rank_value", *_variant(d), "ranks", "relative_time_512", "relative_time_1024",
+            "decode_speedup", "relative_size_params", "relative_size_disk"]
     return d.sort_values(["model", "rank_value"])[cols].rename(columns={"rank_value": "% rank reduction"}) \
         .reset_index(drop=True)
+
+
+def _variant(d: pd.DataFrame) -> list[str]:
+    """["variant"] when runs of one point differ in config (analysis.results.SETTING), else []."""
+    return ["variant"] if "variant" in d and d.variant.fillna("").astype(bool).any() else []
 
 
 def method_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +94,7 @@ def method_table(df: pd.DataFrame) -> pd.DataFrame:
     d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
     if d.empty:
         return d
-    key = ["model", "layers", "rank_value"]  # lord_meanfix differs only by the biases it adds (listed)
+    key = ["model", "layers", "rank_value", *_variant(d)]  # lord_meanfix differs only by the biases it adds
     t = d.pivot_table(index=key, columns="method", values="perplexity_increase_percent", aggfunc="first")
     params = d.groupby(key).params_compressed.agg(["min", "max"])
     t.insert(0, "params_compressed", [f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}" for lo, hi in params.values])

@@ -1,11 +1,14 @@
-"""Where a run's result lives and what a config must satisfy before anything runs.
+"""Everything decided before a run computes: the config checks, the run's identity, and where its result lives.
 
-Results: ``results/<experiment>/<model>/<method>[-sequential]/<layers>/<rank>[.<evaluation tag>].json``,
-one self-describing JSON per run (config, environment, data, metrics, parameters, timings).
+Results: ``results/<experiment>/<model>/<method>[-sequential]/<layers>/<rank>[.<evaluation tag>]-<id8>.json``,
+one self-describing JSON per run (config, identity and what it hashed, environment, data, metrics, parameters,
+timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two configurations of one point
+never share a file, and skip-if-done compares identities, never paths.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -13,16 +16,20 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from lord.architectures import ALL_KINDS
-from lord.errors import LordError
+from lord.atomic import temp_file
+from lord.errors import LordError, positive_int
 from lord.evaluations import EVALUATIONS, get_evaluation
+from lord.identity import run_identity, weights_id
 from lord.methods import METHODS
-from lord.run_context import DATA_SOURCES
-from lord.stages import STAGES, Stage, build_stages
+from lord.models import load_config_only
+from lord.params import meta_model
+from lord.run_context import DATA_SOURCES, RunData
+from lord.stages import STAGES, build_stages
 
 
-def validate(cfg: DictConfig) -> tuple[list[Stage], object]:
-    """Every check that needs no model; returns (stages in order, evaluation). Fails in one line naming the
-    bad key and the allowed values."""
+def validate(cfg: DictConfig) -> tuple[list, object]:
+    """Every check the config alone can answer; returns (stages in order, evaluation). One line naming the
+    bad key, its value and what would be accepted."""
     try:
         missing = OmegaConf.missing_keys(cfg)
     except (MissingMandatoryValue, InterpolationToMissingValueError) as e:  # another key interpolates it
@@ -38,12 +45,51 @@ def validate(cfg: DictConfig) -> tuple[list[Stage], object]:
     bad = [k for k in cfg.layers.kinds if k not in ALL_KINDS + ("all",)]
     if bad:
         raise LordError(f"layers.kinds has unknown kind(s) {bad}; allowed: {', '.join(ALL_KINDS + ('all',))}")
-    return build_stages(cfg), get_evaluation(cfg.eval)
+    if isinstance(cfg.data.seq_len, bool) or not isinstance(cfg.data.seq_len, int) or cfg.data.seq_len < 2:
+        raise LordError(f"data.seq_len={cfg.data.seq_len!r} (budget.seq_len) must be an integer >= 2: a window "
+                        "predicts its last seq_len - 1 tokens")
+    if isinstance(cfg.data.min_chars, bool) or not isinstance(cfg.data.min_chars, int) or cfg.data.min_chars < 0:
+        raise LordError(f"data.min_chars={cfg.data.min_chars!r} must be a non-negative integer")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise LordError(f"seed={cfg.seed!r} must be an integer")
+    stages, evaluation = build_stages(cfg), get_evaluation(cfg.eval)
+    for part in (*stages, evaluation):
+        part.check_config()
+    return stages, evaluation
 
 
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise LordError(f"{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
+
+
+def preflight(cfg: DictConfig, stages, evaluation) -> tuple[RunData, dict]:
+    """What needs the model's config (on the meta device: no weights) and the data, but no weights:
+    the selection and ranks, that the results folder is writable, that the data yields the windows asked
+    for, and the run's identity. Returns (the run's data, its identity)."""
+    _check_writable(Path(cfg.paths.results_dir) / str(cfg.experiment_name))
+    weightless = meta_model(load_config_only(cfg.model.name, cfg.paths.cache_dir))
+    for stage in stages:
+        stage.check(weightless)
+    data = RunData(cfg, tokenizer=None)
+    splits = {}
+    if any(s.needs_calibration_data() for s in stages):
+        splits["calibration"] = cfg.calibration.n_windows
+    if evaluation.needs_validation_windows:
+        splits["validation"] = cfg.eval.n_windows
+    hashes = {split: data.check_split(split, n) for split, n in splits.items()}
+    identity = run_identity(OmegaConf.to_container(cfg, resolve=True),
+                            weights_id(cfg.model.name, cfg.paths.cache_dir), hashes)
+    return data, identity
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.remove(temp_file(folder))
+    except OSError as e:
+        raise LordError(f"results folder {folder} is not writable ({e.strerror or e}); set paths.results_dir to a "
+                        "folder you can write") from None
 
 
 def rank_tag(cfg: DictConfig) -> str:
@@ -52,12 +98,17 @@ def rank_tag(cfg: DictConfig) -> str:
     return tag + (f"-round{r.round_to}" if r.round_to and int(r.round_to) > 1 else "")
 
 
-def result_path(cfg: DictConfig, evaluation) -> Path:
-    """results/<experiment>/<model>/<method>[-sequential]/<layers>/<rank>[.<tag>].json"""
+def result_stem(cfg: DictConfig, evaluation) -> Path:
+    """results/<experiment>/<model>/<method>[-sequential]/<layers>/<rank>[.<tag>] (no identity, no suffix)."""
     model = str(cfg.model.name).replace("/", "--")
     dense = not METHODS.get(cfg.method.name).decomposes
     method = cfg.method.name + ("-sequential" if cfg.calibration.mode == "sequential" else "")
     layers = "none" if dense else cfg.layers.name
     tag = "dense" if dense else rank_tag(cfg)
     suffix = f".{evaluation.tag}" if evaluation.tag else ""
-    return Path(cfg.paths.results_dir) / cfg.experiment_name / model / method / layers / f"{tag}{suffix}.json"
+    return Path(cfg.paths.results_dir) / cfg.experiment_name / model / method / layers / f"{tag}{suffix}"
+
+
+def result_path(cfg: DictConfig, evaluation, identity: dict) -> Path:
+    stem = result_stem(cfg, evaluation)
+    return stem.with_name(f"{stem.name}-{identity['id'][:8]}.json")

@@ -4,9 +4,11 @@
     python -m experiments.run -m method=lord,svd rank.value=20,50          # a sweep (Hydra multirun)
     python -m experiments.run -m +experiment=fig1_rank_sweep                # a preset's sweep
 
-A run whose result already exists with status "ok" is skipped, so re-running a killed sweep resumes it.
-A run that fails writes its error into its result (status "failed"); a single run then exits 1, and a
-sweep goes on and reports every failure at the end (``hydra_plugins/lord_sweeper``).
+A run whose result already exists with status "ok" *and the same identity* (lord/identity.py: the config less
+operational keys, plus content hashes of the weights and the data) is skipped, so re-running a killed sweep
+resumes it and a changed setting is never answered by an old number. A config error (checked before any
+weights load) writes nothing and exits 2; a run that fails while computing writes its error into its result
+(status "failed") and exits 1; a sweep finishes its other jobs, then names every failure and exits 1.
 """
 
 from __future__ import annotations
@@ -27,27 +29,35 @@ from experiments.cli import CONF, guarded
 from lord.cache import CompressionCache
 from lord.environment import environment, pick_device
 from lord.errors import LordError
-from lord.jsonio import read_json, write_json_atomic
-from lord.models import load_config_only, load_model
-from lord.params import count_parameters, meta_model
+from lord.atomic import clean_leftovers, read_json, write_json_atomic
+from lord.models import load_model
+from lord.params import count_parameters
 from lord.run_context import RunContext, RunData, model_key
 
 log = logging.getLogger("lord.run")
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run one configuration and return its result (also written to its result file)."""
+    """Run one configuration and return its result (also written to its result file). A config error raises
+    ``LordError`` before anything is written."""
     stages, evaluation = records.validate(cfg)
-    out_path = records.result_path(cfg, evaluation)
+    data, identity = records.preflight(cfg, stages, evaluation)
+    out_path = records.result_path(cfg, evaluation, identity)
+    clean_leftovers(out_path.parent)
+    clean_leftovers(cfg.paths.cache_dir)
     previous = read_json(out_path)
     if previous is not None and previous.get("status") == "ok":
-        log.info("skip (already done): %s", out_path)
+        if (previous.get("identity") or {}).get("id") != identity["id"]:
+            raise LordError(f"{out_path} holds another configuration whose identity starts alike; move it away "
+                            "and run again")
+        log.info("skip (already done, same identity): %s", out_path)
         return {**previous, "path": str(out_path), "outcome": "skipped"}
     result = {"schema": "lord.result/1", "experiment": cfg.experiment_name, "profile": cfg.get("profile_name"),
-              "config": OmegaConf.to_container(cfg, resolve=True), "environment": environment(), "timings": {}}
+              "identity": identity, "config": OmegaConf.to_container(cfg, resolve=True),
+              "environment": environment(), "timings": {}}
     logger = _start_logger(cfg, out_path)
     try:
-        result.update(_execute(cfg, stages, evaluation, out_path, result["timings"]))
+        result.update(_execute(cfg, stages, evaluation, data, out_path, result["timings"]))
         result.update(status="ok", error=None)
     except Exception as e:  # recorded, not raised: a sweep goes on past one failure
         result.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -69,16 +79,13 @@ def _timed(timings: dict, key: str):
     timings[key] = time.perf_counter() - t
 
 
-def _execute(cfg: DictConfig, stages, evaluation, out_path: Path, timings: dict) -> dict:
+def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path, timings: dict) -> dict:
     torch.manual_seed(cfg.seed)
-    weightless = meta_model(load_config_only(cfg.model.name, cfg.paths.cache_dir))
-    for stage in stages:  # selection and ranks, checked on a weightless copy before any weights load
-        stage.check(weightless)
-
     with _timed(timings, "load_s"):
         model, tok, info = load_model(cfg.model.name, dtype=cfg.model.dtype, device=pick_device(cfg.model.device),
                                       device_map=cfg.model.device_map, cache_root=cfg.paths.cache_dir)
-    ctx = RunContext(cfg, model, tok, info, data=RunData(cfg, tok),
+    data.tokenizer = tok
+    ctx = RunContext(cfg, model, tok, info, data=data,
                      cache=CompressionCache(cfg.paths.cache_dir, model_key(cfg, info)),
                      artifacts=out_path.with_suffix(""), timings=timings)
     dense_params = count_parameters(model)

@@ -17,12 +17,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from lord.atomic import temp_file
 from lord.calibration import Moments, load_statistics, save_statistics
 from lord.errors import LordError
 
@@ -88,8 +88,7 @@ class CompressionCache:
         tensors = {"Q": basis.Q.cpu().contiguous(), "spectrum": basis.spectrum.cpu().contiguous()}
         if basis.mean_z is not None:
             tensors["mean_z"] = basis.mean_z.cpu().contiguous()
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
+        tmp = temp_file(folder, ".safetensors")
         try:
             save_file(tensors, tmp)
             os.replace(tmp, folder / f"{target}.safetensors")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from lord.architectures import Target
+from lord.atomic import temp_file
 from lord.errors import LordError
 from lord.modules import dense_weight
 from lord.progress import progress_bar
@@ -172,8 +172,7 @@ def save_statistics(stats: dict[str, Moments], path: str | Path, meta: dict) -> 
         tensors[f"{k}::sum_vv"] = m.sum_vv.cpu().contiguous()
         tensors[f"{k}::sum_v"] = m.sum_v.cpu().contiguous()
         tensors[f"{k}::n"] = torch.tensor([m.n], dtype=torch.int64)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = temp_file(path.parent, ".safetensors")
     try:
         save_file(tensors, tmp, metadata={"lord_meta": json.dumps(meta, sort_keys=True)})
         os.replace(tmp, path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lord.structure import Decomposition, apply_structure, decompositions_from_json, decompositions_to_json
+from lord.atomic import temp_dir
 from lord.errors import LordError
 
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ def save_compressed(model, path, decompositions: list[Decomposition], tokenizer=
     """Write the model atomically: into a temporary sibling directory, then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp"))
+    tmp = temp_dir(path.parent)
     try:
         tensors, aliases, seen = {}, {}, {}
         for k, v in model.state_dict().items():
@@ -66,14 +66,53 @@ def save_compressed(model, path, decompositions: list[Decomposition], tokenizer=
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# what lord.json must hold: each decomposition's keys with their types
+_DECOMPOSITION_FIELDS = {"members": "list of str", "kind": "str", "block": "int or null", "rank": "int",
+                         "d_in": "int", "d_outs": "list of int", "bias": "list of bool"}
+
+
+def _type_ok(value, kind: str) -> bool:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return {"str": isinstance(value, str), "int": is_int and value > 0, "int or null": value is None or is_int,
+            "list of str": isinstance(value, list) and all(isinstance(v, str) for v in value) and bool(value),
+            "list of int": isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value) and bool(value),
+            "list of bool": isinstance(value, list) and all(isinstance(v, bool) for v in value)}[kind]
+
+
 def read_manifest(path) -> dict:
+    """``lord.json``, checked: a known ``format_version`` and well-formed decompositions, else one line."""
     f = Path(path) / MANIFEST
     if not f.is_file():
         raise LordError(f"{path} has no {MANIFEST}: it is not a model saved by lord.save_compressed")
     try:
-        return json.loads(f.read_text())
+        manifest = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise LordError(f"{f} is not valid JSON ({e}); re-save the model") from None
+    if not isinstance(manifest, dict):
+        raise LordError(f"{f} must hold a JSON object, got {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise LordError(f"{f}: format_version {version!r} is not one this lord reads ({FORMAT_VERSION}); "
+                        "load it with the lord version that saved it, or re-save the model")
+    decs = manifest.get("decompositions")
+    if not isinstance(decs, list):
+        raise LordError(f"{f}: 'decompositions' must be a list, got {type(decs).__name__}")
+    for i, d in enumerate(decs):
+        if not isinstance(d, dict):
+            raise LordError(f"{f}: decompositions[{i}] must be an object, got {type(d).__name__}")
+        for key, kind in _DECOMPOSITION_FIELDS.items():
+            if key not in d:
+                raise LordError(f"{f}: decompositions[{i}] lacks {key!r} ({kind}); re-save the model")
+            if not _type_ok(d[key], kind):
+                raise LordError(f"{f}: decompositions[{i}].{key} must be {kind}, got {d[key]!r}")
+        if not len(d["members"]) == len(d["d_outs"]) == len(d["bias"]):
+            raise LordError(f"{f}: decompositions[{i}] has {len(d['members'])} members but {len(d['d_outs'])} "
+                            f"d_outs and {len(d['bias'])} bias flags")
+    aliases = manifest.get("aliases", {})
+    if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+        raise LordError(f"{f}: 'aliases' must map tensor names to tensor names")
+    return manifest
 
 
 def load_compressed(path, dtype=torch.float32, device="cpu", with_tokenizer: bool = True):

@@ -20,6 +20,7 @@ Calibration modes:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,7 @@ from lord.ranks import RankSpec
 from lord.structure import Decomposition, Planned, dense_W_b, plan_targets, set_module, write_factors
 
 CALIBRATION_MODES = ("oneshot", "sequential")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +101,27 @@ class Compressor:
                 if self.cache is not None:
                     self.cache.store_statistics(key, self._statistics, {"targets": len(self.targets)})
             self._statistics_key = key
+            self._check_rank(self._statistics)
         return self._statistics
+
+    def _check_rank(self, stats: dict[str, Moments]) -> None:
+        """Warn once, and record, when a statistic has fewer tokens than it needs to have full rank.
+
+        A centred covariance of ``n`` vectors has rank at most ``n - 1``: with ``n - 1 < dim`` the basis's
+        trailing directions are arbitrary. Output side (wide layers), full rank still reproduces the layer on
+        every input (the basis is complete); input side (tall layers, groups), full rank reproduces it only on the
+        span of the calibration inputs. Both ranks' errors stay optimal *on the calibration data*."""
+        short = {k: m.dim for k, m in stats.items() if m.n - 1 < m.dim}
+        if not short:
+            return
+        n = min(stats[k].n for k in short)
+        need = max(short.values()) + 1
+        log.warning("calibration has %d tokens per statistic but %d of %d statistics have up to %d dimensions: "
+                    "their covariance is rank-deficient (rank <= %d); full-rank decompositions of tall layers are "
+                    "then exact only on the calibration inputs' span. Calibrate on >= %d tokens for full-rank "
+                    "statistics.", n, len(short), len(stats), need - 1, n - 1, need)
+        self.events["rank_deficient_statistics"] = {"tokens": n, "statistics": len(short), "of": len(stats),
+                                                    "max_dim": need - 1, "tokens_needed": need}
 
     def calibrate(self, targets: list[Target]) -> dict[str, Moments]:
         arch = architecture_for(self.model, self.architecture)

@@ -24,12 +24,12 @@ import json
 import os
 import platform
 import sysconfig
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from lord.atomic import temp_file
 from lord.errors import LordError
 from lord.progress import progress_bar
 
@@ -94,23 +94,61 @@ def stdlib_corpus(split: str, validation_percent: int = 50, root: str | None = N
     return Corpus("stdlib", split, records, meta)
 
 
+def _jsonl_rows(p: Path) -> list[dict]:
+    """Rows of a JSON-lines file, each an object with a string ``content``; a bad line is named."""
+    rows = []
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LordError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
+                                "object with a 'content' string") from None
+            if not isinstance(row, dict) or not isinstance(row.get("content"), str):
+                raise LordError(f"{p}:{n}: each line must be an object with a 'content' string, got "
+                                f"{type(row).__name__}{' without content' if isinstance(row, dict) else ''}")
+            rows.append(row)
+    if not rows:
+        raise LordError(f"{p} has no rows; it needs one JSON object with a 'content' string per line")
+    return rows
+
+
+def _parquet_records(p: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # pyarrow raises several types for a damaged or foreign file
+        raise LordError(f"{p} is not a readable Parquet file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if "content" not in table.column_names:
+        raise LordError(f"{p} has no 'content' column (columns: {', '.join(table.column_names)})")
+    rows = table.to_pylist()
+    for n, row in enumerate(rows):
+        if not isinstance(row["content"], str):
+            raise LordError(f"{p}: row {n}: 'content' must be a string, got {type(row['content']).__name__}")
+    return [_record(r["content"], str(r.get("repository_name") or p.stem), str(r.get("path") or n))
+            for n, r in enumerate(rows)]
+
+
 def folder_corpus(path: str | os.PathLike, split: str = "validation") -> Corpus:
     """A user corpus: a folder of ``.py`` files, or a JSONL / Parquet file with a ``content`` column."""
     p = Path(path).expanduser()
+    if not p.exists():
+        raise LordError(f"corpus path {p} does not exist; point data.path at a folder of .py files or a "
+                        ".jsonl/.parquet file with a 'content' column")
     if p.is_dir():
         files = sorted(p.rglob("*.py"))
         if not files:
             raise LordError(f"corpus folder {p} contains no .py files; point data.path at a folder of Python sources")
         records = [_record(f.read_text(encoding="utf-8", errors="replace"), p.name, f.relative_to(p).as_posix())
                    for f in files]
-    elif p.is_file() and p.suffix in (".jsonl", ".json", ".parquet"):
-        import pandas as pd
-
-        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_json(p, lines=True)
-        if "content" not in df.columns:
-            raise LordError(f"{p} has no 'content' column (columns: {', '.join(map(str, df.columns))})")
-        records = [_record(str(row["content"]), str(row.get("repository_name", p.stem)), str(row.get("path", i)))
-                   for i, row in df.iterrows()]
+    elif p.is_file() and p.suffix in (".jsonl", ".json"):
+        records = [_record(row["content"], str(row.get("repository_name", p.stem)), str(row.get("path", i)))
+                   for i, row in enumerate(_jsonl_rows(p))]
+    elif p.is_file() and p.suffix == ".parquet":
+        records = _parquet_records(p)
     else:
         raise LordError(f"corpus path {p} is neither a folder of .py files nor a .jsonl/.parquet file")
     return Corpus(f"folder:{p}", split, records, {"source": str(p)})
@@ -200,8 +238,7 @@ def tokenize_windows(corpus: Corpus, tokenizer, seq_len: int = 1024, min_chars: 
     out = torch.tensor(windows, dtype=torch.long)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        os.close(fd)
+        tmp = temp_file(cache_file.parent, ".pt")
         torch.save(out, tmp)
         os.replace(tmp, cache_file)
     return out

@@ -8,3 +8,11 @@ catch it and print the message alone, never a traceback.
 
 class LordError(Exception):
     """A mistake in the user's input or environment, explained in one line."""
+
+
+def positive_int(key: str, value, allow_none: bool = False) -> None:
+    """One line naming ``key`` unless ``value`` is a positive integer (or None where that means 'all')."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LordError(f"{key}={value!r} must be a positive integer{' or null (all)' if allow_none else ''}")

@@ -3,7 +3,10 @@ directory, or a hub id (paper models such as ``Salesforce/codegen-16B-mono``, fo
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -12,6 +15,45 @@ from lord.checkpoint import MANIFEST, load_compressed
 from lord.errors import LordError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One TCP connection to the hub's endpoint, bounded in time (name resolution included); no retries."""
+    import socket
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    ok = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout_s).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return bool(ok)
+
+
+def hub_access(name: str) -> dict:
+    """How to load a hub model: ``{}`` (the hub answers), ``{"local_files_only": True}`` (cached, hub
+    unreachable), or a one-line ``LordError`` at once when it is neither cached nor reachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and _hub_reachable():
+        return {}
+    if cached:
+        return {"local_files_only": True}
+    raise LordError(
+        f"cannot load {name!r}: it is not in the local Hugging Face cache and the hub is "
+        f"{'switched off (HF_HUB_OFFLINE=1)' if offline else 'unreachable'}; offline models you can use instead: "
+        f"{', '.join(zoo.ZOO)} (with the model cached elsewhere, point HF_HOME there and set HF_HUB_OFFLINE=1)")
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -38,12 +80,13 @@ def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None,
         info = {"source": "local", "path": str(path)}
     else:
         info = {"source": "hub", "hub_id": name}
-    kwargs = {"dtype": dt}
+    kwargs = {"dtype": dt, **(hub_access(name) if info["source"] == "hub" else {})}
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path if info["source"] != "hub" else name, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path if info["source"] != "hub" else name)
+        tok = AutoTokenizer.from_pretrained(path if info["source"] != "hub" else name,
+                                            local_files_only=kwargs.get("local_files_only", False))
     except OSError as e:
         if info["source"] == "hub":
             raise LordError(
@@ -58,18 +101,21 @@ def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None,
 
 
 def load_config_only(name: str, cache_root=None):
-    """The model's transformers config without its weights (a zoo model's is shipped with lord)."""
+    """The model's transformers config without its weights: shipped with lord for the zoo and the paper's
+    models (no fetch, no network), else from the model directory or the hub."""
     from transformers import AutoConfig
 
-    from lord.params import load_config, zoo_model_configs
+    from lord.params import load_config, paper_model_configs, zoo_model_configs
 
-    if name in zoo_model_configs():
+    if name in zoo_model_configs() or name in paper_model_configs():
         return load_config(name)
     path = Path(str(name)).expanduser()
     if name in zoo.ZOO:
         path = zoo.fetch(name, cache_root)
     try:
-        return AutoConfig.from_pretrained(path if path.is_dir() else name)
+        if path.is_dir():
+            return AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(name, **hub_access(name))
     except OSError:
         raise LordError(
             f"cannot load the config of {name!r}: the model hub is unreachable and it is not in the local cache; "

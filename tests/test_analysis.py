@@ -147,3 +147,29 @@ def test_each_artefact_prefers_its_own_presets_rows():
     assert preset_points(None, None, None) == [[]]
     # the command line wins over a preset point's value of the same key
     assert merge(["model=a", "method=lord"], ["+experiment=x", "model=b"]) == ["+experiment=x", "model=b", "method=lord"]
+
+
+def test_two_configurations_of_one_point_are_kept_apart_and_named(fixture_results, tmp_path):
+    """A point run twice with another setting (here the calibration window count) is never averaged or
+    overwritten: both rows stay, each with a variant naming the differing key, and the index lists it."""
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(fixture_results, root)
+    src = next(f for f in root.rglob("*.json")
+               if json.loads(f.read_text())["config"]["method"]["name"] == "lord"
+               and json.loads(f.read_text()).get("eval") == "perplexity")
+    other = json.loads(src.read_text())
+    other["config"]["calibration"]["n_windows"] = 8
+    other["metrics"]["perplexity"] *= 0.9
+    (src.parent / "other-config.json").write_text(json.dumps(other))
+    df, _ = load_results(root)
+    rows = df[(df.method == "lord") & (df.rank_value == other["config"]["rank"]["value"])
+              & (df.layers == other["config"]["layers"]["name"])]
+    assert sorted(rows.variant) == ["calibration.n_windows=4", "calibration.n_windows=8"]
+    assert df.attrs["variants"][0]["keys"] == ["calibration.n_windows"]
+    out = make_all(root, tmp_path / "analysis")
+    table = (tmp_path / "analysis" / "table_perplexity.md").read_text()
+    assert f"{other['metrics']['perplexity']:.4g}" in table and "calibration.n_windows=8" in table
+    assert "differ in calibration.n_windows" in (tmp_path / "analysis" / "index.md").read_text()
+    assert len(out["frame"]) == len(RUNS) + 1

@@ -40,15 +40,15 @@ def test_every_option_of_every_group_composes_and_validates(group):
         ov = f"{group}={opt}"
         cfg = _compose([ov, *EXTRA.get(ov, [])])
         _, evaluation = records.validate(cfg)
-        assert records.result_path(cfg, evaluation).suffix == ".json"
+        assert records.result_path(cfg, evaluation, {"id": "0" * 64}).name.endswith("-00000000.json")
 
 
 def test_every_experiment_preset_expands_and_validates():
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfgs = preset_jobs(preset)
         assert len(cfgs) > 1, preset
-        paths = {records.result_path(c, records.validate(c)[1]) for c in cfgs}
-        assert len(paths) == len(cfgs)  # no two runs share a result file
+        stems = {records.result_stem(c, records.validate(c)[1]) for c in cfgs}
+        assert len(stems) == len(cfgs)  # no two points share a result name (the identity is appended to it)
     # a key given on the command line wins over the preset's points
     assert {c.model.name for c in preset_jobs("fig1_rank_sweep", ["model=smollm2-135m"])} == {"smollm2-135m"}
 
@@ -129,7 +129,8 @@ def test_a_sweep_runs_every_job_then_exits_1_naming_the_failed_one(tmp_path, smo
               "method=svd", "rank.value=40,1"])  # 1 % reduction of mlp_down adds parameters: that job fails
     assert p.returncode == 1, p.stderr[-2000:]
     assert "sweep: 2 jobs: 1 ran, 0 skipped (already done), 1 failed" in p.stderr
-    assert "reduction-1.json" in p.stderr and (tmp_path / "adhoc/smollm2-135m/svd/mlp_down/reduction-40.json").is_file()
+    assert "adds parameters" in p.stderr  # the failed point, named in the summary
+    assert list((tmp_path / "adhoc/smollm2-135m/svd/mlp_down").glob("reduction-40-*.json"))
 
 
 def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, smollm2):
@@ -168,17 +169,16 @@ def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, s
     assert toy["metrics"]["perplexity"] == pytest.approx(ref["metrics"]["perplexity"], rel=1e-6)
 
 
-def test_failed_run_is_recorded_before_weights_load(tmp_path, smollm2, monkeypatch):
+def test_rank_errors_are_config_errors_before_weights_load(tmp_path, smollm2, monkeypatch):
     import experiments.run as run_mod
 
     monkeypatch.setattr(run_mod, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
-    cfg = _compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.value=1"])
-    r = run(cfg)  # 1% reduction of mlp_down adds parameters: recorded as failed, with the reason
-    assert r["status"] == "failed" and "adds parameters" in r["error"]
-    assert json.loads(Path(r["path"]).read_text())["status"] == "failed"
-    r = run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.unit=rank",
+    with pytest.raises(LordError, match="adds parameters"):  # 1% reduction of mlp_down adds parameters
+        run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.value=1"]))
+    with pytest.raises(LordError, match="exceeds d_min=576"):
+        run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.unit=rank",
                       "rank.value=5000"]))
-    assert r["status"] == "failed" and "exceeds d_min=576" in r["error"]
+    assert not list(tmp_path.rglob("*.json"))  # a config error writes no result
 
 
 def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):

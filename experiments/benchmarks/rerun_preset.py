@@ -19,7 +19,7 @@ from pathlib import Path
 
 from experiments.benchmarks.common import parser, write
 from experiments.cli import CONF, guarded
-from experiments.records import result_path, validate
+from experiments.records import result_stem, validate
 from hydra_plugins.lord_sweeper.lord_sweeper import expand
 from lord.errors import LordError
 
@@ -38,8 +38,8 @@ def compare(new: dict, old: dict) -> dict:
         out["matches"] = bool(out["params_equal"] and out["perplexity"]["rel_diff"] <= PPL_RTOL
                               and out["dense_perplexity_rel_diff"] <= PPL_RTOL)
     elif ev == "humaneval":
-        verdicts = {t["task_id"]: t["passed"] for t in o["per_task"]}
-        differ = [t["task_id"] for t in m["per_task"] if verdicts.get(t["task_id"]) != t["passed"]]
+        differ = sorted(t for t in set(m["per_task"]) | set(o["per_task"])  # {task: {"correct": c, "n": n}}
+                        if m["per_task"].get(t) != o["per_task"].get(t))
         out["humaneval"] = {"tasks": len(m["per_task"]), "verdicts_differ": differ,
                             "pass@1": {"rerun": m["pass@1"]["mean"], "published": o["pass@1"]["mean"]}}
         out["matches"] = bool(out["params_equal"] and not differ and len(m["per_task"]) == len(o["per_task"]))
@@ -54,6 +54,17 @@ def compare(new: dict, old: dict) -> dict:
     return out
 
 
+def _published(stem: Path) -> Path:
+    """The committed result of a point: ``<stem>-<id8>.json``, or ``<stem>.json`` (the layout before run
+    identities); one line when there is none or more than one."""
+    found = sorted(stem.parent.glob(f"{stem.name}-????????.json"))
+    found += [p for p in [stem.with_name(stem.name + ".json")] if p.is_file()]
+    if len(found) != 1:
+        raise LordError(f"{'no' if not found else len(found)} committed result(s) for {stem}: "
+                        f"{', '.join(map(str, found)) or 'run the preset first'}")
+    return found[0]
+
+
 def main():
     from experiments.run import run
 
@@ -66,11 +77,8 @@ def main():
     if not 0 <= args.point < len(cfgs):
         raise LordError(f"--point {args.point} is out of range: preset {args.preset!r} has points 0..{len(cfgs) - 1}")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = expand(str(CONF), args.preset)[args.point]
-        published_file = args.published / result_path(cfg, validate(cfg)[1]).relative_to(cfg.paths.results_dir)
-        if not published_file.is_file():
-            raise LordError(f"point {args.point} of {args.preset!r} has no committed result ({published_file})")
         cfg = expand(str(CONF), args.preset, [f"paths.results_dir={tmp}"])[args.point]
+        published_file = _published(args.published / result_stem(cfg, validate(cfg)[1]).relative_to(tmp))
         new = run(cfg)
     if new["status"] != "ok":
         raise LordError(f"the rerun failed: {new['error']}")

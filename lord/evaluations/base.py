@@ -34,6 +34,9 @@ class Evaluation:
         """Distinguishes its result file from another evaluation's of the same point ('' for perplexity)."""
         return self.name
 
+    def check_config(self) -> None:
+        """Raise ``LordError`` for bad options, before any model loads."""
+
     def baseline(self, ctx) -> dict | None:
         return None
 

@@ -3,6 +3,7 @@ outcomes are written next to the result, so an interrupted evaluation resumes.""
 
 from __future__ import annotations
 
+from lord.errors import LordError, positive_int
 from lord.evaluations.base import EVALUATIONS, Evaluation
 from lord.humaneval.evaluate import evaluate_humaneval
 from lord.humaneval.sandbox import Limits
@@ -13,6 +14,22 @@ class HumanEval(Evaluation):
     @property
     def tag(self) -> str:
         return f"humaneval-{self.options.preset}"
+
+    def check_config(self) -> None:
+        from lord.humaneval.evaluate import load_problems
+        from lord.humaneval.generate import get_preset
+
+        e = self.options
+        get_preset(e.preset)
+        positive_int("eval.limit", e.limit, allow_none=True)
+        positive_int("eval.batch_size", e.batch_size)
+        positive_int("eval.max_new_tokens", e.max_new_tokens)
+        positive_int("eval.n", e.n, allow_none=True)
+        if e.task_ids is not None:
+            try:
+                load_problems(task_ids=list(e.task_ids))
+            except LordError as err:
+                raise LordError(f"eval.task_ids: {err}") from None
 
     def measure(self, ctx, baseline) -> dict:
         e = self.options

@@ -4,8 +4,9 @@ cached on disk per (model, validation windows, batch size)."""
 from __future__ import annotations
 
 from lord.cache import content_key, tensor_hash
+from lord.errors import positive_int
 from lord.evaluations.base import EVALUATIONS, Evaluation
-from lord.jsonio import read_json, write_json_atomic
+from lord.atomic import read_json, write_json_atomic
 from lord.perplexity import evaluate_perplexity
 
 
@@ -16,6 +17,11 @@ class Perplexity(Evaluation):
     @property
     def tag(self) -> str:
         return ""
+
+    def check_config(self) -> None:
+        positive_int("eval.n_windows", self.options.n_windows, allow_none=True)
+        positive_int("eval.batch_size", self.options.batch_size)
+        positive_int("eval.chunk_tokens", self.options.chunk_tokens)
 
     def _run(self, ctx) -> dict:
         o = self.options

@@ -39,6 +39,9 @@ class Stage:
         """Whether it works on the targets that ``calibrate`` selects (``layers``)."""
         return False
 
+    def check_config(self) -> None:
+        """Raise ``LordError`` for what the config alone can tell (its own keys)."""
+
     def check(self, model: nn.Module) -> None:
         """Raise ``LordError`` for what the config and a weightless copy of the model can tell."""
 

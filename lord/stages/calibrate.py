@@ -8,7 +8,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from lord.compress import CALIBRATION_MODES, Compressor
-from lord.errors import LordError
+from lord.errors import LordError, positive_int
 from lord.stages.base import STAGES, Stage
 
 
@@ -24,10 +24,14 @@ def layer_selection(cfg) -> dict:
 
 @STAGES.register("calibrate")
 class Calibrate(Stage):
+    def check_config(self) -> None:
+        c = self.cfg.calibration
+        if c.mode not in CALIBRATION_MODES:
+            raise LordError(f"calibration.mode={c.mode!r} is unknown; allowed: {', '.join(CALIBRATION_MODES)}")
+        positive_int("calibration.n_windows", c.n_windows, allow_none=True)
+        positive_int("calibration.batch_size", c.batch_size)
+
     def check(self, model) -> None:
-        if self.cfg.calibration.mode not in CALIBRATION_MODES:
-            raise LordError(f"calibration.mode={self.cfg.calibration.mode!r} is unknown; "
-                            f"allowed: {', '.join(CALIBRATION_MODES)}")
         if any(s.uses_layer_selection() for s in self.later):
             Compressor(model, **layer_selection(self.cfg), progress=False)  # the selection exists in this model
 

@@ -64,5 +64,7 @@ class Decompose(Stage):
             "target_dense_params": report["dense_params"], "target_lowrank_params": report["lowrank_params"],
             "decompositions": [{"name": d.name, "kind": d.kind, "rank": d.rank, "d_in": d.d_in, "d_outs": d.d_outs}
                                for d in decs],
-            "reused": dict(c.events),  # statistics and bases that came from the cache
+            "reused": {k: v for k, v in c.events.items() if k.endswith("_from_cache")},  # from the disk cache
+            # fewer calibration tokens than a statistic's dimension + 1 (lord.compress.Compressor._check_rank)
+            "rank_deficient_statistics": c.events.get("rank_deficient_statistics"),
         }
