@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from lord.atomic import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -73,8 +76,8 @@ def _hub_revision(repo_id: str) -> str:
         for repo in scan_cache_dir().repos:
             if repo.repo_id == repo_id and repo.revisions:
                 return sorted(r.commit_hash for r in repo.revisions)[-1]
-    except Exception:  # no cache folder, or a layout this huggingface_hub cannot read: the revision is unknown
-        pass
+    except Exception as e:  # no cache folder, or a layout this huggingface_hub cannot read: the revision is unknown
+        log.debug("no cached revision for %s (%s: %s)", repo_id, type(e).__name__, e)
     return "unknown"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from tqdm.auto import tqdm
 
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 class TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=__import__("sys").stderr)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging's own contract: report the failure, never raise from a log call
             self.handleError(record)
 
