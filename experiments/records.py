@@ -17,7 +17,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from lord.architectures import ALL_KINDS
 from lord.atomic import temp_file
-from lord.errors import LordError, positive_int
+from lord.errors import LordError
 from lord.evaluations import EVALUATIONS, get_evaluation
 from lord.identity import run_identity, weights_id
 from lord.methods import METHODS

@@ -13,7 +13,7 @@ Users add an architecture without touching code by passing the same structure as
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn as nn
 

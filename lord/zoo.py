@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lord.atomic import clean_leftovers, temp_dir

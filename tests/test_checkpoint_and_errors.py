@@ -1,9 +1,7 @@
-import copy
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from conftest import calib_batches, tiny_model
 from lord.checkpoint import load_compressed, save_compressed

