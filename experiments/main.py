@@ -33,5 +33,10 @@ def main() -> None:
     run.main()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lord-main`` console script."""
     guarded(main)
+
+
+if __name__ == "__main__":
+    cli()

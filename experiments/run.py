@@ -51,6 +51,9 @@ def run(cfg: DictConfig) -> dict:
             raise LordError(f"{out_path} holds another configuration whose identity starts alike; move it away "
                             "and run again")
         log.info("skip (already done, same identity): %s", out_path)
+        if cfg.paths.get("save_dir"):
+            log.warning("paths.save_dir=%s was not written: the run was skipped; move %s away to run it again",
+                        cfg.paths.save_dir, out_path)
         return {**previous, "path": str(out_path), "outcome": "skipped"}
     result = {"schema": "lord.result/1", "experiment": cfg.experiment_name, "profile": cfg.get("profile_name"),
               "identity": identity, "config": OmegaConf.to_container(cfg, resolve=True),
@@ -101,6 +104,9 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
         metrics = evaluation.measure(ctx, baseline)
 
     compressed_params = count_parameters(model)
+    if cfg.paths.get("save_dir"):
+        with _timed(timings, "save_s"):
+            _save(cfg, ctx, metrics, out_path)
     return {
         "model": {"name": cfg.model.name, **info, "n_params": dense_params, "model_type": model.config.model_type},
         "data": ctx.data.describe(),
@@ -111,6 +117,30 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
         "stages": {name: rec for name, rec in ctx.records.items() if rec is not None},
         **({"compression": ctx.records["decompose"]} if ctx.records.get("decompose") else {}),
     }
+
+
+def _command() -> str | None:
+    """The command line of this run (a sweep job: its own overrides), for the model card."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return " ".join(["python -m experiments.run", *HydraConfig.get().overrides.task])
+
+
+def _save(cfg: DictConfig, ctx: RunContext, metrics: dict, out_path: Path) -> None:
+    """The compressed model as a Hugging Face checkpoint with a model card (``paths.save_dir``)."""
+    from lord.checkpoint import save_compressed
+    from lord.hf.model_card import card_from_source
+
+    measured = {f"{cfg.eval.name}: {k}": v for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    method = (ctx.records.get("decompose") or {}).get("method", "none (dense)")
+    card = {**card_from_source(ctx.model_info), "method": method, "metrics": measured, "command": _command(),
+            "result": str(out_path)}
+    path = save_compressed(ctx.model, Path(cfg.paths.save_dir), ctx.decompositions, tokenizer=ctx.tokenizer,
+                           card=card)
+    log.info("saved the compressed model to %s", path)
 
 
 def headline(result: dict) -> str:
@@ -168,5 +198,10 @@ def main(cfg: DictConfig) -> dict:
     return {k: result.get(k) for k in ("status", "outcome", "path", "error")}
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``lord-run`` console script."""
     guarded(main)
+
+
+if __name__ == "__main__":
+    cli()

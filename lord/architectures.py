@@ -111,7 +111,9 @@ def architecture_for(model: nn.Module, override: dict | Architecture | None = No
         return override
     if override:
         return Architecture.from_dict(dict(override))
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    # a loaded LoRD checkpoint has model_type "lord" and keeps its architecture in base_model_type
+    model_type = getattr(config, "base_model_type", None) or getattr(config, "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     names = ", ".join(linear_module_names(model)[:12])

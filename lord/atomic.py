@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,22 @@ def temp_file(folder: str | os.PathLike, suffix: str = "") -> str:
 def temp_dir(folder: str | os.PathLike, kind: str = ".tmp-") -> Path:
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=folder, prefix=_tag(kind)))
+
+
+@contextmanager
+def replaced_directory(path: str | os.PathLike):
+    """Yields an empty temporary folder beside ``path``; when the block ends without error, that folder replaces
+    ``path`` (a reader sees the old folder or the new one, never a mix); on error it is removed."""
+    path = Path(path)
+    tmp = temp_dir(path.parent)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -1,20 +1,23 @@
-"""Save and reload compressed models.
+"""Save and reload compressed models as Hugging Face checkpoints.
 
-A saved model is a directory with
+A saved model is a directory that ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``
+loads in one call, with or without lord installed:
 
-* ``model.safetensors`` — the state dict (contiguous tensors; weights shared by tied modules stored once),
-* ``config.json`` (+ ``generation_config.json``) — the unmodified Hugging Face config of the dense model,
-* ``lord.json`` — which modules were replaced, with which rank and bias, and the tied-weight aliases,
-* the tokenizer files, when a tokenizer is given.
+* ``model.safetensors`` — the state dict (a tied LM head stored once, as transformers does),
+* ``config.json`` — the dense model's config with ``model_type: "lord"``, ``base_model_type``, an ``auto_map``
+  naming ``modeling_lord.py``, and ``lord``: each replaced module with its rank, sizes and biases,
+* ``modeling_lord.py`` — the self-contained model code (``lord/hf/modeling_lord.py``),
+* ``generation_config.json``, the tokenizer files when a tokenizer is given, and a ``README.md`` model card.
 
-``load_compressed`` rebuilds the dense architecture from ``config.json``, re-applies the structure
-listed in ``lord.json``, and loads the state dict with ``strict=True``.
+``load_compressed`` reads the same directory with lord's own copy of that code (it never runs code from the
+directory), checks every tensor's shape against the structure before loading, and builds the model on the
+meta device, so no dense weight is allocated. Directories of format 1 (dense ``config.json`` + ``lord.json``)
+still load.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,51 +25,86 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lord.structure import Decomposition, apply_structure, decompositions_from_json, decompositions_to_json
-from lord.atomic import temp_dir
+from lord.atomic import replaced_directory
 from lord.errors import LordError
+from lord.hf import modeling_lord
+from lord.hf.model_card import write_model_card
+from lord.params import count_parameters
+from lord.structure import Decomposition, decompositions_from_json, decompositions_to_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = modeling_lord.FORMAT_VERSION
 WEIGHTS = "model.safetensors"
-MANIFEST = "lord.json"
+CONFIG = "config.json"
+MODELING = "modeling_lord.py"
+LEGACY_MANIFEST = "lord.json"  # format 1
+AUTO_MAP = {"AutoConfig": "modeling_lord.LordConfig", "AutoModelForCausalLM": "modeling_lord.LordForCausalLM"}
 
 
-def save_compressed(model, path, decompositions: list[Decomposition], tokenizer=None, extra: dict | None = None):
-    """Write the model atomically: into a temporary sibling directory, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(path.parent)
-    try:
-        tensors, aliases, seen = {}, {}, {}
-        for k, v in model.state_dict().items():
-            key = (v.data_ptr(), v.dtype, tuple(v.shape), v.device)
-            if v.numel() and key in seen:
-                aliases[k] = seen[key]
+def _tensors_to_save(model) -> dict[str, torch.Tensor]:
+    """The state dict with the tied output embedding left out (transformers ties it back on load); any other
+    tensors that share storage are stored as copies, since safetensors cannot hold shared storage."""
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+        tied = {n + ".weight" for n, m in model.named_modules() if m is model.get_output_embeddings()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        key = (v.data_ptr(), v.dtype, tuple(v.shape), v.device)
+        if v.numel() and key in seen:
+            if k in tied:
                 continue
-            seen[key] = k
-            tensors[k] = v.detach().cpu().contiguous()
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        model.config.save_pretrained(tmp)
+            v = v.clone()
+        seen.add(key)
+        tensors[k] = v.detach().cpu().contiguous()
+    return tensors
+
+
+def _check_savable(model) -> None:
+    """The checkpoint's code rebuilds the base model from transformers; a model whose own code is remote cannot be."""
+    cls = type(model)
+    if getattr(model.config, "base_model_type", None) is None and not cls.__module__.startswith("transformers."):
+        raise LordError(f"cannot save {cls.__name__} as a lord checkpoint: its code ({cls.__module__}) is not part of "
+                        "transformers, so the saved modeling_lord.py could not rebuild it; use a model whose "
+                        "architecture transformers ships")
+
+
+def checkpoint_config(model, decompositions: list[Decomposition], lord_extra: dict | None = None):
+    """The ``config.json`` of a compressed model: the dense config plus the ``lord`` structure and ``auto_map``."""
+    base = model.config.to_dict()
+    if base.get("model_type") == modeling_lord.MODEL_TYPE:  # re-saving a loaded checkpoint
+        base["model_type"] = base["base_model_type"]
+    lord = {"decompositions": decompositions_to_json(decompositions), **(lord_extra or {})}
+    return modeling_lord.lord_config(base, lord, auto_map=AUTO_MAP)
+
+
+def save_compressed(model, path, decompositions: list[Decomposition] | None = None, tokenizer=None,
+                    card: dict | None = None, extra: dict | None = None) -> Path:
+    """Write the model atomically (into a temporary sibling directory, then renamed into place).
+
+    ``decompositions`` defaults to the structure of a model loaded with ``load_compressed``. ``card`` fills the
+    model card (``lord.hf.model_card``: base model, method, metrics, command, licence, ...); ``extra`` is kept
+    in ``config.json`` under ``lord``."""
+    path = Path(path)
+    _check_savable(model)
+    if decompositions is None:
+        lord = getattr(model.config, "lord", None)
+        if not isinstance(lord, dict):
+            raise LordError("save_compressed needs the decompositions (compress_model's report['decompositions']) "
+                            "unless the model was loaded from a lord checkpoint")
+        decompositions = decompositions_from_json(lord["decompositions"])
+    with replaced_directory(path) as tmp:
+        config = checkpoint_config(model, decompositions, extra)
+        save_file(_tensors_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        shutil.copyfile(modeling_lord.__file__, tmp / MODELING)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "decompositions": decompositions_to_json(decompositions),
-            "aliases": aliases,
-            **(extra or {}),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_model_card(tmp, config, decompositions, card or {}, count_parameters(model))
+    return path
 
 
-# what lord.json must hold: each decomposition's keys with their types
+# what the structure must hold: each decomposition's keys with their types
 _DECOMPOSITION_FIELDS = {"members": "list of str", "kind": "str", "block": "int or null", "rank": "int",
                          "d_in": "int", "d_outs": "list of int", "bias": "list of bool"}
 
@@ -80,70 +118,104 @@ def _type_ok(value, kind: str) -> bool:
             "list of bool": isinstance(value, list) and all(isinstance(v, bool) for v in value)}[kind]
 
 
-def read_manifest(path) -> dict:
-    """``lord.json``, checked: a known ``format_version`` and well-formed decompositions, else one line."""
-    f = Path(path) / MANIFEST
-    if not f.is_file():
-        raise LordError(f"{path} has no {MANIFEST}: it is not a model saved by lord.save_compressed")
+def _read_json(f: Path) -> dict:
     try:
-        manifest = json.loads(f.read_text())
+        d = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise LordError(f"{f} is not valid JSON ({e}); re-save the model") from None
-    if not isinstance(manifest, dict):
-        raise LordError(f"{f} must hold a JSON object, got {type(manifest).__name__}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise LordError(f"{f}: format_version {version!r} is not one this lord reads ({FORMAT_VERSION}); "
+    if not isinstance(d, dict):
+        raise LordError(f"{f} must hold a JSON object, got {type(d).__name__}")
+    return d
+
+
+def is_compressed_dir(path) -> bool:
+    path = Path(path)
+    if (path / LEGACY_MANIFEST).is_file():
+        return True
+    try:
+        return json.loads((path / CONFIG).read_text()).get("model_type") == modeling_lord.MODEL_TYPE
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_structure(path) -> tuple[dict, dict, str]:
+    """(dense config dict, checked ``lord`` entry, where it was read) of a saved directory, else one line."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise LordError(f"{path} has no {CONFIG}: it is not a model saved by lord.save_compressed")
+    config = _read_json(path / CONFIG)
+    if config.get("model_type") == modeling_lord.MODEL_TYPE:
+        where, lord = f"{path / CONFIG} ('lord')", config.get("lord")
+        if not isinstance(lord, dict):
+            raise LordError(f"{where} must be an object; re-save the model")
+        if "base_model_type" not in config:
+            raise LordError(f"{path / CONFIG} lacks 'base_model_type'; re-save the model")
+        config = {**{k: v for k, v in config.items() if k not in ("lord", "base_model_type", "auto_map")},
+                  "model_type": config["base_model_type"]}
+    elif (path / LEGACY_MANIFEST).is_file():
+        where, lord = str(path / LEGACY_MANIFEST), _read_json(path / LEGACY_MANIFEST)
+    else:
+        raise LordError(f"{path} is not a model saved by lord.save_compressed: its {CONFIG} has model_type "
+                        f"{config.get('model_type')!r}, not {modeling_lord.MODEL_TYPE!r}, and there is no "
+                        f"{LEGACY_MANIFEST}")
+    version = lord.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise LordError(f"{where}: format_version {version!r} is not one this lord reads (1, {FORMAT_VERSION}); "
                         "load it with the lord version that saved it, or re-save the model")
-    decs = manifest.get("decompositions")
+    decs = lord.get("decompositions")
     if not isinstance(decs, list):
-        raise LordError(f"{f}: 'decompositions' must be a list, got {type(decs).__name__}")
+        raise LordError(f"{where}: 'decompositions' must be a list, got {type(decs).__name__}")
     for i, d in enumerate(decs):
         if not isinstance(d, dict):
-            raise LordError(f"{f}: decompositions[{i}] must be an object, got {type(d).__name__}")
+            raise LordError(f"{where}: decompositions[{i}] must be an object, got {type(d).__name__}")
         for key, kind in _DECOMPOSITION_FIELDS.items():
             if key not in d:
-                raise LordError(f"{f}: decompositions[{i}] lacks {key!r} ({kind}); re-save the model")
+                raise LordError(f"{where}: decompositions[{i}] lacks {key!r} ({kind}); re-save the model")
             if not _type_ok(d[key], kind):
-                raise LordError(f"{f}: decompositions[{i}].{key} must be {kind}, got {d[key]!r}")
+                raise LordError(f"{where}: decompositions[{i}].{key} must be {kind}, got {d[key]!r}")
         if not len(d["members"]) == len(d["d_outs"]) == len(d["bias"]):
-            raise LordError(f"{f}: decompositions[{i}] has {len(d['members'])} members but {len(d['d_outs'])} "
+            raise LordError(f"{where}: decompositions[{i}] has {len(d['members'])} members but {len(d['d_outs'])} "
                             f"d_outs and {len(d['bias'])} bias flags")
-    aliases = manifest.get("aliases", {})
+    aliases = lord.get("aliases", {})
     if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
-        raise LordError(f"{f}: 'aliases' must map tensor names to tensor names")
-    return manifest
+        raise LordError(f"{where}: 'aliases' must map tensor names to tensor names")
+    return config, lord, where
+
+
+def _check_shapes(path: Path, model, where: str) -> None:
+    """Every tensor the structure implies is in the weights file with that shape (read from its header)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(str(path / WEIGHTS), framework="pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    tied = {n + ".weight" for n, m in model.named_modules() if m is model.get_output_embeddings()} \
+        if getattr(model.config, "tie_word_embeddings", False) else set()
+    for k, shape in expected.items():
+        if k not in stored:
+            if k in tied:
+                continue
+            raise LordError(f"{path / WEIGHTS} lacks tensor {k!r} that {where} implies; the files do not belong "
+                            "together")
+        if stored[k] != shape:
+            raise LordError(f"{path / WEIGHTS}: tensor {k!r} has shape {stored[k]} but {where} implies {shape}; "
+                            "the weights and the structure disagree (re-save the model)")
 
 
 def load_compressed(path, dtype=torch.float32, device="cpu", with_tokenizer: bool = True):
     """(model, tokenizer or None) from a directory written by ``save_compressed``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     path = Path(path)
-    manifest = read_manifest(path)
-    decs = decompositions_from_json(manifest["decompositions"])
-    config = AutoConfig.from_pretrained(path)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    apply_structure(model, decs, device="cpu", dtype=dtype)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state = {}
-    with safe_open(str(path / WEIGHTS), framework="pt") as f:
-        for k in f.keys():
-            state[k] = f.get_tensor(k)
-    for alias, source in manifest.get("aliases", {}).items():
-        if source in state:
-            state[alias] = state[source]
-    for k, shape in expected.items():
-        if k not in state:
-            raise LordError(f"{path / WEIGHTS} lacks tensor {k!r} that {MANIFEST} implies; the files do not belong together")
-        if tuple(state[k].shape) != shape:
-            raise LordError(
-                f"{path / WEIGHTS}: tensor {k!r} has shape {tuple(state[k].shape)} but {MANIFEST} implies {shape}; "
-                "the weights and lord.json disagree (re-save the model)"
-            )
-    model.load_state_dict(state, strict=True)
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
+    base, lord, where = read_structure(path)
+    lord = {k: v for k, v in lord.items() if k not in ("format_version", "aliases")}
+    config = modeling_lord.lord_config(base, lord, auto_map=AUTO_MAP)
+    model_class = modeling_lord.model_class_for(config)
+    with torch.device("meta"):
+        skeleton = model_class(config)
+    _check_shapes(path, skeleton, where)
+    del skeleton
+    model = model_class.from_pretrained(path, config=config, dtype=dtype)
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path) if with_tokenizer and (path / "tokenizer_config.json").exists() else None
+    tokenizer = None
+    if with_tokenizer and (path / "tokenizer_config.json").exists():  # config given: transformers need not read
+        tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # config.json (remote code) for it
     return model, tokenizer

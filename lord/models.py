@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import torch
 
 from lord import zoo
-from lord.checkpoint import MANIFEST, load_compressed
+from lord.checkpoint import is_compressed_dir, load_compressed
 from lord.errors import LordError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,7 +73,7 @@ def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None,
     if name in zoo.ZOO:
         path = zoo.fetch(name, cache_root)
         info = {"source": "zoo", **zoo.zoo_info(name, cache_root)}
-    elif path.is_dir() and (path / MANIFEST).is_file():
+    elif path.is_dir() and is_compressed_dir(path):
         model, tok = load_compressed(path, dtype=dt, device=device)
         return model, tok, {"source": "lord-compressed", "path": str(path)}
     elif path.is_dir():

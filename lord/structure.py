@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from lord.architectures import Target, select_targets
 from lord.calibration import target_shape
-from lord.modules import (GroupedLowRankLinear, LowRankEmbedding, LowRankLinear, SharedBottleneck, dense_weight,
-                          shared_name)
+from lord.hf import modeling_lord
+from lord.modules import dense_weight, shared_name
 from lord.ranks import RankSpec
 
 
@@ -71,41 +71,10 @@ def set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, mod)
 
 
-def _untie_if_needed(model: nn.Module, decs: list[Decomposition]) -> None:
-    """Decomposing the embedding or the LM head of a tied model unties them first."""
-    if not any(d.kind in ("embed", "lm_head") for d in decs):
-        return
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "tie_word_embeddings", False):
-        out = model.get_output_embeddings()
-        if out is not None:
-            out.weight = nn.Parameter(out.weight.detach().clone())
-        config.tie_word_embeddings = False
-
-
 def apply_structure(model: nn.Module, decs: list[Decomposition], device=None, dtype=None) -> dict[str, nn.Module]:
-    """Swap each target's modules for empty low-rank ones of the right shapes; returns the new modules."""
-    _untie_if_needed(model, decs)
-    new: dict[str, nn.Module] = {}
-    for d in decs:
-        first = model.get_submodule(d.members[0])
-        ref = first.weight
-        kw = dict(device=device if device is not None else ref.device, dtype=dtype if dtype is not None else ref.dtype)
-        if d.kind == "embed":
-            new[d.members[0]] = LowRankEmbedding(first.num_embeddings, d.d_outs[0], d.rank, bias=d.bias[0],
-                                                 padding_idx=first.padding_idx, **kw)
-        elif len(d.members) == 1:
-            new[d.members[0]] = LowRankLinear(d.d_in, d.d_outs[0], d.rank, bias=d.bias[0], **kw)
-        else:
-            shared = SharedBottleneck(d.d_in, d.rank, **kw)
-            parent_name = d.members[0].rsplit(".", 1)[0]
-            model.get_submodule(parent_name).add_module(shared_name(d.members), shared)
-            new[f"{parent_name}.{shared_name(d.members)}"] = shared
-            for m, d_out, b in zip(d.members, d.d_outs, d.bias):
-                new[m] = GroupedLowRankLinear(shared, d_out, bias=b, **kw)
-        for m in d.members:
-            set_module(model, m, new[m])
-    return new
+    """Swap each target's modules for empty low-rank ones of the right shapes; returns the new modules
+    (``modeling_lord.apply_structure``: the code a saved checkpoint runs)."""
+    return modeling_lord.apply_structure(model, decompositions_to_json(decs), device=device, dtype=dtype)
 
 
 def dense_W_b(model: nn.Module, members) -> tuple[torch.Tensor, torch.Tensor | None]:

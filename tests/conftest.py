@@ -1,11 +1,10 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-# one shared cache for the suite: CI points LORD_CACHE somewhere persistent; default under the repo
-os.environ.setdefault("LORD_CACHE", str(Path(__file__).resolve().parents[1] / "cache"))
+# the suite uses the one cache root (lord.zoo.cache_root: $LORD_CACHE, else ~/.cache/lord), so a zoo model
+# fetched by the experiments is not fetched again; tests that must start empty use a temporary folder
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 VOCAB = 97

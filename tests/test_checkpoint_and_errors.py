@@ -26,8 +26,8 @@ def test_save_load_gives_identical_logits(tmp_path, probe_ids, arch, kinds, grou
     loaded, tok = load_compressed(tmp_path / "m")
     assert tok is None
     assert torch.equal(loaded(probe_ids).logits, model(probe_ids).logits)
-    manifest = json.loads((tmp_path / "m" / "lord.json").read_text())
-    assert len(manifest["decompositions"]) == len(report["decompositions"])
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert len(config["lord"]["decompositions"]) == len(report["decompositions"])
 
 
 def test_load_rejects_weights_that_disagree_with_manifest(tmp_path):
@@ -35,15 +35,18 @@ def test_load_rejects_weights_that_disagree_with_manifest(tmp_path):
     report = compress_model(model, CompressionConfig(method="svd", kinds=["mlp_down"], rank=RankSpec("rank", 8)),
                             progress=False)
     save_compressed(model, tmp_path / "m", report["decompositions"])
-    manifest = json.loads((tmp_path / "m" / "lord.json").read_text())
-    manifest["decompositions"][0]["rank"] = 9
-    (tmp_path / "m" / "lord.json").write_text(json.dumps(manifest))
-    with pytest.raises(LordError, match="shape .* but lord.json implies"):
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["lord"]["decompositions"][0]["rank"] = 9
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LordError, match=r"shape .* but .*config.json \('lord'\) implies"):
         load_compressed(tmp_path / "m")
 
 
-def test_load_rejects_a_directory_without_manifest(tmp_path):
-    with pytest.raises(LordError, match="no lord.json"):
+def test_load_rejects_a_directory_that_is_not_a_lord_checkpoint(tmp_path):
+    with pytest.raises(LordError, match="has no config.json"):
+        load_compressed(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(LordError, match="model_type 'llama', not 'lord', and there is no lord.json"):
         load_compressed(tmp_path)
 
 

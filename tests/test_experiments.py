@@ -15,6 +15,7 @@ from experiments import records
 from experiments.run import run
 from hydra_plugins.lord_sweeper.lord_sweeper import expand
 from lord.errors import LordError
+from lord.zoo import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -79,7 +80,7 @@ def _private_cache(tmp_path) -> Path:
     """A cache of its own (statistics, bases, dense baselines) sharing the suite's converted zoo models."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "zoo").symlink_to(Path(os.environ["LORD_CACHE"]).resolve() / "zoo")
+    (cache / "zoo").symlink_to(cache_root().resolve() / "zoo")
     return cache
 
 
@@ -162,8 +163,11 @@ def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, s
     base = ["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "rank.value=40"]
     toy = run(_compose([*base, "method.name=toy_whiten", "+method.shrink=1.0",
                         "stages=[calibrate,decompose,count_lowrank]"]))
-    ref = run(_compose([*base, "method=whiten"]))
+    ref = run(_compose([*base, "method=whiten", f"paths.save_dir={tmp_path / 'saved'}"]))
     assert toy["status"] == "ok" and toy["stages"]["count_lowrank"] == {"lowrank_modules": 30}
+    card = (tmp_path / "saved" / "README.md").read_text()  # the saved model's card: what was measured, and where
+    assert f"| perplexity: perplexity | {ref['metrics']['perplexity']:.4g} |" in card
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card and "| method | whiten |" in card and ref["path"] in card
     assert toy["compression"]["method"] == "toy_whiten"
     assert toy["metrics"]["perplexity"] == pytest.approx(ref["metrics"]["perplexity"], rel=1e-6)
 

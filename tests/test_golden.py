@@ -7,13 +7,12 @@ explains why.
 """
 
 import json
-import os
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
 from experiments.benchmarks.golden import GOLDEN, compare, measure
+from lord.zoo import cache_root
 
 GOLD = json.loads(GOLDEN.read_text())
 
@@ -34,7 +33,7 @@ def test_the_tolerance_is_far_above_what_varies_and_below_what_matters():
 def test_golden_numbers(tmp_path, smollm2):
     cache = tmp_path / "cache"  # fresh statistics, bases and dense baseline: nothing is reused from earlier code
     cache.mkdir()
-    (cache / "zoo").symlink_to(Path(os.environ["LORD_CACHE"]).resolve() / "zoo")
+    (cache / "zoo").symlink_to(cache_root().resolve() / "zoo")
     measured = measure(cache)
     assert measured["n_validation_tokens"] == GOLD["n_validation_tokens"]
     assert compare(measured, GOLD) == []

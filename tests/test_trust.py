@@ -230,7 +230,7 @@ def test_malformed_corpus_files_are_named_with_the_line(tmp_path):
     (lambda m: m.update(decompositions={"a": 1}), "'decompositions' must be a list"),
     (lambda m: m.update(aliases=[1]), "'aliases' must map tensor names"),
 ])
-def test_a_malformed_lord_json_is_refused_in_one_line(change, message, tmp_path):
+def test_a_malformed_structure_is_refused_in_one_line(change, message, tmp_path):
     from lord.checkpoint import load_compressed, save_compressed
     from lord.compress import CompressionConfig, compress_model
     from lord.ranks import RankSpec
@@ -239,9 +239,9 @@ def test_a_malformed_lord_json_is_refused_in_one_line(change, message, tmp_path)
     rep = compress_model(model, CompressionConfig(method="svd", kinds=["mlp_down"], rank=RankSpec("rank", 8)),
                          progress=False)
     save_compressed(model, tmp_path / "m", rep["decompositions"])
-    manifest = json.loads((tmp_path / "m" / "lord.json").read_text())
-    change(manifest)
-    (tmp_path / "m" / "lord.json").write_text(json.dumps(manifest))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    change(config["lord"])
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(LordError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
         load_compressed(tmp_path / "m")
     assert "\n" not in str(e.value)

@@ -15,6 +15,7 @@ from lord.corpora import stdlib_corpus, take_windows, tokenize_windows
 from lord.errors import LordError
 from lord.perplexity import evaluate_perplexity
 from lord.ranks import RankSpec
+from lord.zoo import cache_root
 
 SEQ = 512
 
@@ -22,7 +23,7 @@ SEQ = 512
 @pytest.fixture(scope="module")
 def windows(smollm2):
     _, tok, _ = smollm2
-    cache = os.path.join(os.environ["LORD_CACHE"], "windows")
+    cache = cache_root() / "windows"
     val = tokenize_windows(stdlib_corpus("validation"), tok, seq_len=SEQ, cache_dir=cache)
     cal = tokenize_windows(stdlib_corpus("calibration"), tok, seq_len=SEQ, cache_dir=cache)
     return take_windows(cal, 8), take_windows(val, 4)

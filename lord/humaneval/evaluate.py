@@ -76,8 +76,9 @@ def evaluate_humaneval(model, tokenizer, out_dir, preset: str = "greedy", limit:
             tag = f"{p.name}-seed{seed}{'-chat' if chat_template else ''}"
             samples_file, results_file = out_dir / f"samples-{tag}.jsonl", out_dir / f"results-{tag}.jsonl"
             t = time.perf_counter()
+            generation: dict = {}
             samples = generate_samples(model, tokenizer, problems, p, samples_file, seed, batch_size, chat_template,
-                                       progress)
+                                       progress, stats=generation)
             samples = [s for s in samples if s["task_id"] in problems and s["sample"] < p.n]
             t_gen += time.perf_counter() - t
             t = time.perf_counter()
@@ -88,6 +89,7 @@ def evaluate_humaneval(model, tokenizer, out_dir, preset: str = "greedy", limit:
                 counts[r["task_id"]][0] += 1
                 counts[r["task_id"]][1] += int(r["passed"])
             per_seed.append({"seed": seed, "samples_file": str(samples_file), "results_file": str(results_file),
+                             "generation": generation,
                              "verdict_by": _count(results, "verdict_by"),
                              "per_task": {t: {"n": c[0], "correct": c[1]} for t, c in counts.items()},
                              **summarise({t: tuple(c) for t, c in counts.items()}, ks=p.ks, seed=seed)})

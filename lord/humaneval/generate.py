@@ -1,8 +1,10 @@
-"""Batched HumanEval completion: left padding, KV cache, many prompts per forward pass.
+"""Batched HumanEval completion: many prompts per forward pass, each stopped by its preset's rule.
 
-Prompts are sorted by length (less padding) and expanded ``n`` times for sampling; a batch stops as soon as
-every row has met its preset's stop rule (finished rows are padded, not extended). Samples are appended to a
-JSONL file as each batch finishes, so an interrupted run resumes where it stopped.
+Prompts are sorted by length (less padding) and expanded ``n`` times for sampling, then generated with
+continuous batching (``lord.humaneval.batching``: a finished row leaves at once and the next prompt takes its
+place; each sample's random stream is its own, from (seed, task id, sample index)). Samples are appended to a
+JSONL file as each one finishes, so an interrupted run resumes where it stopped and writes what an
+uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from lord.errors import LordError
+from lord.humaneval.batching import Request, generate_continuous, sample_seed, supports_continuous_batching
 from lord.progress import progress_bar
 
 TOP_LEVEL = re.compile(r"\n(?=[^\s])")
@@ -109,43 +112,82 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _prompts(tokenizer, problems: dict, chat_template: bool) -> dict[str, str]:
+    return {tid: chat_prompt(tokenizer, p["prompt"]) if chat_template else p["prompt"] for tid, p in problems.items()}
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
+    return {i for i in ids if i is not None}
+
+
 @torch.inference_mode()
 def generate_samples(model, tokenizer, problems: dict, preset: Preset, samples_file: Path, seed: int = 0,
-                     batch_size: int = 8, chat_template: bool = False, progress: bool = True) -> list[dict]:
-    """Write ``preset.n`` completions per problem to ``samples_file`` (resuming it) and return all samples."""
+                     batch_size: int = 8, chat_template: bool = False, progress: bool = True,
+                     stats: dict | None = None, batching: str = "auto") -> list[dict]:
+    """Write ``preset.n`` completions per problem to ``samples_file`` (resuming it) and return all samples.
+
+    Continuous batching (``lord.humaneval.batching``) where the model's cache allows it, else batches that run
+    until their last row stops (``batching="static"`` forces those). ``stats`` (a dict) receives the batching
+    counts."""
     samples_file.parent.mkdir(parents=True, exist_ok=True)
-    done = {(s["task_id"], s["sample"]) for s in read_jsonl(samples_file)}
-    # rewrite without a possibly truncated last line before appending
     kept = read_jsonl(samples_file)
-    samples_file.write_text("".join(json.dumps(s) + "\n" for s in kept))
+    done = {(s["task_id"], s["sample"]) for s in kept}
+    samples_file.write_text("".join(json.dumps(s) + "\n" for s in kept))  # without a cut last line
     todo = [(tid, i) for tid in problems for i in range(preset.n) if (tid, i) not in done]
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    texts = {tid: chat_prompt(tokenizer, p["prompt"]) if chat_template else p["prompt"] for tid, p in problems.items()}
-    lengths = {tid: len(tokenizer(texts[tid]).input_ids) for tid in problems}
-    todo.sort(key=lambda x: (-lengths[x[0]], x[0], x[1]))
-    device = next(model.parameters()).device
-    sampling = preset.temperature > 0
+    texts = _prompts(tokenizer, problems, chat_template)
+    prompt_ids = {tid: tokenizer(texts[tid], add_special_tokens=not chat_template).input_ids for tid in problems}
+    todo.sort(key=lambda x: (-len(prompt_ids[x[0]]), x[0], x[1]))
     bar = progress_bar(total=len(todo), desc=f"humaneval {preset.name}", unit="sample", disable=not progress)
     with open(samples_file, "a") as out:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            enc = tokenizer([texts[tid] for tid, _ in chunk], return_tensors="pt", padding=True,
-                            add_special_tokens=not chat_template).to(device)
-            torch.manual_seed(seed * 1_000_003 + start)
-            width = enc.input_ids.shape[1]
-            kwargs = dict(do_sample=True, temperature=preset.temperature, top_p=preset.top_p) if sampling else \
-                dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-            gen = model.generate(**enc, max_new_tokens=preset.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 stopping_criteria=None if chat_template else
-                                 StoppingCriteriaList([_StopRule(tokenizer, width, preset)]), **kwargs)
-            raw = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-            for (tid, i), r in zip(chunk, raw):
-                completion = completion_from_chat(r, problems[tid]) if chat_template else truncate(r, preset)
-                out.write(json.dumps({"task_id": tid, "sample": i, "seed": seed, "completion": completion,
-                                      "raw": r}) + "\n")
+        def write(tid, i, raw):
+            completion = completion_from_chat(raw, problems[tid]) if chat_template else truncate(raw, preset)
+            out.write(json.dumps({"task_id": tid, "sample": i, "seed": seed, "completion": completion,
+                                  "raw": raw}) + "\n")
             out.flush()
-            bar.update(len(chunk))
+            bar.update(1)
+
+        if batching == "auto" and supports_continuous_batching(model):
+            eos = _eos_ids(model, tokenizer)
+
+            def is_done(row) -> bool:
+                if row.out[-1] in eos:
+                    return True
+                return not chat_template and _done(tokenizer.decode(row.out, skip_special_tokens=True), preset)
+
+            counts = generate_continuous(
+                model, [Request((tid, i), prompt_ids[tid], sample_seed(seed, tid, i)) for tid, i in todo],
+                max_rows=batch_size, max_new_tokens=preset.max_new_tokens, is_done=is_done,
+                on_finished=lambda row: write(*row.request.key, tokenizer.decode(row.out, skip_special_tokens=True)),
+                temperature=preset.temperature, top_p=preset.top_p, pad_token_id=tokenizer.pad_token_id)
+            if stats is not None:
+                stats.update(mode="continuous", **counts.describe())
+        else:
+            _generate_static(model, tokenizer, texts, todo, preset, seed, batch_size, chat_template, write)
+            if stats is not None:
+                stats.update(mode="static")
     bar.close()
     return read_jsonl(samples_file)
+
+
+def _generate_static(model, tokenizer, texts, todo, preset, seed, batch_size, chat_template, write) -> None:
+    """Batches that run until their last row stops (models whose cache continuous batching cannot edit)."""
+    device = next(model.parameters()).device
+    sampling = preset.temperature > 0
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        enc = tokenizer([texts[tid] for tid, _ in chunk], return_tensors="pt", padding=True,
+                        add_special_tokens=not chat_template).to(device)
+        torch.manual_seed(seed * 1_000_003 + start)
+        width = enc.input_ids.shape[1]
+        kwargs = dict(do_sample=True, temperature=preset.temperature, top_p=preset.top_p) if sampling else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        gen = model.generate(**enc, max_new_tokens=preset.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             stopping_criteria=None if chat_template else
+                             StoppingCriteriaList([_StopRule(tokenizer, width, preset)]), **kwargs)
+        for (tid, i), raw in zip(chunk, tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)):
+            write(tid, i, raw)

@@ -1,0 +1,5 @@
+import sys
+
+from lord.cli import main
+
+sys.exit(main())
