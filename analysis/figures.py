@@ -147,3 +147,98 @@ def methods_figure(df: pd.DataFrame, out: Path, subtitle: str = "") -> list[Path
     _style(ax, "parameters after compression (millions)", "perplexity increase over dense (%)",
            f"Methods at equal parameter count{subtitle}", symlog=True)
     return _save(fig, out)
+
+
+def _log_axis(ax, ylabel: str) -> None:
+    """Δ log ppl spans 1e-4 to ~2 and may dip below zero within noise: linear within ±1e-3, logarithmic beyond."""
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+
+
+def ablation_layers(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Diagnosis Q1: Δ log ppl per layer selection, against % rank reduction (top) and % of the selection's own
+    parameters removed (bottom), one column per method; dashed: the sum of the single kinds' Δs."""
+    from analysis.ablations import COMPONENTS, additivity_table, with_log_increase
+
+    d = with_log_increase(df)
+    d = d[d.skip_first.fillna(0).astype(int) == 0]
+    methods = sorted(d.method.unique()) or ["none"]
+    fig, axes = plt.subplots(2, len(methods), figsize=(5.2 * len(methods), 8), squeeze=False)
+    add = additivity_table(d)
+    colors = dict(zip(sorted(d.layers.unique()), plt.cm.tab10.colors))
+    for j, method in enumerate(methods):
+        g = d[d.method == method]
+        for i, (x, xlabel) in enumerate([("rank_value", "% rank reduction"),
+                                         ("target_params_removed_percent", "% of these layers' params removed")]):
+            ax = axes[i][j]
+            for layers, h in g.groupby("layers"):
+                h = h.sort_values("rank_value")
+                whole = layers in COMPONENTS
+                ax.plot(h[x], h.log_ppl_increase, marker="o", color=colors[layers], lw=2.2 if whole else 1.2,
+                        label=layers)
+                s = add[(add.method == method) & (add.layers == layers)].dropna(subset=["Σ Δ log ppl (each kind alone)"])
+                if whole and len(s):
+                    xs = h.set_index("rank_value", drop=False).loc[s["% rank reduction"], x]
+                    ax.plot(xs.values, s["Σ Δ log ppl (each kind alone)"], ls="--", color=colors[layers],
+                            label=f"{layers}: sum of kinds alone")
+            if x == "target_params_removed_percent":
+                ax.axvline(0, color="grey", lw=0.8)
+            ax.set_xlabel(xlabel)
+            ax.set_title(f"{method}", fontsize=9)
+            _log_axis(ax, "Δ log perplexity")
+            ax.legend(fontsize=6)
+    if d.empty:
+        _note(axes[0][0], "no ablation_layers results")
+    return _save(fig, out)
+
+
+def ablation_outliers(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Diagnosis Q3: Δ log ppl against the number of leading window positions left out of the statistics."""
+    from analysis.ablations import with_log_increase
+
+    d = with_log_increase(df)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (layers, method, rank), g in d.groupby(["layers", "method", "rank_value"]):
+        g = g.sort_values("skip_first")
+        ax.plot(g.skip_first, g.log_ppl_increase, marker="o", ls="-" if method == "lord_meanfix" else "--",
+                label=f"{layers}, {method}, {rank:g} %")
+    ax.set_xlabel("first positions of each window left out of the statistics (skip_first)")
+    ax.set_title("Calibration without attention-sink positions", fontsize=9)
+    _log_axis(ax, "Δ log perplexity")
+    ax.legend(fontsize=6)
+    if d.empty:
+        _note(ax, "no ablation_outliers results")
+    return _save(fig, out)
+
+
+def first_position(bench: dict, out: Path) -> list[Path]:
+    """The first position's share of each target's output scatter, by block, one line per kind; dotted: the
+    share of a typical position (1/seq_len)."""
+    rows = pd.DataFrame(bench["per_target"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for kind, g in rows.groupby("kind"):
+        g = g.sort_values("block")
+        ax.plot(g.block, g.share_scatter, marker="o", ms=3, label=kind)
+    ax.axhline(1 / bench["seq_len"], color="grey", ls=":", label=f"1/{bench['seq_len']} (a typical position)")
+    _style(ax, "block", "share of the output scatter", f"{bench['model']}: what one position (the first) carries",
+           log=True)
+    return _save(fig, out)
+
+
+def spectra(bench: dict, out: Path) -> list[Path]:
+    """Share of the energy that each % rank reduction discards, by block and kind: output covariance (solid,
+    what LoRD loses on the calibration data) and weights (dashed, what plain SVD loses)."""
+    rows = pd.DataFrame(bench["per_target"])
+    reds = bench["reductions"]
+    fig, axes = plt.subplots(1, len(reds), figsize=(4.6 * len(reds), 4.2), squeeze=False)
+    colors = dict(zip(sorted(rows.kind.unique()), plt.cm.tab10.colors))
+    for ax, red in zip(axes[0], reds):
+        for kind, g in rows.groupby("kind"):
+            g = g.sort_values("block")
+            ax.plot(g.block, 1 - g[f"output_energy_kept_{red:g}"], marker="o", ms=3, color=colors[kind],
+                    label=f"{kind} outputs")
+            ax.plot(g.block, 1 - g[f"weight_energy_kept_{red:g}"], ls="--", color=colors[kind], label=f"{kind} weights")
+        _style(ax, "block", "share of the energy discarded", f"{bench['model']}: {red:g} % rank reduction", log=True,
+               legend_size=6)
+    return _save(fig, out)

@@ -11,13 +11,14 @@ skipped.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import analytic, figures, tables
+from analysis import ablations, analytic, figures, tables
 from analysis.results import for_artefact, load_results, load_speed_benchmarks, same_models_as
 from lord.params import zoo_model_configs
 
@@ -31,6 +32,30 @@ def _caption(df: pd.DataFrame, what: str) -> str:
     shas = sorted({s[:12] for s in df.validation_sha256.dropna()})
     data = f"; validation split sha256 {', '.join(shas)}" if shas else ""
     return f"{what}. Models: {models}; profile: {profiles}{data}."
+
+
+def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Path]:
+    """The diagnosis ablations' tables and figures (analysis.ablations), for the presets that have results."""
+    written: list[Path] = []
+    layers = df[df.experiment == "ablation_layers"]
+    if len(layers):
+        written += tables.write(ablations.layer_kind_table(layers), out / "table_ablation_layers",
+                                _caption(layers, "Each layer kind alone and all together: both size axes, "
+                                                 "Δ log ppl = ln(ppl / dense ppl)"))
+        written += tables.write(ablations.additivity_table(layers), out / "table_ablation_additivity",
+                                _caption(layers, "Do the kinds' damages add up? All layers together vs the sum of "
+                                                 "each kind alone (log-perplexity scale)"))
+        written += figures.ablation_layers(layers, out / "ablation_layers")
+    outliers = df[df.experiment == "ablation_outliers"]
+    if len(outliers):
+        written += tables.write(ablations.layer_kind_table(outliers), out / "table_ablation_outliers",
+                                _caption(outliers, "Statistics without the first skip_first positions of each "
+                                                   "window"))
+        written += figures.ablation_outliers(outliers, out / "ablation_outliers")
+    for prefix, draw in (("first-position", figures.first_position), ("spectra", figures.spectra)):
+        for path in sorted(benchmarks.glob(f"{prefix}-*.json")) if benchmarks is not None else []:
+            written += draw(json.loads(path.read_text()), out / path.stem)
+    return written
 
 
 def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
@@ -71,6 +96,7 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += figures.fig4(analytic.eq6_curves(), kinds, out / "fig4_parity")
     written += figures.fig7(analytic.storage_sizes(), out / "fig7_storage")
     written += figures.methods_figure(df, out / "methods")
+    written += _diagnosis(df, out, benchmarks)
     index = ["# Regenerated tables and figures", "", f"{len(df)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]
     variants = df.attrs.get("variants", [])

@@ -11,7 +11,8 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
-           "params_dense", "params_compressed", "params_reduction_percent", "n_tokens", "validation_sha256",
+           "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
+           "skip_first", "n_tokens", "validation_sha256",
            "identity", "variant", "path"]
 
 # what makes two runs the same measurement, whichever preset ran them; ``variant`` names the config keys in
@@ -52,9 +53,17 @@ def _row(r: dict, path: Path) -> dict:
         **_metrics(r),
         "params_dense": r["params"]["dense"], "params_compressed": r["params"]["compressed"],
         "params_reduction_percent": r["params"]["reduction_percent"],
+        "target_params_removed_percent": _target_removed(comp),
+        "skip_first": cfg["calibration"].get("skip_first", 0),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
         "variant": "", "path": str(path),
     }
+
+
+def _target_removed(comp: dict) -> float | None:
+    """% of the chosen layers' own parameters removed (negative: added), None when nothing was decomposed."""
+    dense, low = comp.get("target_dense_params"), comp.get("target_lowrank_params")
+    return 100 * (1 - low / dense) if dense else None
 
 
 def _flat(d, prefix: str = "") -> dict:

@@ -99,10 +99,12 @@ def rank_tag(cfg: DictConfig) -> str:
 
 
 def result_stem(cfg: DictConfig, evaluation) -> Path:
-    """results/<experiment>/<model>/<method>[-sequential]/<layers>/<rank>[.<tag>] (no identity, no suffix)."""
+    """results/<experiment>/<model>/<method>[-sequential][-skip<k>]/<layers>/<rank>[.<tag>] (no identity, no
+    suffix); ``-skip<k>``: statistics without the first k positions of each window (calibration.skip_first)."""
     model = str(cfg.model.name).replace("/", "--")
     dense = not METHODS.get(cfg.method.name).decomposes
     method = cfg.method.name + ("-sequential" if cfg.calibration.mode == "sequential" else "")
+    method += f"-skip{cfg.calibration.skip_first}" if cfg.calibration.skip_first else ""
     layers = "none" if dense else cfg.layers.name
     tag = "dense" if dense else rank_tag(cfg)
     suffix = f".{evaluation.tag}" if evaluation.tag else ""

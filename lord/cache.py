@@ -45,8 +45,9 @@ class CompressionCache:
         self.model_key = model_key
 
     # statistics -------------------------------------------------------------------------------------------
-    def statistics_key(self, windows: torch.Tensor, target_names: list[str]) -> str:
-        return content_key(self.model_key, tensor_hash(windows), target_names, "oneshot")
+    def statistics_key(self, windows: torch.Tensor, target_names: list[str], skip_first: int = 0) -> str:
+        parts = (self.model_key, tensor_hash(windows), target_names, "oneshot")
+        return content_key(*parts, {"skip_first": skip_first}) if skip_first else content_key(*parts)
 
     def _stats_file(self, key: str) -> Path:
         return self.root / "stats" / f"{key}.safetensors"

@@ -10,6 +10,10 @@ pick the smaller side so that no ``d_ff x d_ff`` matrix is ever formed:
 
 Targets reading the same tensor (q/k/v; gate/up) share one input-side accumulator.
 
+``skip_first=k`` leaves the first ``k`` positions of every window out of the statistics (a diagnosis option:
+models such as Qwen2.5 put very large activations on a window's first token, an attention sink, which can
+dominate a covariance). The layers still see every position; only what is counted changes.
+
 Precision: each chunk of at most ``CHUNK_ROWS`` vectors is reduced in float32 and added into float64
 sums. By the standard dot-product bound, each entry of a chunk's Gram matrix carries a relative error
 of at most ``CHUNK_ROWS * 2**-24 ≈ 6.1e-5`` of ``|x|^T |x|`` (typically ``sqrt(CHUNK_ROWS) * 2**-24
@@ -99,19 +103,26 @@ class StopForward(Exception):
     pass
 
 
-def register_stat_hooks(model: nn.Module, slots: list[StatSlot], stats: dict[str, Moments]) -> list:
+def counted_positions(v: torch.Tensor, skip_first: int) -> torch.Tensor:
+    """The vectors a statistic counts: all of ``v`` (batch, positions, dim), without its first ``skip_first``
+    positions."""
+    return v[:, skip_first:] if skip_first and v.dim() == 3 else v
+
+
+def register_stat_hooks(model: nn.Module, slots: list[StatSlot], stats: dict[str, Moments],
+                        skip_first: int = 0) -> list:
     handles = []
     for slot in {s.key: s for s in slots}.values():
         mod = model.get_submodule(slot.module)
         acc = stats[slot.key]
         if slot.side == "input":
             def hook(_m, args, _out, acc=acc):
-                acc.update(args[0])
+                acc.update(counted_positions(args[0], skip_first))
         else:
             _, bias = dense_weight(mod)
 
             def hook(_m, _args, out, acc=acc, bias=bias):
-                acc.update(out if bias is None else out - bias)
+                acc.update(counted_positions(out if bias is None else out - bias, skip_first))
         handles.append(mod.register_forward_hook(hook))
     return handles
 
@@ -133,18 +144,29 @@ def collect_statistics(
     blocks_path: str | None = None,
     progress: bool = True,
     stats: dict[str, Moments] | None = None,
+    skip_first: int = 0,
 ) -> dict[str, Moments]:
     """One pass of ``model`` over ``batches`` (LongTensors of token ids) filling every target's accumulator.
 
     The forward pass stops after the last block that holds a target, so the LM head (a large part of a
     small model's compute) is skipped unless it is itself a target.
     """
+    return collect_statistics_per_skip(model, targets, batches, [skip_first], blocks_path, progress,
+                                       {skip_first: stats} if stats is not None else None)[skip_first]
+
+
+def collect_statistics_per_skip(model: nn.Module, targets: list[Target], batches, skips, blocks_path: str | None = None,
+                                progress: bool = True, stats: dict | None = None) -> dict[int, dict[str, Moments]]:
+    """``collect_statistics`` for several ``skip_first`` values at once: {skip: statistics}, one forward pass."""
     slots = [stat_slot(model, t) for t in targets]
     device = next(model.parameters()).device
     stats = stats if stats is not None else {}
-    for s in slots:
-        stats.setdefault(s.key, Moments(s.dim, device=device))
-    handles = register_stat_hooks(model, slots, stats)
+    handles = []
+    for k in skips:
+        per = stats.setdefault(k, {})
+        for s in slots:
+            per.setdefault(s.key, Moments(s.dim, device=device))
+        handles += register_stat_hooks(model, slots, per, k)
     stop = _stop_module(model, targets, blocks_path)
     if stop is not None:
         def raise_stop(*_):

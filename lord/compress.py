@@ -29,7 +29,7 @@ import torch.nn as nn
 from lord.architectures import Target, architecture_for, select_targets
 from lord.cache import CompressionCache
 from lord.calibration import Moments, StopForward, collect_statistics, register_stat_hooks, stat_slot
-from lord.errors import LordError
+from lord.errors import LordError, check_skip_first
 from lord.methods import Basis, Method, get_method
 from lord.modules import shared_name
 from lord.progress import progress_bar
@@ -49,6 +49,7 @@ class CompressionConfig:
     layers: list | None = None  # block indices; None = every block
     calibration: str = "oneshot"
     architecture: dict | None = None  # mapping for an architecture lord does not know
+    skip_first: int = 0  # window positions left out of the statistics (lord.calibration)
 
     def __post_init__(self):
         get_method(self.method)  # unknown names and options fail here
@@ -56,6 +57,7 @@ class CompressionConfig:
             raise LordError(f"unknown calibration mode {self.calibration!r}; choose from: {', '.join(CALIBRATION_MODES)}")
         if isinstance(self.rank, dict):
             self.rank = RankSpec(**self.rank)
+        check_skip_first("skip_first", self.skip_first)
 
 
 class Compressor:
@@ -69,8 +71,9 @@ class Compressor:
 
     def __init__(self, model: nn.Module, kinds=("mlp_down",), group: bool = False, layers=None, architecture=None,
                  batches=None, statistics: dict[str, Moments] | None = None, cache: CompressionCache | None = None,
-                 reuse_bases: bool = False, progress: bool = True):
+                 reuse_bases: bool = False, progress: bool = True, skip_first: int = 0):
         self.model = model
+        self.skip_first = skip_first
         self.architecture = architecture
         self.targets: list[Target] = select_targets(model, list(kinds), group, layers, architecture)
         self.batches = batches
@@ -93,7 +96,8 @@ class Compressor:
                 raise LordError("calibration statistics are needed: pass calibration batches or statistics")
             key = None
             if self.cache is not None:
-                key = self.cache.statistics_key(torch.cat(list(self.batches)), [t.name for t in self.targets])
+                key = self.cache.statistics_key(torch.cat(list(self.batches)), [t.name for t in self.targets],
+                                                self.skip_first)
                 self._statistics = self.cache.load_statistics(key, device=self._device())
             self.events["statistics_from_cache"] = self._statistics is not None
             if self._statistics is None:
@@ -125,7 +129,8 @@ class Compressor:
 
     def calibrate(self, targets: list[Target]) -> dict[str, Moments]:
         arch = architecture_for(self.model, self.architecture)
-        return collect_statistics(self.model, targets, self.batches, blocks_path=arch.blocks, progress=self.progress)
+        return collect_statistics(self.model, targets, self.batches, blocks_path=arch.blocks, progress=self.progress,
+                                  skip_first=self.skip_first)
 
     def _device(self):
         return next(self.model.parameters()).device
@@ -229,7 +234,8 @@ class Compressor:
                                   disable=not self.progress):
                 block = blocks[i]
                 if i in by_block:
-                    run_targets(by_block[i], _block_statistics(model, block, by_block[i], inputs, self._device()))
+                    run_targets(by_block[i], _block_statistics(model, block, by_block[i], inputs, self._device(),
+                                                               self.skip_first))
                 if i < last:
                     _advance(block, inputs)
             del inputs
@@ -258,12 +264,12 @@ def _block_inputs(model, first_block, batches, device) -> list:
     return inputs
 
 
-def _block_statistics(model, block, pairs: list[Planned], inputs, device) -> dict[str, Moments]:
+def _block_statistics(model, block, pairs: list[Planned], inputs, device, skip_first: int = 0) -> dict[str, Moments]:
     stats: dict[str, Moments] = {}
     slots = [stat_slot(model, t) for t, _ in pairs]
     for s in slots:
         stats.setdefault(s.key, Moments(s.dim, device=device))
-    handles = register_stat_hooks(model, slots, stats)
+    handles = register_stat_hooks(model, slots, stats, skip_first)
     try:
         with torch.inference_mode():
             for args, kwargs in inputs:
@@ -302,5 +308,5 @@ def compress_model(model: nn.Module, cfg: CompressionConfig, batches=None, stati
     peak memory stays near model + statistics; for many ranks of one model use a ``Compressor``.
     """
     c = Compressor(model, cfg.kinds, cfg.group, cfg.layers, cfg.architecture, batches=batches,
-                   statistics=statistics, progress=progress)
+                   statistics=statistics, progress=progress, skip_first=cfg.skip_first)
     return c.apply(cfg.method, cfg.rank, cfg.calibration)

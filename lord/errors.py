@@ -16,3 +16,12 @@ def positive_int(key: str, value, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise LordError(f"{key}={value!r} must be a positive integer{' or null (all)' if allow_none else ''}")
+
+
+def check_skip_first(key: str, value, seq_len: int | None = None) -> None:
+    """One line naming ``key`` unless ``value`` is a number of leading window positions that leaves some."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LordError(f"{key}={value!r} must be a non-negative integer (window positions left out of the "
+                        "calibration statistics; 0 counts every position)")
+    if seq_len is not None and value >= seq_len:
+        raise LordError(f"{key}={value} leaves no position of a {seq_len}-token window; use a value below {seq_len}")

@@ -10,6 +10,10 @@ identity = sha256 of
 
 Keys that look operational but change numbers stay in (``calibration.reuse_bases``: reused bases are float32,
 streamed ones float64). Skip-if-done compares identities, never paths.
+
+A key added to the config after results were published, whose default reproduces what those runs did, is left
+out while it has that default (``ADDED_KEYS``), so adding an option never turns finished runs into new ones;
+any other value is hashed like every key.
 """
 
 from __future__ import annotations
@@ -26,11 +30,29 @@ log = logging.getLogger(__name__)
 
 OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# dotted key -> the default under which it changes nothing that runs before it existed did
+ADDED_KEYS = {"calibration.skip_first": 0}
 
 
 def numeric_config(config: dict) -> dict:
-    """The resolved config without the keys that cannot change a number."""
-    return {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
+    """The resolved config without the keys that cannot change a number (nor added keys at their default)."""
+    out = {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
+    for dotted, default in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            out = _without(out, [*parents, leaf])
+    return out
+
+
+def _without(config: dict, path: list[str]) -> dict:
+    """A copy of ``config`` without the key at ``path`` (the input is not changed)."""
+    head, *rest = path
+    if not rest:
+        return {k: v for k, v in config.items() if k != head}
+    return {**config, head: _without(config[head], rest)}
 
 
 def _file_sha256(path: Path, cache_dir: Path | None) -> str:

@@ -173,3 +173,48 @@ def test_two_configurations_of_one_point_are_kept_apart_and_named(fixture_result
     assert f"{other['metrics']['perplexity']:.4g}" in table and "calibration.n_windows=8" in table
     assert "differ in calibration.n_windows" in (tmp_path / "analysis" / "index.md").read_text()
     assert len(out["frame"]) == len(RUNS) + 1
+
+
+def test_ablation_tables_add_kinds_on_the_log_scale_and_draw_both_axes(tmp_path):
+    """By hand: kinds with ppl ratios 1.1, 1.2, 1.05, 1.3 alone sum to ln(1.1·1.2·1.05·1.3) on the log scale;
+    an all-layer run at exactly that ratio gives together/sum = 1; a missing kind leaves the sum empty."""
+    import math
+
+    from analysis import ablations, figures
+
+    ratios = {"attn_qkv-grouped": 1.1, "attn_out": 1.2, "mlp_gate_up-grouped": 1.05, "mlp_down": 1.3}
+    ratios["all-grouped"] = math.prod(ratios.values())
+    ratios["all"] = 2.0  # its ungrouped kinds were not all run
+    rows = [dict(eval="perplexity", model="m", method="whiten", layers=k, rank_value=10.0, perplexity=5 * r,
+                 dense_perplexity=5.0, perplexity_increase_percent=100 * (r - 1), skip_first=0,
+                 target_params_removed_percent=-20.0, params_reduction_percent=-3.0) for k, r in ratios.items()]
+    df = pd.DataFrame(rows).assign(experiment="ablation_layers")
+    add = ablations.additivity_table(df).set_index("layers")
+    assert add.loc["all-grouped", "Σ Δ log ppl (each kind alone)"] == pytest.approx(math.log(ratios["all-grouped"]))
+    assert add.loc["all-grouped", "together / sum"] == pytest.approx(1.0)
+    assert add.loc["all-grouped", "largest share"].startswith("mlp_down")
+    assert pd.isna(add.loc["all", "Σ Δ log ppl (each kind alone)"])
+    t = ablations.layer_kind_table(df)
+    assert {"% rank reduction", "% of these layers' params removed", "Δ log ppl"} <= set(t.columns)
+    assert "skip_first" not in t.columns  # only shown when some run left positions out
+    paths = figures.ablation_layers(df, tmp_path / "ablation_layers")
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_the_diagnosis_notebook_runs_on_the_published_results(tmp_path):
+    """The diagnosis notebook reads the committed results and benchmarks (no model) and draws its figures."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    nb = nbformat.read(root / "notebooks" / "diagnosis.ipynb", as_version=4)
+    os.environ["LORD_NOTEBOOK_OUT"] = str(tmp_path)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    finally:
+        del os.environ["LORD_NOTEBOOK_OUT"]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    n = len(load_results(root / "results" / "published")[0])
+    assert f"{n} results from results/published" in text
+    assert "together / sum" in text
+    assert (tmp_path / "ablation_layers.png").stat().st_size > 10_000

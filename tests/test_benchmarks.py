@@ -53,3 +53,78 @@ def test_cuda_check_criteria_hold_on_the_cpu():
     assert r["stats_rel_diff"] == 0.0 and r["perplexity_gpu_vs_cpu"]["rel_diff"] == 0.0
     assert max(r["full_rank_rel_err"].values()) < cuda_check.TOL["full_rank_rel_err"]
     assert r["error_falls_with_rank"] and r["checkpoint_max_abs_diff"] == 0.0 and r["ok"]
+
+
+def test_first_position_shares_equal_those_of_the_captured_outputs():
+    """The first-position measurements, from statistics differences, equal a direct computation on the captured
+    outputs z = W x of every target (input side: q/k/v grouped; output side: MLP-down)."""
+    from conftest import calib_batches, tiny_model
+
+    from experiments.benchmarks.first_position import target_row
+    from lord.calibration import collect_statistics_per_skip
+    from lord.compress import Compressor
+    from lord.methods import get_method
+    from lord.structure import dense_W_b
+
+    model = tiny_model("qwen2")
+    batches = calib_batches(n=2, batch=3, seq=16)
+    targets = Compressor(model, ["attn_qkv", "mlp_down"], group=True, progress=False).targets
+    stats = collect_statistics_per_skip(model, targets, batches, [0, 1, 4], "model.layers", progress=False)
+    for t in targets:
+        W, b = dense_W_b(model, t.members)
+        captured = []
+        mod = model.get_submodule(t.members[0])
+        h = mod.register_forward_hook(lambda _m, a, _o: captured.append(a[0].detach().double()))
+        with torch.no_grad():
+            for x in batches:
+                model(input_ids=x)
+        h.remove()
+        z = torch.cat(captured) @ W.T  # (windows, positions, d_out), without bias
+        flat = z.reshape(-1, z.shape[-1])
+        mean = flat.mean(0)
+        expected = (z[:, 0] - mean).square().sum() / (flat - mean).square().sum()
+        row = target_row(model, t, stats, get_method("lord_meanfix"), {50: max(1, W.shape[0] // 4)})
+        assert row["first_positions"] == 6 and row["positions"] == 96
+        assert row["share_scatter"] == pytest.approx(float(expected), rel=1e-5)
+        assert row["share_second_moment"] == pytest.approx(float(z[:, 0].square().sum() / flat.square().sum()),
+                                                           rel=1e-5)
+        rest = z[:, 1:].reshape(-1, z.shape[-1]).mean(0)
+        assert row["mean_shift"] == pytest.approx(float((mean - rest).norm() / rest.norm()), rel=1e-5)
+        assert 0 <= row["overlap_4_at_50"] <= 1 + 1e-9
+
+
+def test_spectra_energy_kept_is_one_minus_the_truncation_error():
+    """Weights: 1 - kept = ||W - W_r||_F^2 / ||W||_F^2 of the truncated SVD; outputs: 1 - kept = the discarded
+    share of the eigenvalues of the output covariance W C W^T, formed here directly (tiny dims)."""
+    from conftest import calib_batches, tiny_model
+
+    from experiments.benchmarks.spectra import target_spectra
+    from lord.calibration import stat_slot
+    from lord.compress import Compressor
+    from lord.methods import get_method
+    from lord.structure import dense_W_b
+
+    model = tiny_model("qwen2")
+    c = Compressor(model, ["all"], group=True, batches=calib_batches(n=2, batch=4, seq=32), progress=False)
+    for t in c.targets:
+        W, _ = dense_W_b(model, t.members)
+        r = max(1, min(W.shape) // 3)
+        row = target_spectra(c, t, get_method("lord_meanfix"), {30: r})
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        W_r = U[:, :r] @ torch.diag(S[:r]) @ Vh[:r]
+        assert 1 - row["weight_energy_kept_30"] == pytest.approx(float((W - W_r).square().sum() / W.square().sum()),
+                                                                 rel=1e-6, abs=1e-12)
+        slot = stat_slot(model, t)
+        C = c.statistics[slot.key].covariance()
+        out_cov = C if slot.side == "output" else W @ C @ W.T
+        lam = torch.linalg.eigvalsh(out_cov).flip(0).clamp_min(0)
+        assert row["output_energy_kept_30"] == pytest.approx(float(lam[:r].sum() / lam.sum()), rel=1e-6)
+        assert 0 < row["output_rank_99"] <= 100
+
+
+def test_spectra_and_first_position_figures_are_drawn_from_their_json(tmp_path):
+    rows = [{"kind": k, "block": b, "share_scatter": 0.01 * (b + 1), "output_energy_kept_10": 0.9,
+             "weight_energy_kept_10": 0.95} for k in ("mlp_down", "attn_out") for b in range(3)]
+    paths = figures.spectra({"model": "m", "reductions": [10], "per_target": rows}, tmp_path / "spectra-m")
+    paths += figures.first_position({"model": "m", "seq_len": 1024, "per_target": rows}, tmp_path / "first-position-m")
+    assert all(p.stat().st_size > 10_000 for p in paths)

@@ -126,3 +126,37 @@ def test_output_errors_predict_the_measured_errors_of_lord_and_meanfix(shape):
         mse = {m: float((Y - _apply(m, W, b, X, r)[0]).square().sum(1).mean()) for m in ("lord", "lord_meanfix")}
         assert mse["lord_meanfix"] == pytest.approx(predicted["meanfix"], rel=1e-8, abs=1e-9)
         assert mse["lord"] == pytest.approx(predicted["meanfix"] + predicted["lord_extra"], rel=1e-8)
+
+
+def test_skip_first_counts_exactly_the_later_positions_of_every_window():
+    """Statistics with ``skip_first=k`` equal the moments of the activations with each window's first k positions
+    removed, captured independently (qwen2's MLP has no biases: input side mlp_up, output side mlp_down)."""
+    from conftest import calib_batches, tiny_model
+
+    from lord.calibration import stat_slot
+    from lord.compress import CompressionConfig, Compressor
+    from lord.errors import LordError
+
+    model = tiny_model("qwen2")
+    batches = calib_batches(n=2, batch=3, seq=16)
+    targets = Compressor(model, ["mlp_down", "mlp_up"], progress=False).targets
+    slots = {stat_slot(model, t).key: stat_slot(model, t) for t in targets}
+    assert {s.side for s in slots.values()} == {"input", "output"}
+    seen = {}
+    hooks = [model.get_submodule(s.module).register_forward_hook(
+        lambda _m, a, o, s=s: seen.setdefault(s.key, []).append((a[0] if s.side == "input" else o).detach()))
+        for s in slots.values()]
+    with torch.no_grad():
+        for b in batches:
+            model(input_ids=b)
+    for h in hooks:
+        h.remove()
+    for k in (0, 1, 4):
+        stats = Compressor(model, ["mlp_down", "mlp_up"], batches=batches, progress=False, skip_first=k).statistics
+        for key, acts in seen.items():
+            v = torch.cat([a[:, k:].reshape(-1, a.shape[-1]) for a in acts]).double()
+            assert stats[key].n == 2 * 3 * (16 - k) == v.shape[0]
+            torch.testing.assert_close(stats[key].sum_v, v.sum(0), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(stats[key].sum_vv, v.T @ v, rtol=1e-5, atol=1e-4)
+    with pytest.raises(LordError, match="skip_first=-1 must be a non-negative integer"):
+        CompressionConfig(skip_first=-1)

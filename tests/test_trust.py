@@ -76,6 +76,17 @@ def test_identity_keeps_number_changing_keys_and_drops_operational_ones():
     assert run_identity(cfg, "w", {"validation": "other data"})["id"] != a
 
 
+def test_an_added_key_at_its_default_leaves_finished_runs_their_identity():
+    from lord.identity import run_identity
+
+    before = {"calibration": {"reuse_bases": True, "n_windows": 16}, "data": {"seq_len": 128}}
+    a = run_identity(before, "w", {})["id"]
+    with_default = {**before, "calibration": {**before["calibration"], "skip_first": 0}}
+    assert run_identity(with_default, "w", {})["id"] == a
+    assert with_default["calibration"]["skip_first"] == 0  # the input is not changed
+    assert run_identity({**before, "calibration": {**before["calibration"], "skip_first": 1}}, "w", {})["id"] != a
+
+
 # 2 and 3. a failed run says so; config errors fail in one line before any weights load -------------------
 BAD = [
     (["rank.value=150"], "rank: rank reduction must be in [0, 100)"),
@@ -87,6 +98,8 @@ BAD = [
     (["data=folder"], "missing required value(s): data.path"),
     (["data=folder", "data.path=/no/such/folder"], "corpus path /no/such/folder does not exist"),
     (["calibration.n_windows=0"], "calibration.n_windows=0 must be a positive integer"),
+    (["calibration.skip_first=-1"], "calibration.skip_first=-1 must be a non-negative integer"),
+    (["calibration.skip_first=128"], "calibration.skip_first=128 leaves no position of a 128-token window"),
     (["budget.seq_len=1"], "data.seq_len=1 (budget.seq_len) must be an integer >= 2"),
     (["eval=humaneval_greedy", "eval.task_ids=[HumanEval/999]"], "unknown HumanEval task(s) ['HumanEval/999']"),
     (["layers=mlp_down", "rank.value=10"], "adds parameters (parity rank 418); lower the rank or set force=true"),

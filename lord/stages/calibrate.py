@@ -8,7 +8,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from lord.compress import CALIBRATION_MODES, Compressor
-from lord.errors import LordError, positive_int
+from lord.errors import LordError, check_skip_first, positive_int
 from lord.stages.base import STAGES, Stage
 
 
@@ -30,6 +30,7 @@ class Calibrate(Stage):
             raise LordError(f"calibration.mode={c.mode!r} is unknown; allowed: {', '.join(CALIBRATION_MODES)}")
         positive_int("calibration.n_windows", c.n_windows, allow_none=True)
         positive_int("calibration.batch_size", c.batch_size)
+        check_skip_first("calibration.skip_first", c.skip_first, self.cfg.data.get("seq_len"))
 
     def check(self, model) -> None:
         if any(s.uses_layer_selection() for s in self.later):
@@ -44,5 +45,7 @@ class Calibrate(Stage):
             batches = list(ctx.data.windows("calibration").split(c.batch_size))
         ctx.compressor = Compressor(ctx.model, **layer_selection(self.cfg), batches=batches,
                                     cache=ctx.cache if c.mode == "oneshot" else None,
-                                    reuse_bases=bool(c.reuse_bases) and c.mode == "oneshot")
-        return {"mode": c.mode, "windows": None if batches is None else sum(len(b) for b in batches)}
+                                    reuse_bases=bool(c.reuse_bases) and c.mode == "oneshot",
+                                    skip_first=c.skip_first)
+        return {"mode": c.mode, "windows": None if batches is None else sum(len(b) for b in batches),
+                "skip_first": c.skip_first}
