@@ -16,7 +16,7 @@ from analysis.tables import paper_perplexity_increase  # noqa: E402
 
 def _save(fig, out: Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    paths = [out.parent / f"{out.name}.png", out.parent / f"{out.name}.pdf"]  # names may hold dots (0.5b)
     fig.tight_layout()
     for p in paths:
         fig.savefig(p, dpi=150)

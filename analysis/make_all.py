@@ -82,7 +82,8 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
         written += tables.write(tables.paper(name), out / f"paper_{name}",
                                 f"Paper values ({name}); not yet reproduced here")
     written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
-    written += figures.fig2(same_models_as(ppl, "fig2_layer_kinds"), out / "fig2_layer_kinds")
+    paper_settings = ppl[~ppl.experiment.str.startswith("ablation_")]  # the diagnosis has its own figures
+    written += figures.fig2(same_models_as(paper_settings, "fig2_layer_kinds"), out / "fig2_layer_kinds")
     written += figures.fig3(sp, out / "fig3_speed")
     for (model, device, dtype), g in ([] if gpu is None else gpu.groupby(["model", "device", "dtype"])):
         stem = "fig3_speed_" + re.sub(r"[^A-Za-z0-9.]+", "-", f"{model.split('/')[-1]}_{device}_{dtype}")

@@ -20,6 +20,11 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
 SETTING = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value", "variant"]
 
 
+# config keys added after results were published, with the value that reproduces those runs: a run without
+# the key and one with this value are the same configuration (not a variant)
+LATER_KEYS = {"stages": json.dumps(["calibrate", "decompose"])}
+
+
 def _metrics(r: dict) -> dict:
     m, ev = r["metrics"], r.get("eval", "perplexity")
     out = {}
@@ -87,7 +92,7 @@ def _mark_variants(rows: list[dict], flats: list[dict]) -> list[dict]:
         if len({json.dumps(flats[i], sort_keys=True) for i in idx}) < 2:
             continue
         keys = sorted({k for i in idx for k in flats[i]})
-        differ = [k for k in keys if len({flats[i].get(k) for i in idx}) > 1]
+        differ = [k for k in keys if len({flats[i].get(k, LATER_KEYS.get(k)) for i in idx}) > 1]
         for i in idx:
             rows[i]["variant"] = ", ".join(f"{k}={flats[i].get(k, 'absent')}" for k in differ)
         notes.append({"point": dict(zip([k for k in SETTING if k != "variant"], point)), "keys": differ,
