@@ -128,3 +128,19 @@ def test_spectra_and_first_position_figures_are_drawn_from_their_json(tmp_path):
     paths = figures.spectra({"model": "m", "reductions": [10], "per_target": rows}, tmp_path / "spectra-m")
     paths += figures.first_position({"model": "m", "seq_len": 1024, "per_target": rows}, tmp_path / "first-position-m")
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--skip", "-1"], "argument --skip: '-1' must be a positive integer"),
+    (["--skip", "1024"], "argument --skip: 1024 leaves no position of a 1024-token window"),
+    (["--reductions", "150"], "argument --reductions: '150' must be a % rank reduction in [0, 100)"),
+    (["--windows", "0"], "argument --windows: '0' must be a positive integer"),
+])
+def test_benchmark_arguments_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
+    from experiments.benchmarks import first_position
+
+    monkeypatch.setattr(first_position, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(sys, "argv", ["first_position", *args])
+    with pytest.raises(SystemExit) as e:
+        first_position.main()
+    assert e.value.code == 2 and message in capsys.readouterr().err

@@ -27,9 +27,27 @@ def parser(doc: str, model: str | None = "qwen2.5-coder-0.5b", kinds: list[str] 
         ap.add_argument("--kinds", nargs="+", default=kinds, help="layer kinds (mlp_down, all, ...)")
         ap.add_argument("--group", action="store_true", help="q/k/v and gate/up share one bottleneck")
     if windows is not None:
-        ap.add_argument("--windows", type=int, default=windows, help="calibration windows (1,024 tokens)")
-        ap.add_argument("--batch-size", type=int, default=4)
+        ap.add_argument("--windows", type=positive_int, default=windows, help="calibration windows (1,024 tokens)")
+        ap.add_argument("--batch-size", type=positive_int, default=4)
     return ap
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer (checked before any model loads)."""
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return int(text)
+
+
+def reduction(text: str) -> float:
+    """argparse type: a % rank reduction in [0, 100)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a % rank reduction in [0, 100)")
+    return value
 
 
 def stdlib_windows(tokenizer, split: str, n: int, seq_len: int = 1024):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.benchmarks.common import parser, stdlib_windows, write
+from experiments.benchmarks.common import parser, positive_int, reduction, stdlib_windows, write
 from experiments.cli import guarded
 from lord.architectures import architecture_for
 from lord.calibration import Moments, collect_statistics_per_skip, stat_slot
@@ -33,6 +33,7 @@ from lord.ranks import RankSpec
 from lord.structure import dense_W_b
 
 TOP = 4
+SEQ_LEN = 1024  # stdlib_windows' window length
 
 
 def first_positions(full: Moments, rest: Moments) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -83,10 +84,12 @@ def target_row(model, t, stats: dict[int, dict[str, Moments]], method, ranks: di
 
 def main():
     ap = parser(__doc__, kinds=["all"], windows=16)
-    ap.add_argument("--skip", nargs="+", type=int, default=[1, 4], help="also without the first k (1 always)")
-    ap.add_argument("--reductions", nargs="+", type=float, default=[10, 30])
+    ap.add_argument("--skip", nargs="+", type=positive_int, default=[1, 4], help="also without the first k (1 always)")
+    ap.add_argument("--reductions", nargs="+", type=reduction, default=[10, 30])
     ap.add_argument("--ungrouped", action="store_true", help="q/k/v and gate/up as separate targets")
     args = ap.parse_args()
+    if max(args.skip) >= SEQ_LEN:
+        ap.error(f"argument --skip: {max(args.skip)} leaves no position of a {SEQ_LEN}-token window")
     torch.manual_seed(0)
     model, tok, info = load_model(args.model)
     cal, desc = stdlib_windows(tok, "calibration", args.windows)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from experiments.benchmarks.common import parser, stdlib_windows, write
+from experiments.benchmarks.common import parser, reduction, stdlib_windows, write
 from experiments.cli import guarded
 from lord.compress import Compressor
 from lord.methods import get_method, output_errors
@@ -30,7 +30,7 @@ from lord.structure import dense_W_b
 
 def main():
     ap = parser(__doc__, kinds=["all"], windows=8)
-    ap.add_argument("--reductions", nargs="+", type=float, default=[10, 30, 50])
+    ap.add_argument("--reductions", nargs="+", type=reduction, default=[10, 30, 50])
     args = ap.parse_args()
     model, tok, info = load_model(args.model)
     cal, desc = stdlib_windows(tok, "calibration", args.windows)

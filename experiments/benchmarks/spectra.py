@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from experiments.benchmarks.common import parser, stdlib_windows, write
+from experiments.benchmarks.common import parser, reduction, stdlib_windows, write
 from experiments.cli import guarded
 from lord.compress import Compressor
 from lord.methods import get_method
@@ -50,7 +50,7 @@ def target_spectra(compressor: Compressor, target, method, ranks: dict[float, in
 
 def main():
     ap = parser(__doc__, kinds=["all"], windows=16)
-    ap.add_argument("--reductions", nargs="+", type=float, default=[10, 30, 50])
+    ap.add_argument("--reductions", nargs="+", type=reduction, default=[10, 30, 50])
     ap.add_argument("--ungrouped", action="store_true", help="q/k/v and gate/up as separate targets")
     args = ap.parse_args()
     model, tok, info = load_model(args.model)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.benchmarks.common import log, parser, write
+from experiments.benchmarks.common import log, parser, reduction, write
 from experiments.cli import guarded
 from lord import speed
 from lord.compress import CompressionConfig, Compressor
@@ -57,7 +57,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float16", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--kinds", nargs="+", default=["mlp_down"])
-    ap.add_argument("--reductions", nargs="+", type=float, default=PAPER_REDUCTIONS)
+    ap.add_argument("--reductions", nargs="+", type=reduction, default=PAPER_REDUCTIONS)
     ap.add_argument("--seq-lens", nargs="+", type=int, default=[512, 1024])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--runs", type=int, default=10)
