@@ -43,11 +43,12 @@ def temp_dir(folder: str | os.PathLike, kind: str = ".tmp-") -> Path:
 
 
 @contextmanager
-def replaced_directory(path: str | os.PathLike):
+def replaced_directory(path: str | os.PathLike, kind: str = ".tmp-"):
     """Yields an empty temporary folder beside ``path``; when the block ends without error, that folder replaces
-    ``path`` (a reader sees the old folder or the new one, never a mix); on error it is removed."""
+    ``path`` (a reader sees the old folder, for a moment none, or the new one, never a mix of both); on error it
+    is removed and ``path`` is left as it was."""
     path = Path(path)
-    tmp = temp_dir(path.parent)
+    tmp = temp_dir(path.parent, kind)
     try:
         yield tmp
         if path.exists():

@@ -40,12 +40,18 @@ LEGACY_MANIFEST = "lord.json"  # format 1
 AUTO_MAP = {"AutoConfig": "modeling_lord.LordConfig", "AutoModelForCausalLM": "modeling_lord.LordForCausalLM"}
 
 
+def _tied_head_keys(model) -> set[str]:
+    """State-dict keys of a tied output embedding (transformers ties it back on load, so it is not stored)."""
+    head = model.get_output_embeddings()
+    if not getattr(model.config, "tie_word_embeddings", False) or head is None:
+        return set()
+    return {n + ".weight" for n, m in model.named_modules() if m is head}
+
+
 def _tensors_to_save(model) -> dict[str, torch.Tensor]:
-    """The state dict with the tied output embedding left out (transformers ties it back on load); any other
-    tensors that share storage are stored as copies, since safetensors cannot hold shared storage."""
-    tied = set()
-    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
-        tied = {n + ".weight" for n, m in model.named_modules() if m is model.get_output_embeddings()}
+    """The state dict with the tied output embedding left out; any other tensors that share storage are stored
+    as copies, since safetensors cannot hold shared storage."""
+    tied = _tied_head_keys(model)
     tensors, seen = {}, set()
     for k, v in model.state_dict().items():
         key = (v.data_ptr(), v.dtype, tuple(v.shape), v.device)
@@ -187,8 +193,7 @@ def _check_shapes(path: Path, model, where: str) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     with safe_open(str(path / WEIGHTS), framework="pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    tied = {n + ".weight" for n, m in model.named_modules() if m is model.get_output_embeddings()} \
-        if getattr(model.config, "tie_word_embeddings", False) else set()
+    tied = _tied_head_keys(model)
     for k, shape in expected.items():
         if k not in stored:
             if k in tied:

@@ -66,9 +66,7 @@ def plan(model: nn.Module, cfg) -> list[Planned]:
     return plan_targets(model, targets, cfg.rank, get_method(cfg.method).keeps_mean)
 
 
-def set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, mod)
+set_module = modeling_lord.set_module  # the checkpoint's self-contained code owns it
 
 
 def apply_structure(model: nn.Module, decs: list[Decomposition], device=None, dtype=None) -> dict[str, nn.Module]:

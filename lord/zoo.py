@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lord.atomic import clean_leftovers, temp_dir
+from lord.atomic import clean_leftovers, replaced_directory, temp_dir
 from lord.errors import LordError
 from lord.progress import progress_bar
 
@@ -278,9 +278,8 @@ def fetch(name: str, root=None) -> Path:
     fetch_s = time.perf_counter() - t0
     if out.exists():
         log.warning("%s is incomplete or corrupted; rebuilding it", out)
-        shutil.rmtree(out)
-    tmp = temp_dir(out.parent, ".model-")
-    try:
+        shutil.rmtree(out)  # before converting: never two copies of a large model on disk
+    with replaced_directory(out, ".model-") as tmp:
         info = _convert(entry, gguf, tmp)
         files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256_file(p)}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -297,12 +296,8 @@ def fetch(name: str, root=None) -> Path:
             "files": files,
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
-        os.replace(tmp, out)
-        (out / VERIFIED).write_text(json.dumps({rel: [(out / rel).stat().st_size, (out / rel).stat().st_mtime_ns]
-                                                for rel in files}))
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    (out / VERIFIED).write_text(json.dumps({rel: [(out / rel).stat().st_size, (out / rel).stat().st_mtime_ns]
+                                            for rel in files}))
     return out
 
 

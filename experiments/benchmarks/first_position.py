@@ -36,12 +36,11 @@ TOP = 4
 SEQ_LEN = 1024  # stdlib_windows' window length
 
 
-def first_positions(full: Moments, rest: Moments) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(count, scatter around the full mean, sum) of the vectors in ``full`` but not in ``rest``."""
+def first_positions(full: Moments, rest: Moments) -> tuple[int, torch.Tensor]:
+    """(count, scatter around the full mean) of the vectors in ``full`` but not in ``rest``."""
     n0, s0, S0 = full.n - rest.n, full.sum_v - rest.sum_v, full.sum_vv - rest.sum_vv
     mu = full.mean()
-    scatter = S0 - torch.outer(s0, mu) - torch.outer(mu, s0) + n0 * torch.outer(mu, mu)
-    return n0, scatter, s0
+    return n0, S0 - torch.outer(s0, mu) - torch.outer(mu, s0) + n0 * torch.outer(mu, mu)
 
 
 def quad(W: torch.Tensor | None, M: torch.Tensor, Q: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +61,7 @@ def target_row(model, t, stats: dict[int, dict[str, Moments]], method, ranks: di
     row = {"target": t.name, "kind": t.kind, "block": t.block, "side": slot.side, "positions": full.n}
     if 1 in stats:
         rest = stats[1][slot.key]
-        n0, scatter0, _ = first_positions(full, rest)
+        n0, scatter0 = first_positions(full, rest)
         total_scatter = full.covariance() * full.n
         Q = basis.Q[:, :TOP]
         shift, mean_rest = full.mean() - rest.mean(), rest.mean()

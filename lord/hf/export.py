@@ -90,12 +90,18 @@ def _as_llama(config_dict: dict, homeless: list[str]):
     return LlamaConfig(**keep, attention_bias=bool(needs_attn or d.get("attention_bias")), mlp_bias=needs_mlp)
 
 
-def _dense_state(model, skeleton, merged) -> dict[str, torch.Tensor]:
+def _factor_modules(decompositions) -> list[str]:
+    """Modules of the compressed model that hold factors: each member, and each group's shared bottleneck."""
+    return [m for d in decompositions for m in d["members"]] + [
+        f"{d['members'][0].rsplit('.', 1)[0]}.{shared_name(d['members'])}" for d in decompositions
+        if len(d["members"]) > 1]
+
+
+def _dense_state(model, skeleton, merged, factor_modules: list[str]) -> dict[str, torch.Tensor]:
     """The compressed model's state with every decomposed member merged, in the dense model's key layout;
     biases the dense architecture has and the compressed model lacks are zero."""
     state = {}
-    factor_prefixes = tuple(n + "." for n in merged) + tuple(
-        n.rsplit(".", 1)[0] + ".lord_shared__" for n in merged)
+    factor_prefixes = tuple(n + "." for n in factor_modules)
     for k, v in model.state_dict().items():
         if not k.startswith(factor_prefixes):
             state[k] = v
@@ -135,7 +141,7 @@ def export_merged(path, out, probe_len: int = 32) -> dict:
         skeleton = _dense_skeleton(config)
     model, tok = load_compressed(path)
     merged = merged_weights(model, decompositions)
-    state = _dense_state(model, skeleton, merged)
+    state = _dense_state(model, skeleton, merged, _factor_modules(decompositions))
     dense = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     missing, unexpected = dense.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (getattr(config, "tie_word_embeddings", False) and k.startswith("lm_head"))]

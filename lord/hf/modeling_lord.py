@@ -142,7 +142,7 @@ def shared_name(members) -> str:
     return "lord_shared__" + "__".join(m.rsplit(".", 1)[-1] for m in members)
 
 
-def _set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, mod)
 
@@ -184,7 +184,7 @@ def apply_structure(model: nn.Module, decompositions: list[dict], device=None, d
             for m, d_out, b in zip(members, d["d_outs"], d["bias"]):
                 new[m] = GroupedLowRankLinear(shared, d_out, bias=b, **kw)
         for m in members:
-            _set_module(model, m, new[m])
+            set_module(model, m, new[m])
     return new
 
 
