@@ -156,6 +156,24 @@ def _log_axis(ax, ylabel: str) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
+def _label_delta(ax, xlabel: str, title: str) -> None:
+    """Axis labels, title, Δ log ppl scale and legend of one ablation panel."""
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    _log_axis(ax, "Δ log perplexity")
+    ax.legend(fontsize=6)
+
+
+def _finish_delta(fig, ax, out: Path, empty: str | None, xlabel: str | None = None, title: str = "") -> list[Path]:
+    """Label a one-panel figure (when ``xlabel`` is given), say ``empty`` on ``ax`` when there was nothing to
+    draw, and save it."""
+    if xlabel is not None:
+        _label_delta(ax, xlabel, title)
+    if empty:
+        _note(ax, empty)
+    return _save(fig, out)
+
+
 def ablation_layers(df: pd.DataFrame, out: Path) -> list[Path]:
     """Diagnosis Q1: Δ log ppl per layer selection, against % rank reduction (top) and % of the selection's own
     parameters removed (bottom), one column per method; dashed: the sum of the single kinds' Δs."""
@@ -184,12 +202,78 @@ def ablation_layers(df: pd.DataFrame, out: Path) -> list[Path]:
                             label=f"{layers}: sum of kinds alone")
             if x == "target_params_removed_percent":
                 ax.axvline(0, color="grey", lw=0.8)
-            ax.set_xlabel(xlabel)
-            ax.set_title(f"{method}", fontsize=9)
-            _log_axis(ax, "Δ log perplexity")
-            ax.legend(fontsize=6)
-    if d.empty:
-        _note(axes[0][0], "no ablation_layers results")
+            _label_delta(ax, xlabel, method)
+    return _finish_delta(fig, axes[0][0], out, "no ablation_layers results" if d.empty else None)
+
+
+def ablation_blocks(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Diagnosis Q1, per block: Δ log ppl when one block alone is compressed, one line per (method, rank,
+    layers); dotted: all blocks together divided by the number of blocks (the per-block level if damage were
+    spread evenly and added up)."""
+    from analysis.ablations import block_table
+
+    t = block_table(df)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, ((method, rank, layers), g) in enumerate(t.groupby(["method", "% rank reduction", "layers"])):
+        color = plt.cm.tab10.colors[i % 10]
+        one = g[g.block.str.fullmatch(r"\d+")]
+        ax.plot(one.block.astype(int), one["Δ log ppl"], marker="o", ms=3, color=color,
+                label=f"{layers}, {method}, {rank:g} %")
+        together = g[g.block == "all together"]
+        if len(together):
+            ax.axhline(float(together["Δ log ppl"].iloc[0]) / len(one), color=color, ls=":", lw=1,
+                       label=f"all together / {len(one)}")
+    return _finish_delta(fig, ax, out, "no ablation_blocks results" if t.empty else None,
+                         "block compressed alone (the others dense)", "Which blocks are fragile")
+
+
+def ablation_calibration(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Diagnosis Q2: Δ log ppl against calibration tokens, one panel per % rank reduction; lines: oneshot stdlib
+    windows of the profile's length (8-64 windows), markers: other window lengths, the test-suite corpus, and
+    sequential calibration."""
+    from analysis.ablations import calibration_table
+
+    t = calibration_table(df)
+    ranks = sorted(t["% rank reduction"].unique()) or [0]
+    fig, axes = plt.subplots(1, len(ranks), figsize=(5.4 * len(ranks), 4.4), squeeze=False)
+    colors = dict(zip(sorted(t.method.unique()), plt.cm.tab10.colors))
+    markers = {"len": "s", "corpus": "^", "sequential": "D"}
+    for ax, rank in zip(axes[0], ranks):
+        g = t[t["% rank reduction"] == rank]
+        for (method, layers), h in g.groupby(["method", "layers"]):
+            base = h[(h["mode"] == "oneshot") & (h.corpus == "stdlib")]
+            longest = base["tokens per window"].max()
+            line = base[base["tokens per window"] == longest].sort_values("calibration tokens")
+            ax.plot(line["calibration tokens"], line["Δ log ppl"], marker="o", color=colors[method],
+                    label=f"{layers}, {method}: windows of {longest:,}")
+            for _, r in h.drop(line.index).iterrows():
+                kind = ("sequential" if r["mode"] != "oneshot" else "corpus" if r.corpus != "stdlib" else "len")
+                ax.scatter(r["calibration tokens"], r["Δ log ppl"], marker=markers[kind], color=colors[method], s=36,
+                           zorder=3, label=f"{method}: {r.calibration}")
+        ax.set_xscale("log", base=2)
+        _label_delta(ax, "calibration tokens", f"{rank:g} % rank reduction")
+    return _finish_delta(fig, axes[0][0], out, "no ablation_calibration results" if t.empty else None)
+
+
+def humaneval_vs_perplexity(table: pd.DataFrame, rho: dict, out: Path) -> list[Path]:
+    """Diagnosis Q7: greedy pass@1 (with its confidence interval) against the perplexity increase of the same
+    compression, one series per (model, layers, method), each point labelled with its % rank reduction."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (model, layers, method), g in table[table.method != "dense"].groupby(["model", "layers", "method"]):
+        dense = table[(table.model == model) & (table.method == "dense")]
+        g = pd.concat([dense, g]).sort_values("Δ log ppl")
+        low = (g["pass@1 %"] - g["pass@1 CI low %"]).fillna(0)
+        high = (g["pass@1 CI high %"] - g["pass@1 %"]).fillna(0)
+        r = rho.get(model)
+        ax.errorbar(g["Δ log ppl"], g["pass@1 %"], yerr=[low, high], marker="o", capsize=3,
+                    label=f"{model}, {layers}, {method}" + (f" (Spearman ρ = {r[0]:.2f}, n = {r[1]})" if r else ""))
+        for x, y, rank in zip(g["Δ log ppl"], g["pass@1 %"], g["% rank reduction"]):
+            ax.annotate("dense" if rank == 0 else f"{rank:g} %", (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=6)
+    _style(ax, "Δ log perplexity (same compression)", "HumanEval pass@1 (%), greedy",
+           "Is pass@1 predicted by perplexity?")
+    if table.empty:
+        _note(ax, "no HumanEval run with a perplexity run of the same setting")
     return _save(fig, out)
 
 
@@ -203,13 +287,9 @@ def ablation_outliers(df: pd.DataFrame, out: Path) -> list[Path]:
         g = g.sort_values("skip_first")
         ax.plot(g.skip_first, g.log_ppl_increase, marker="o", ls="-" if method == "lord_meanfix" else "--",
                 label=f"{layers}, {method}, {rank:g} %")
-    ax.set_xlabel("first positions of each window left out of the statistics (skip_first)")
-    ax.set_title("Calibration without attention-sink positions", fontsize=9)
-    _log_axis(ax, "Δ log perplexity")
-    ax.legend(fontsize=6)
-    if d.empty:
-        _note(ax, "no ablation_outliers results")
-    return _save(fig, out)
+    return _finish_delta(fig, ax, out, "no ablation_outliers results" if d.empty else None,
+                         "first positions of each window left out of the statistics (skip_first)",
+                         "Calibration without attention-sink positions")
 
 
 def first_position(bench: dict, out: Path) -> list[Path]:
@@ -223,6 +303,24 @@ def first_position(bench: dict, out: Path) -> list[Path]:
     ax.axhline(1 / bench["seq_len"], color="grey", ls=":", label=f"1/{bench['seq_len']} (a typical position)")
     _style(ax, "block", "share of the output scatter", f"{bench['model']}: what one position (the first) carries",
            log=True)
+    return _save(fig, out)
+
+
+def swiglu(bench: dict, out: Path) -> list[Path]:
+    """The relative error of decomposed gate/up projections (dashed: gate, dotted: up) and of MLP-down's input
+    ``silu(g) * u`` (solid) by block, one panel per % rank reduction, one colour per method."""
+    rows = pd.DataFrame(bench["per_block"])
+    reds = bench["reductions"]
+    fig, axes = plt.subplots(1, len(reds), figsize=(5.2 * len(reds), 4.2), squeeze=False)
+    colors = dict(zip(bench["methods"], plt.cm.tab10.colors))
+    for ax, red in zip(axes[0], reds):
+        for method, g in rows[rows.reduction == red].groupby("method"):
+            g = g.sort_values("block")
+            ax.plot(g.block, g.rel_err_h, color=colors[method], label=f"{method}: down's input h")
+            ax.plot(g.block, g.rel_err_gate, color=colors[method], ls="--", lw=1, label=f"{method}: gate")
+            ax.plot(g.block, g.rel_err_up, color=colors[method], ls=":", lw=1, label=f"{method}: up")
+        _style(ax, "block", "relative error (probe windows)",
+               f"{bench['model']}: {red:g} % rank reduction of gate/up", log=True, legend_size=6)
     return _save(fig, out)
 
 

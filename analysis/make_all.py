@@ -34,25 +34,56 @@ def _caption(df: pd.DataFrame, what: str) -> str:
     return f"{what}. Models: {models}; profile: {profiles}{data}."
 
 
+def _artefact(frame: pd.DataFrame, out: Path, name: str, table, caption: str, figure=None) -> list[Path]:
+    """table_<name>.md/.tex of ``table(frame)`` (captioned with what ``frame`` holds) and, if given, the
+    figure ``figure(frame, out / name)``."""
+    written = tables.write(table(frame), out / f"table_{name}", _caption(frame, caption))
+    return written + (figure(frame, out / name) if figure else [])
+
+
 def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Path]:
     """The diagnosis ablations' tables and figures (analysis.ablations), for the presets that have results."""
     written: list[Path] = []
-    layers = df[df.experiment == "ablation_layers"]
+    of = {name: df[df.experiment == f"ablation_{name}"] for name in
+          ("layers", "calibration", "blocks", "outliers", "quant_noise", "humaneval_ppl")}
+    layers = of["layers"]
     if len(layers):
-        written += tables.write(ablations.layer_kind_table(layers), out / "table_ablation_layers",
-                                _caption(layers, "Each layer kind alone and all together: both size axes, "
-                                                 "Δ log ppl = ln(ppl / dense ppl)"))
-        written += tables.write(ablations.additivity_table(layers), out / "table_ablation_additivity",
-                                _caption(layers, "Do the kinds' damages add up? All layers together vs the sum of "
-                                                 "each kind alone (log-perplexity scale)"))
-        written += figures.ablation_layers(layers, out / "ablation_layers")
-    outliers = df[df.experiment == "ablation_outliers"]
-    if len(outliers):
-        written += tables.write(ablations.layer_kind_table(outliers), out / "table_ablation_outliers",
-                                _caption(outliers, "Statistics without the first skip_first positions of each "
-                                                   "window"))
-        written += figures.ablation_outliers(outliers, out / "ablation_outliers")
-    for prefix, draw in (("first-position", figures.first_position), ("spectra", figures.spectra)):
+        written += _artefact(layers, out, "ablation_layers", ablations.layer_kind_table,
+                             "Each layer kind alone and all together: both size axes, Δ log ppl = ln(ppl / dense ppl)",
+                             figures.ablation_layers)
+        written += _artefact(layers, out, "ablation_additivity", ablations.additivity_table,
+                             "Do the kinds' damages add up? All layers together vs the sum of each kind alone "
+                             "(log-perplexity scale)")
+    calibration = of["calibration"]
+    if len(calibration):  # with ablation_layers' points at the profile's calibration, for reference
+        reference = layers[layers.layers.isin(calibration.layers.unique())
+                           & layers.rank_value.isin(calibration.rank_value.unique())]
+        written += _artefact(pd.concat([calibration, reference]), out, "ablation_calibration",
+                             ablations.calibration_table, "Calibration size, window length, corpus and mode "
+                             "(validation unchanged)", figures.ablation_calibration)
+    if len(of["blocks"]):
+        written += _artefact(of["blocks"], out, "ablation_blocks", ablations.block_table,
+                             "One block at a time (all its kinds, q/k/v and gate/up grouped), against all blocks "
+                             "together (log-perplexity scale)", figures.ablation_blocks)
+    if len(of["outliers"]):
+        written += _artefact(of["outliers"], out, "ablation_outliers", ablations.layer_kind_table,
+                             "Statistics without the first skip_first positions of each window",
+                             figures.ablation_outliers)
+    if len(of["quant_noise"]):
+        written += _artefact(of["quant_noise"], out, "ablation_quant_noise",
+                             lambda noisy: ablations.quant_noise_table(noisy, layers),
+                             "Decomposition of a model with about its quantization noise added again (uniform "
+                             "±Δ/2 per weight, Δ = its GGUF block's step): Δ log ppl over the noisy dense model vs "
+                             "over the clean one")
+    if len(of["humaneval_ppl"]):
+        paired, rho = ablations.humaneval_vs_perplexity(df)
+        note = "; ".join(f"{m}: Spearman ρ(Δ log ppl, pass@1) = {r:.2f} over {n} points" for m, (r, n) in rho.items())
+        written += tables.write(paired, out / "table_humaneval_vs_perplexity",
+                                "Greedy HumanEval pass@1 next to the perplexity increase of the same compression"
+                                + (f" ({note})" if note else ""))
+        written += figures.humaneval_vs_perplexity(paired, rho, out / "humaneval_vs_perplexity")
+    for prefix, draw in (("first-position", figures.first_position), ("spectra", figures.spectra),
+                         ("swiglu", figures.swiglu)):
         for path in sorted(benchmarks.glob(f"{prefix}-*.json")) if benchmarks is not None else []:
             written += draw(json.loads(path.read_text()), out / path.stem)
     return written

@@ -7,17 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "calibration", "layers", "group",
-           "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
+from lord.architectures import block_label
+
+COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "calibration", "layers", "blocks",
+           "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
-           "skip_first", "n_tokens", "validation_sha256",
+           "skip_first", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
+           "validation_sha256",
            "identity", "variant", "path"]
 
 # what makes two runs the same measurement, whichever preset ran them; ``variant`` names the config keys in
 # which two runs of one such point differ (e.g. calibration.n_windows=32), empty when they do not
-SETTING = ["eval", "model", "method", "calibration", "layers", "rank_unit", "rank_value", "variant"]
+SETTING = ["eval", "model", "method", "calibration", "layers", "blocks", "rank_unit", "rank_value", "variant"]
 
 
 # config keys added after results were published, with the value that reproduces those runs: a run without
@@ -53,16 +56,27 @@ def _row(r: dict, path: Path) -> dict:
         "experiment": r["experiment"], "profile": r.get("profile"), "eval": r.get("eval", "perplexity"),
         "model": r["model"]["name"], "gguf_file_type": r["model"].get("gguf_file_type"),
         "method": cfg["method"]["name"], "calibration": cfg["calibration"]["mode"], "layers": cfg["layers"]["name"],
-        "group": cfg["layers"]["group"], "rank_unit": cfg["rank"]["unit"] if comp else None,
+        "blocks": block_label(cfg["layers"].get("indices")), "group": cfg["layers"]["group"],
+        "rank_unit": cfg["rank"]["unit"] if comp else None,
         "rank_value": cfg["rank"]["value"] if comp else 0.0, "ranks": ",".join(map(str, comp.get("ranks", []))),
         **_metrics(r),
         "params_dense": r["params"]["dense"], "params_compressed": r["params"]["compressed"],
         "params_reduction_percent": r["params"]["reduction_percent"],
         "target_params_removed_percent": _target_removed(comp),
         "skip_first": cfg["calibration"].get("skip_first", 0),
+        **_calibration(cfg),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
         "variant": "", "path": str(path),
     }
+
+
+def _calibration(cfg: dict) -> dict:
+    """What calibration read: windows, tokens per window, corpus (data=stdlib's calibration_corpus, else the
+    data source)."""
+    cal, data = cfg["calibration"], cfg.get("data") or {}
+    corpus = data.get("calibration_corpus", "stdlib") if data.get("name") == "stdlib" else data.get("name")
+    return {"calibration_windows": cal.get("n_windows"),
+            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus}
 
 
 def _target_removed(comp: dict) -> float | None:

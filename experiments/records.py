@@ -1,7 +1,7 @@
 """Everything decided before a run computes: the config checks, the run's identity, and where its result lives.
 
-Results: ``results/<experiment>/<model>/<method>[-sequential]/<layers>/<rank>[.<evaluation tag>]-<id8>.json``,
-one self-describing JSON per run (config, identity and what it hashed, environment, data, metrics, parameters,
+Results: ``results/<experiment>/<model>/<method>[<calibration tag>]/<layers>[.blocks<i>]/<rank>[.<eval tag>]``
+``-<id8>.json``, one self-describing JSON per run (config, identity and what it hashed, environment, data, metrics, parameters,
 timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two configurations of one point
 never share a file, and skip-if-done compares identities, never paths.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from lord.architectures import ALL_KINDS
+from lord.architectures import ALL_KINDS, block_label
 from lord.atomic import temp_file
 from lord.errors import LordError
 from lord.evaluations import EVALUATIONS, get_evaluation
@@ -45,6 +45,11 @@ def validate(cfg: DictConfig) -> tuple[list, object]:
     bad = [k for k in cfg.layers.kinds if k not in ALL_KINDS + ("all",)]
     if bad:
         raise LordError(f"layers.kinds has unknown kind(s) {bad}; allowed: {', '.join(ALL_KINDS + ('all',))}")
+    indices = cfg.layers.get("indices")
+    if indices is not None and (not OmegaConf.is_list(indices) or not len(indices) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices)):
+        raise LordError(f"layers.indices={_plain(indices)!r} must be null (every block) or a non-empty list of "
+                        "block numbers, e.g. layers.indices=[0,1] or layers.indices=[23]")
     if isinstance(cfg.data.seq_len, bool) or not isinstance(cfg.data.seq_len, int) or cfg.data.seq_len < 2:
         raise LordError(f"data.seq_len={cfg.data.seq_len!r} (budget.seq_len) must be an integer >= 2: a window "
                         "predicts its last seq_len - 1 tokens")
@@ -56,6 +61,10 @@ def validate(cfg: DictConfig) -> tuple[list, object]:
     for part in (*stages, evaluation):
         part.check_config()
     return stages, evaluation
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -98,14 +107,35 @@ def rank_tag(cfg: DictConfig) -> str:
     return tag + (f"-round{r.round_to}" if r.round_to and int(r.round_to) > 1 else "")
 
 
+DEFAULT_STAGES = ("calibrate", "decompose")
+
+
+def calibration_tag(cfg: DictConfig) -> str:
+    """How a run's calibration differs from the profile's: ``-sequential``, ``-skip<k>`` (statistics without the
+    first k positions), ``-cal<n>`` (n windows instead of budget.calibration_windows), ``-len<L>`` (calibration
+    windows of L tokens), ``-<corpus>`` (another calibration corpus); "" for the profile's own calibration."""
+    c, tag = cfg.calibration, ""
+    tag += "-sequential" if c.mode == "sequential" else ""
+    tag += f"-skip{c.skip_first}" if c.skip_first else ""
+    budget = cfg.get("budget") or {}
+    tag += f"-cal{c.n_windows}" if budget.get("calibration_windows") not in (None, c.n_windows) else ""
+    tag += f"-len{c.seq_len}" if c.get("seq_len") is not None else ""
+    corpus = cfg.data.get("calibration_corpus")
+    tag += f"-{corpus}" if corpus not in (None, "stdlib") else ""
+    return tag
+
+
 def result_stem(cfg: DictConfig, evaluation) -> Path:
-    """results/<experiment>/<model>/<method>[-sequential][-skip<k>]/<layers>/<rank>[.<tag>] (no identity, no
-    suffix); ``-skip<k>``: statistics without the first k positions of each window (calibration.skip_first)."""
+    """results/<experiment>/<model>/<method><calibration tag>[+<stage>]/<layers>[.blocks<i>]/<rank>[.<tag>] (no
+    identity, no suffix); the calibration tag says how calibration differs from the profile's (``calibration_tag``),
+    ``+<stage>`` names each stage besides calibrate and decompose;
+    ``.blocks<i>``: only these blocks (layers.indices, e.g. blocks0-2+7)."""
     model = str(cfg.model.name).replace("/", "--")
     dense = not METHODS.get(cfg.method.name).decomposes
-    method = cfg.method.name + ("-sequential" if cfg.calibration.mode == "sequential" else "")
-    method += f"-skip{cfg.calibration.skip_first}" if cfg.calibration.skip_first else ""
-    layers = "none" if dense else cfg.layers.name
+    method = cfg.method.name + calibration_tag(cfg) + "".join(
+        f"+{s}" for s in cfg.stages if s not in DEFAULT_STAGES)  # e.g. lord_meanfix+quant_noise
+    blocks = block_label(cfg.layers.get("indices"))
+    layers = "none" if dense else cfg.layers.name + (f".{blocks}" if blocks else "")
     tag = "dense" if dense else rank_tag(cfg)
     suffix = f".{evaluation.tag}" if evaluation.tag else ""
     return Path(cfg.paths.results_dir) / cfg.experiment_name / model / method / layers / f"{tag}{suffix}"

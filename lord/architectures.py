@@ -143,6 +143,19 @@ def expand_kinds(kinds, arch: Architecture) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def block_label(indices) -> str:
+    """A short name for a set of block indices: "" for every block (None), else e.g. "blocks0-2+7"."""
+    if indices is None:
+        return ""
+    runs, ordered = [], sorted({int(i) for i in indices})
+    for i in ordered:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return "blocks" + "+".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def select_targets(
     model: nn.Module,
     kinds,

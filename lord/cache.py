@@ -3,6 +3,8 @@
 Layout under a cache root (``paths.cache_dir`` for experiments; safe to delete at any time)::
 
     stats/<key>.safetensors           oneshot statistics per (model, calibration windows, targets)
+    stats/<key>.json                  which statistics that file holds, and its family (model, windows,
+                                      skip_first): a selection inside a larger one reads the larger one's file
     bases/<key>/<target>.safetensors  one basis per target, per (model, statistics, method's basis)
 
 A key is a hash of everything that determines the content, so a hit is always the same numbers, whichever
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lord.atomic import temp_file
+from lord.atomic import read_json, temp_file, write_json_atomic
 from lord.calibration import Moments, load_statistics, save_statistics
 from lord.errors import LordError
 
@@ -49,8 +51,39 @@ class CompressionCache:
         parts = (self.model_key, tensor_hash(windows), target_names, "oneshot")
         return content_key(*parts, {"skip_first": skip_first}) if skip_first else content_key(*parts)
 
+    def statistics_family(self, windows: torch.Tensor, skip_first: int = 0) -> str:
+        """What every statistic of one calibration pass shares: model, windows, skip_first. Two files of one
+        family hold the same numbers under the same statistic name (hooks only read what the model computes)."""
+        return content_key(self.model_key, tensor_hash(windows), "oneshot", {"skip_first": skip_first})
+
     def _stats_file(self, key: str) -> Path:
         return self.root / "stats" / f"{key}.safetensors"
+
+    def _stats_index(self, key: str) -> Path:
+        return self.root / "stats" / f"{key}.json"
+
+    def find_statistics(self, key: str, family: str, names: list[str], device=None
+                        ) -> tuple[str, dict[str, Moments] | None]:
+        """(key, statistics) for a selection whose statistics are ``names``: its own file (``key``), else any file
+        of the same family that holds all of them (a larger selection: all blocks when one block is asked for),
+        read without the rest; (key, None) on a miss. The key returned names the file read, so that bases
+        computed from its statistics are shared with the selection that wrote it."""
+        exact = self.load_statistics(key, device=device)
+        if exact is not None:
+            if read_json(self._stats_index(key)) is None:  # written before files were indexed
+                write_json_atomic(self._stats_index(key), {"family": family, "statistics": sorted(exact)})
+            return key, exact
+        for index in sorted((self.root / "stats").glob("*.json")):
+            entry = read_json(index)
+            other = index.stem
+            if (not isinstance(entry, dict) or entry.get("family") != family
+                    or not set(names) <= set(entry.get("statistics", ())) or not self._stats_file(other).is_file()):
+                continue
+            try:
+                return other, load_statistics(self._stats_file(other), device=device, keys=names)
+            except LordError as e:
+                log.warning("%s; not reading statistics from it", e)
+        return key, None
 
     def load_statistics(self, key: str, device=None) -> dict[str, Moments] | None:
         f = self._stats_file(key)
@@ -61,10 +94,13 @@ class CompressionCache:
         except LordError as e:
             log.warning("%s; recomputing it", e)
             f.unlink(missing_ok=True)
+            self._stats_index(key).unlink(missing_ok=True)
             return None
 
-    def store_statistics(self, key: str, stats: dict[str, Moments], meta: dict) -> None:
+    def store_statistics(self, key: str, stats: dict[str, Moments], meta: dict, family: str | None = None) -> None:
         save_statistics(stats, self._stats_file(key), meta)
+        if family is not None:
+            write_json_atomic(self._stats_index(key), {"family": family, "statistics": sorted(stats)})
 
     # bases ------------------------------------------------------------------------------------------------
     def bases_dir(self, statistics_key: str | None, basis_key: str) -> Path:

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from lord.architectures import Target
 from lord.atomic import temp_file
@@ -203,18 +204,27 @@ def save_statistics(stats: dict[str, Moments], path: str | Path, meta: dict) -> 
             os.remove(tmp)
 
 
-def load_statistics(path: str | Path, device=None) -> dict[str, Moments]:
+def load_statistics(path: str | Path, device=None, keys=None) -> dict[str, Moments]:
+    """Accumulators written by ``save_statistics``: all of them, or only the statistics named in ``keys``."""
     try:
-        tensors = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            wanted = sorted(k[: -len("::n")] for k in names if k.endswith("::n"))
+            if keys is not None:
+                missing = sorted(set(keys) - set(wanted))
+                if missing:
+                    raise LordError(f"statistics file {path} has no {missing[0]!r}")
+                wanted = sorted(keys)
+            stats: dict[str, Moments] = {}
+            for k in wanted:
+                sum_v = f.get_tensor(f"{k}::sum_v")
+                m = Moments(sum_v.numel(), device=device)
+                m.sum_vv.copy_(f.get_tensor(f"{k}::sum_vv"))
+                m.sum_v.copy_(sum_v)
+                m.n = int(f.get_tensor(f"{k}::n").item())
+                stats[k] = m
+    except LordError:
+        raise
     except Exception as e:  # truncated or foreign file
         raise LordError(f"statistics file {path} is unreadable ({e}); delete it and calibrate again") from None
-    stats: dict[str, Moments] = {}
-    for name in tensors:
-        if name.endswith("::n"):
-            k = name[: -len("::n")]
-            m = Moments(tensors[f"{k}::sum_v"].numel(), device=device)
-            m.sum_vv.copy_(tensors[f"{k}::sum_vv"])
-            m.sum_v.copy_(tensors[f"{k}::sum_v"])
-            m.n = int(tensors[name].item())
-            stats[k] = m
     return stats

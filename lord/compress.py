@@ -94,16 +94,18 @@ class Compressor:
         if self._statistics is None:
             if self.batches is None:
                 raise LordError("calibration statistics are needed: pass calibration batches or statistics")
-            key = None
+            key = family = None
             if self.cache is not None:
-                key = self.cache.statistics_key(torch.cat(list(self.batches)), [t.name for t in self.targets],
-                                                self.skip_first)
-                self._statistics = self.cache.load_statistics(key, device=self._device())
+                windows = torch.cat(list(self.batches))
+                key = self.cache.statistics_key(windows, [t.name for t in self.targets], self.skip_first)
+                family = self.cache.statistics_family(windows, self.skip_first)
+                names = sorted({stat_slot(self.model, t).key for t in self.targets})
+                key, self._statistics = self.cache.find_statistics(key, family, names, device=self._device())
             self.events["statistics_from_cache"] = self._statistics is not None
             if self._statistics is None:
                 self._statistics = self.calibrate(self.targets)
                 if self.cache is not None:
-                    self.cache.store_statistics(key, self._statistics, {"targets": len(self.targets)})
+                    self.cache.store_statistics(key, self._statistics, {"targets": len(self.targets)}, family)
             self._statistics_key = key
             self._check_rank(self._statistics)
         return self._statistics

@@ -6,6 +6,8 @@ Sources, all yielding records with the-stack-smol's schema (``content``, ``repos
 * ``stdlib`` (offline default): the ``.py`` files of the CPython standard library of the running
   interpreter, test suites and generated files excluded, split deterministically by hashing each
   file's relative path, so no file is in both splits;
+* ``stdlib-tests``: CPython's own test suite (``Lib/test``), a second offline calibration corpus
+  (``data.calibration_corpus=stdlib-tests``) that the stdlib validation split never contains;
 * ``the-stack-smol`` (the paper's validation set): ``datasets.load_dataset(<source>, data_dir="data/python")``;
 * ``the-stack`` (the paper's calibration set, gated): streamed with ``datasets``, minus any file whose
   content also occurs in the validation set;
@@ -92,6 +94,25 @@ def stdlib_corpus(split: str, validation_percent: int = 50, root: str | None = N
             continue
     meta = {"python_version": platform.python_version(), "validation_percent": validation_percent}
     return Corpus("stdlib", split, records, meta)
+
+
+def stdlib_tests_corpus(root: str | None = None) -> Corpus:
+    """CPython's own test suite (``Lib/test``), which ``stdlib_corpus`` leaves out: a second offline corpus for
+    calibration whose files the stdlib validation split never contains."""
+    base = Path(root or sysconfig.get_paths()["stdlib"]) / "test"
+    records = []
+    for p in sorted(base.rglob("*.py")):
+        rel = p.relative_to(base.parent).as_posix()
+        if "__pycache__" in rel.split("/"):
+            continue
+        try:
+            records.append(_record(p.read_text(encoding="utf-8"), "cpython/Lib", rel))
+        except (UnicodeDecodeError, OSError):
+            continue
+    if not records:
+        raise LordError(f"{base} holds no test suite (some Python builds leave Lib/test out); use "
+                        "data.calibration_corpus=stdlib or data=folder with data.calibration_path")
+    return Corpus("stdlib-tests", "calibration", records, {"python_version": platform.python_version()})
 
 
 def _jsonl_rows(p: Path) -> list[dict]:

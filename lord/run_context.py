@@ -10,11 +10,18 @@ import torch
 from omegaconf import DictConfig
 
 from lord.cache import CompressionCache
-from lord.corpora import (folder_corpus, stdlib_corpus, take_windows, the_stack_calibration, the_stack_smol,
-                          tokenize_windows)
+from lord.corpora import (folder_corpus, stdlib_corpus, stdlib_tests_corpus, take_windows, the_stack_calibration,
+                          the_stack_smol, tokenize_windows)
 from lord.errors import LordError
 
 DATA_SOURCES = ("stdlib", "the-stack-smol", "folder")
+STDLIB_CALIBRATION_CORPORA = ("stdlib", "stdlib-tests")  # data=stdlib's data.calibration_corpus
+
+
+def split_seq_len(cfg: DictConfig, split: str) -> int:
+    """Tokens per window of ``split``: ``calibration.seq_len`` for calibration when set, else ``data.seq_len``."""
+    own = cfg.calibration.get("seq_len") if split == "calibration" else None
+    return int(own) if own is not None else int(cfg.data.seq_len)
 
 
 def model_key(cfg: DictConfig, model_info: dict) -> str:
@@ -35,7 +42,8 @@ class RunData:
         if self._corpora is None:
             d = self.cfg.data
             if d.name == "stdlib":
-                self._corpora = (stdlib_corpus("calibration", d.validation_percent),
+                tests = d.get("calibration_corpus", "stdlib") == "stdlib-tests"
+                self._corpora = (stdlib_tests_corpus() if tests else stdlib_corpus("calibration", d.validation_percent),
                                  stdlib_corpus("validation", d.validation_percent))
             elif d.name == "the-stack-smol":
                 val = the_stack_smol(d.source)
@@ -53,14 +61,15 @@ class RunData:
         """Before any model loads: the split's files can fill ``n_windows`` windows (a token is at least one
         character, so a window needs a file of ``max(min_chars, seq_len)`` characters; one window per file
         unless ``all_windows``). Returns the split's content hash."""
-        d = self.cfg.data
+        d, seq_len = self.cfg.data, split_seq_len(self.cfg, split)
         corpus = self.corpora()[0 if split == "calibration" else 1]
-        need = max(d.min_chars, d.seq_len)
+        need = max(d.min_chars, seq_len)
         long_enough = [r for r in corpus.records if r["size"] >= need]
         if not long_enough:
+            key = "calibration.seq_len" if seq_len != d.seq_len else "data.seq_len"
             raise LordError(f"data: no file of the {split} corpus {corpus.name} ({len(corpus.records)} files) has "
                             f"the {need} characters one window needs (data.min_chars={d.min_chars}, "
-                            f"data.seq_len={d.seq_len}); lower them or use longer files")
+                            f"{key}={seq_len}); lower them or use longer files")
         if n_windows is not None and not d.all_windows and len(long_enough) < n_windows:
             raise LordError(f"data: the {split} corpus {corpus.name} has {len(long_enough)} file(s) of at least "
                             f"{need} characters, one window each, but {n_windows} are asked for; lower the window "
@@ -73,7 +82,8 @@ class RunData:
             d = self.cfg.data
             corpus = self.corpora()[0 if split == "calibration" else 1]
             n = self.cfg.calibration.n_windows if split == "calibration" else self.cfg.eval.n_windows
-            all_w = tokenize_windows(corpus, self.tokenizer, seq_len=d.seq_len, min_chars=d.min_chars,
+            all_w = tokenize_windows(corpus, self.tokenizer, seq_len=split_seq_len(self.cfg, split),
+                                     min_chars=d.min_chars,
                                      all_windows=d.all_windows, cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
             self._windows[split] = take_windows(all_w, n, f"{split} windows")
         return self._windows[split]
@@ -86,7 +96,8 @@ class RunData:
         used = {s: int(w.shape[0]) for s, w in self._windows.items()}
         return {"validation": val.describe() if "validation" in used else None,
                 "calibration": cal.describe() if "calibration" in used else None,
-                "seq_len": d.seq_len, "min_chars": d.min_chars, "all_windows": d.all_windows,
+                "seq_len": d.seq_len, "calibration_seq_len": split_seq_len(self.cfg, "calibration"),
+                "min_chars": d.min_chars, "all_windows": d.all_windows,
                 "validation_windows": used.get("validation"), "calibration_windows": used.get("calibration")}
 
 

@@ -1,6 +1,7 @@
 """Analysis: a results fixture made by real tiny jobs, every table and figure regenerated from it."""
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -199,6 +200,100 @@ def test_ablation_tables_add_kinds_on_the_log_scale_and_draw_both_axes(tmp_path)
     assert "skip_first" not in t.columns  # only shown when some run left positions out
     paths = figures.ablation_layers(df, tmp_path / "ablation_layers")
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_block_table_sets_blocks_alone_against_all_blocks_together(tmp_path):
+    """By hand: three blocks at ppl ratios 1.1, 1.2, 1.5 alone sum to ln(1.98) on the log scale and their shares
+    to 100 %; the run without indices (blocks "") is the all-together row, at ln(2.2)/ln(1.98) of the sum; a
+    skip_first run is left out."""
+    import math
+
+    from analysis import ablations, figures
+
+    base = dict(eval="perplexity", model="m", method="whiten", layers="all-grouped", rank_value=30.0,
+                dense_perplexity=5.0, skip_first=0, params_reduction_percent=-1.0)
+    ratios = {"blocks0": 1.1, "blocks1": 1.2, "blocks2": 1.5, "": 2.2}
+    rows = [dict(base, blocks=b, perplexity=5 * r) for b, r in ratios.items()]
+    rows.append(dict(base, blocks="blocks0", perplexity=50.0, skip_first=1))  # another statistic: not a block row
+    t = ablations.block_table(pd.DataFrame(rows)).set_index("block")
+    total = math.log(1.1 * 1.2 * 1.5)
+    assert list(t.index) == ["0", "1", "2", "Σ of 3 blocks alone", "all together"]
+    assert t.loc["Σ of 3 blocks alone", "Δ log ppl"] == pytest.approx(total)
+    assert t.loc[["0", "1", "2"], "share of Σ (%)"].sum() == pytest.approx(100)
+    assert t.loc["2", "share of Σ (%)"] == pytest.approx(100 * math.log(1.5) / total)
+    assert t.loc["all together", "share of Σ (%)"] == pytest.approx(100 * math.log(2.2) / total)
+    assert t.loc["Σ of 3 blocks alone", "% of model params removed"] == pytest.approx(-3.0)
+    paths = figures.ablation_blocks(pd.DataFrame(rows), tmp_path / "ablation_blocks")
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_calibration_table_orders_settings_and_counts_tokens(tmp_path):
+    from analysis import ablations, figures
+
+    base = dict(eval="perplexity", model="m", method="whiten", layers="all-grouped", rank_value=10.0,
+                dense_perplexity=5.0, skip_first=0, blocks="", perplexity_increase_percent=0.0, calibration="oneshot",
+                calibration_corpus="stdlib", calibration_seq_len=1024)
+    rows = [dict(base, calibration_windows=n, perplexity=5 + 1 / n) for n in (64, 8, 16)]
+    rows += [dict(base, calibration_windows=32, calibration_seq_len=512, perplexity=5.05),
+             dict(base, calibration_windows=16, calibration_corpus="stdlib-tests", perplexity=5.2),
+             dict(base, calibration_windows=16, calibration="sequential", perplexity=5.01),
+             dict(base, calibration_windows=16, skip_first=1, perplexity=9.0),  # another statistic: left out
+             dict(base, calibration_windows=16, blocks="blocks3", perplexity=9.0)]  # one block: left out
+    t = ablations.calibration_table(pd.DataFrame(rows))
+    assert list(t.calibration) == ["32 × 512 stdlib", "8 × 1,024 stdlib", "16 × 1,024 stdlib", "64 × 1,024 stdlib",
+                                   "16 × 1,024 stdlib-tests", "16 × 1,024 stdlib, sequential"]
+    assert list(t["calibration tokens"])[:4] == [16384, 8192, 16384, 65536]
+    assert t["Δ log ppl"].iloc[3] == pytest.approx(math.log(1 + 1 / 320))
+    paths = figures.ablation_calibration(pd.DataFrame(rows), tmp_path / "ablation_calibration")
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_humaneval_is_paired_with_the_perplexity_of_the_same_compression(tmp_path):
+    """Pairs share (model, method, layers, rank); dense pairs with an increase of 0 by definition; a HumanEval
+    point without a perplexity run is left out; pass@1 falling as perplexity rises gives Spearman ρ = -1."""
+    from analysis import ablations, figures
+
+    base = dict(model="m", method="lord", layers="mlp_down", skip_first=0, blocks="", dense_perplexity=4.0)
+    rows = [dict(base, eval="humaneval", method="dense", layers="none", rank_value=0.0, pass_at_1=0.4,
+                 pass_at_1_ci_low=0.33, pass_at_1_ci_high=0.47)]
+    for rank, ppl, p in ((30, 4.4, 0.3), (50, 5.0, 0.1), (60, 6.0, 0.05)):
+        rows.append(dict(base, eval="humaneval", rank_value=float(rank), pass_at_1=p, pass_at_1_ci_low=None,
+                         pass_at_1_ci_high=None))
+        if rank != 60:
+            rows.append(dict(base, eval="perplexity", rank_value=float(rank), perplexity=ppl,
+                             perplexity_increase_percent=100 * (ppl / 4 - 1)))
+    t, rho = ablations.humaneval_vs_perplexity(pd.DataFrame(rows))
+    assert list(t["% rank reduction"]) == [0.0, 30.0, 50.0]
+    assert t["Δ log ppl"].tolist() == pytest.approx([0, math.log(1.1), math.log(1.25)])
+    assert t["pass@1 relative to dense %"].tolist() == pytest.approx([100, 75, 25])
+    assert rho == {"m": (pytest.approx(-1.0), 3)}
+    paths = figures.humaneval_vs_perplexity(t, rho, tmp_path / "humaneval_vs_perplexity")
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_quant_noise_table_measures_compression_over_the_noisy_dense_model():
+    """By hand: clean dense 4, noisy dense 4.4 (noise alone: ln 1.1); compressed noisy 5.5 → ln(5.5/4.4) = ln 1.25
+    over the noisy model, against ln(4.8/4) = ln 1.2 for the same compression of the clean model."""
+    from analysis import ablations
+
+    base = dict(eval="perplexity", model="m", layers="all-grouped", rank_value=10.0, dense_perplexity=4.0,
+                skip_first=0, blocks="", perplexity_increase_percent=0.0)
+    noisy = pd.DataFrame([dict(base, method="dense", layers="none", rank_value=0.0, perplexity=4.4),
+                          dict(base, method="whiten", perplexity=5.5)])
+    clean = pd.DataFrame([dict(base, method="whiten", perplexity=4.8)])
+    t = ablations.quant_noise_table(noisy, clean).set_index("method")
+    assert t.loc["whiten", "Δ log ppl, noisy model"] == pytest.approx(math.log(1.25))
+    assert t.loc["whiten", "Δ log ppl, clean model"] == pytest.approx(math.log(1.2))
+    assert t.loc["whiten", "noisy / clean"] == pytest.approx(math.log(1.25) / math.log(1.2))
+    assert t.loc["whiten", "noise alone (Δ log ppl of the noisy dense model)"] == pytest.approx(math.log(1.1))
+    assert list(t.index) == ["whiten"]  # the noisy dense run is the base, not a row
+
+
+def test_block_label_names_runs_of_blocks():
+    from lord.architectures import block_label
+
+    assert block_label(None) == "" and block_label([3]) == "blocks3"
+    assert block_label([7, 0, 1, 2, 2]) == "blocks0-2+7" and block_label([0, 2, 4]) == "blocks0+2+4"
 
 
 def test_the_diagnosis_notebook_runs_on_the_published_results(tmp_path):

@@ -122,11 +122,15 @@ def test_spectra_energy_kept_is_one_minus_the_truncation_error():
         assert 0 < row["output_rank_99"] <= 100
 
 
-def test_spectra_and_first_position_figures_are_drawn_from_their_json(tmp_path):
+def test_spectra_first_position_and_swiglu_figures_are_drawn_from_their_json(tmp_path):
     rows = [{"kind": k, "block": b, "share_scatter": 0.01 * (b + 1), "output_energy_kept_10": 0.9,
              "weight_energy_kept_10": 0.95} for k in ("mlp_down", "attn_out") for b in range(3)]
     paths = figures.spectra({"model": "m", "reductions": [10], "per_target": rows}, tmp_path / "spectra-m")
     paths += figures.first_position({"model": "m", "seq_len": 1024, "per_target": rows}, tmp_path / "first-position-m")
+    blocks = [{"method": m, "reduction": red, "block": b, "rel_err_h": 0.1, "rel_err_gate": 0.05, "rel_err_up": 0.07}
+              for m in ("whiten", "lord_meanfix") for red in (10, 30) for b in range(3)]
+    paths += figures.swiglu({"model": "m", "reductions": [10, 30], "methods": ["lord_meanfix", "whiten"],
+                             "per_block": blocks}, tmp_path / "swiglu-m")
     assert all(p.stat().st_size > 10_000 for p in paths)
 
 
@@ -144,3 +148,60 @@ def test_benchmark_arguments_are_refused_before_any_model_loads(args, message, m
     with pytest.raises(SystemExit) as e:
         first_position.main()
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_swiglu_errors_follow_from_which_projection_is_wrong():
+    """By hand: exact projections give zero error; up doubled gives h doubled (error 1, all of it from up,
+    none from gate); a full-rank whiten decomposition of a tiny gated MLP reproduces h."""
+    import torch.nn.functional as F
+    from conftest import calib_batches, tiny_model
+
+    from experiments.benchmarks.swiglu import block_errors, mlp_inputs
+    from lord.compress import Compressor
+    from lord.ranks import RankSpec
+
+    torch.manual_seed(0)
+    gate, up, down = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16), torch.nn.Linear(16, 8)
+    x = torch.randn(64, 8)
+    exact = block_errors(F.silu, gate, up, down, gate, up, x)
+    assert exact.pop("amplification") is None and all(v == 0 for v in exact.values())
+    doubled = block_errors(F.silu, gate, lambda v: 2 * up(v), down, gate, up, x)
+    assert doubled["rel_err_up"] == pytest.approx(1) and doubled["rel_err_h"] == pytest.approx(1)
+    assert doubled["rel_err_h_up_only"] == pytest.approx(1) and doubled["rel_err_h_gate_only"] == 0
+    model = tiny_model("llama")
+    blocks = list(model.model.layers)
+    xs = mlp_inputs(model, blocks, "mlp.gate_proj", calib_batches(n=1, batch=2, seq=16)[0])
+    dense = [(b.mlp.gate_proj, b.mlp.up_proj) for b in blocks]
+    Compressor(model, ["mlp_gate", "mlp_up"], batches=calib_batches(), progress=False).apply(
+        "whiten", RankSpec("reduction", 0, force=True))
+    for b, (g, u), x in zip(blocks, dense, xs):
+        assert x.shape[0] == 32 and b.mlp.gate_proj is not g
+        err = block_errors(b.mlp.act_fn, b.mlp.gate_proj, b.mlp.up_proj, b.mlp.down_proj, g, u, x)
+        assert err["rel_err_h"] < 1e-4 and err["rel_err_out"] < 1e-4
+
+
+def test_position_errors_split_the_error_between_the_first_position_and_the_rest():
+    """By hand: an error on position 0 only is all 'first'; the compressed module applied to the dense model's
+    own input reproduces it at full rank (whiten is exact there)."""
+    from conftest import calib_batches, tiny_model
+
+    from experiments.benchmarks.position_errors import member_inputs, position_errors
+    from lord.compress import Compressor
+    from lord.ranks import RankSpec
+
+    dense = torch.ones(2, 3, 4)
+    off = dense.clone()
+    off[:, 0] += 0.5
+    e = position_errors(dense, off)
+    assert e["share_first"] == 1 and e["rel_err_rest"] == 0 and e["rel_err_first"] == pytest.approx(0.5)
+    model = tiny_model("qwen2")
+    c = Compressor(model, ["mlp_down", "attn_qkv"], batches=calib_batches(), progress=False)
+    members = [m for t in c.targets for m in t.members]
+    inputs = member_inputs(model, members, calib_batches(n=1, batch=2, seq=16)[0])
+    with torch.no_grad():
+        ref = {m: model.get_submodule(m)(x) for m, x in inputs.items()}
+        c.apply("whiten", RankSpec("reduction", 0, force=True))
+        for m, x in inputs.items():
+            assert x.shape[:2] == (2, 16)
+            err = position_errors(ref[m], model.get_submodule(m)(x))
+            assert err["rel_err_first"] < 1e-4 and err["rel_err_rest"] < 1e-4

@@ -38,6 +38,30 @@ def test_stdlib_splits_are_disjoint_deterministic_and_hashed():
     assert set(val.records[0]) >= {"content", "repository_name", "path", "size", "lang"}
 
 
+def test_the_test_suite_corpus_is_disjoint_from_both_stdlib_splits_and_run_data_reads_it(tmp_path):
+    """data.calibration_corpus=stdlib-tests: CPython's Lib/test as calibration, never in either stdlib split;
+    calibration.seq_len cuts calibration windows of its own length while validation keeps data.seq_len."""
+    from omegaconf import OmegaConf
+
+    from lord.corpora import stdlib_tests_corpus
+    from lord.run_context import RunData
+
+    tests = stdlib_tests_corpus()
+    paths = {r["path"] for r in tests.records}
+    assert len(paths) > 100 and all(p.startswith("test/") for p in paths)
+    stdlib = {f"{r['path']}" for split in ("calibration", "validation") for r in stdlib_corpus(split).records}
+    contents = {r["content"] for split in ("calibration", "validation") for r in stdlib_corpus(split).records}
+    assert not paths & stdlib and not {r["content"] for r in tests.records if len(r["content"]) > 1000} & contents
+    cfg = OmegaConf.create({"data": {"name": "stdlib", "validation_percent": 50, "seq_len": 64, "min_chars": 2000,
+                                     "all_windows": False, "calibration_corpus": "stdlib-tests"},
+                            "calibration": {"n_windows": 3, "seq_len": 32}, "eval": {"n_windows": 2},
+                            "paths": {"cache_dir": str(tmp_path)}})
+    data = RunData(cfg, CharTokenizer())
+    assert data.windows("calibration").shape == (3, 32) and data.windows("validation").shape == (2, 64)
+    assert data.describe()["calibration"]["content_sha256"] == tests.content_hash
+    assert data.describe()["calibration_seq_len"] == 32
+
+
 def test_windows_follow_the_papers_filters(tmp_path):
     recs = [{"content": "a" * n, "repository_name": "r", "path": f"f{n}.py", "size": n, "lang": "Python"}
             for n in (50, 300, 700)]

@@ -61,6 +61,12 @@ def test_every_experiment_preset_expands_and_validates():
     (["data=folder"], "missing required value\\(s\\): data.path"),
     (["stages=[calibrate,squeeze]"], "stages='squeeze' is unknown; allowed: calibrate"),
     (["method.name=lord", "+method.alpha=0.5"], "method 'lord' has no option\\(s\\) alpha"),
+    (["layers.indices=[a]"], r"layers.indices=\['a'\] must be null \(every block\) or a non-empty list"),
+    (["layers.indices=[-1]"], "layers.indices=\\[-1\\] must be null"),
+    (["layers.indices=[24]"], r"layer indices \[24\] out of range: the model has blocks 0..23"),
+    (["calibration.seq_len=1"], r"calibration.seq_len=1 must be null \(data.seq_len\) or an integer >= 2"),
+    (["calibration.seq_len=64", "calibration.skip_first=64"], "leaves no position of a 64-token window"),
+    (["data.calibration_corpus=lib"], "data.calibration_corpus='lib' is unknown; allowed: stdlib, stdlib-tests"),
 ])
 def test_bad_configs_fail_before_any_model_loads(overrides, match, monkeypatch):
     import experiments.run as run_mod

@@ -169,3 +169,45 @@ def test_streaming_and_kept_bases_give_the_same_model(probe_ids, tmp_path):
     ce.apply("lord", cfg.rank)
     assert ce.events == {"statistics_from_cache": True, "bases_from_cache": len(ce.targets)}
     assert torch.equal(d(probe_ids).logits, e(probe_ids).logits)
+
+
+def test_a_selection_inside_a_cached_one_reads_its_statistics_and_bases(tmp_path):
+    """One block's statistics are the all-block pass's numbers for that block (hooks only read): a selection
+    inside a cached one reads that file (no calibration), equals a fresh pass bit for bit, and shares its bases;
+    another skip_first is another family and calibrates."""
+    from lord.cache import CompressionCache
+
+    model, cache = tiny_model("qwen2"), CompressionCache(tmp_path, "tiny-qwen2")
+    everything = Compressor(model, ["all"], group=True, batches=calib_batches(), cache=cache, reuse_bases=True,
+                            progress=False)
+    everything.apply("whiten", RankSpec("reduction", 50))
+    everything.restore()
+    one = Compressor(model, ["all"], group=True, layers=[1], batches=calib_batches(), cache=cache, reuse_bases=True,
+                     progress=False)
+    one.calibrate = lambda targets: pytest.fail("a cached selection's statistics were recomputed")
+    one.apply("whiten", RankSpec("reduction", 50))
+    one.restore()
+    assert one.events == {"statistics_from_cache": True, "bases_from_cache": len(one.targets)}
+    fresh = Compressor(model, ["all"], group=True, layers=[1], batches=calib_batches(), progress=False).statistics
+    assert sorted(one.statistics) == sorted(fresh) and len(fresh) < len(everything.statistics)
+    assert all(torch.equal(one.statistics[k].sum_vv, fresh[k].sum_vv) and one.statistics[k].n == fresh[k].n
+               for k in fresh)
+    skipped = Compressor(model, ["all"], group=True, layers=[1], batches=calib_batches(), cache=cache,
+                         skip_first=1, progress=False)
+    assert skipped.statistics and skipped.events["statistics_from_cache"] is False
+
+
+def test_statistics_files_written_before_the_index_are_indexed_on_their_next_exact_hit(tmp_path):
+    from lord.cache import CompressionCache
+
+    model, cache = tiny_model("llama"), CompressionCache(tmp_path, "tiny")
+    Compressor(model, ["all"], group=True, batches=calib_batches(), cache=cache, progress=False).statistics
+    (index,) = (tmp_path / "stats").glob("*.json")
+    index.unlink()  # as a cache from before the index existed
+    missed = Compressor(model, ["all"], group=True, layers=[0], batches=calib_batches(), cache=cache, progress=False)
+    assert missed.statistics and missed.events["statistics_from_cache"] is False  # the unindexed file is not searched
+    again = Compressor(model, ["all"], group=True, batches=calib_batches(), cache=cache, progress=False)
+    assert again.statistics and again.events["statistics_from_cache"] is True and index.is_file()
+    part = Compressor(model, ["all"], group=True, layers=[1], batches=calib_batches(), cache=cache, progress=False)
+    part.calibrate = lambda targets: pytest.fail("the indexed file was not read")
+    assert part.statistics and part.events["statistics_from_cache"] is True

@@ -128,3 +128,67 @@ def test_corrupted_cache_is_rebuilt(tmp_path, monkeypatch):
     assert zoo._marker_valid(d) is None
     (d / zoo.MARKER).write_text("{not json")
     assert zoo._marker_valid(d) is None
+
+
+def test_quant_steps_are_the_gguf_code_steps_and_land_on_the_right_weights(smollm2):
+    """Every quantized tensor of the real SmolLM2 GGUF (Q4_1, Q8_0): (value − value at the lowest codes) / Δ is an
+    integer code in the format's range, so Δ is the step; gguf_steps maps it onto the converted model (it checks
+    the GGUF's values equal the parameters, Llama's q/k permutation included)."""
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGUFReader, dequantize
+
+    from lord.quant_steps import CODE_BYTES, gguf_steps, quant_step
+
+    model, _, _ = smollm2
+    path = zoo.fetch_gguf("smollm2-135m")
+    seen = set()
+    for t in GGUFReader(str(path)).tensors:
+        step = quant_step(t.data, t.tensor_type)
+        if step is None or t.tensor_type.name in seen:
+            continue
+        seen.add(t.tensor_type.name)
+        lowest = t.data.copy()
+        blocks = lowest.reshape(-1, GGML_QUANT_SIZES[t.tensor_type][1])
+        for start, end, _ in CODE_BYTES[t.tensor_type.name]:
+            blocks[:, start:end] = 0
+        codes = (dequantize(t.data, t.tensor_type) - dequantize(lowest, t.tensor_type))[step > 0] / step[step > 0]
+        assert np.abs(codes - np.round(codes)).max() < 1e-3
+        assert np.abs(codes).max() <= {"Q4_1": 15, "Q8_0": 127}[t.tensor_type.name]
+    assert seen == {"Q4_1", "Q8_0"}
+    steps = gguf_steps(path, model)
+    params = dict(model.named_parameters())
+    assert len(steps) == 211 and all(steps[k].shape == params[k].shape for k in steps)
+    assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight"} <= set(steps)
+
+
+def test_quant_noise_stays_within_half_a_step_and_keys_the_cache_anew(smollm2, tmp_path):
+    from omegaconf import OmegaConf
+
+    from lord.cache import CompressionCache
+    from lord.quant_steps import gguf_steps
+    from lord.stages.quant_noise import QuantNoise
+
+    model, _, _ = smollm2
+    noisy = copy.deepcopy(model)
+    cfg = OmegaConf.create({"quant_noise": {"scale": 1.0, "seed": 0}, "model": {"name": "smollm2-135m"},
+                            "paths": {"cache_dir": None}})
+
+    class Ctx:
+        cache = CompressionCache(tmp_path, "smollm2")
+
+    ctx = Ctx()
+    ctx.model = noisy
+    stage = QuantNoise(cfg)
+    stage.check_config()
+    record = stage.apply(ctx)
+    steps = gguf_steps(zoo.fetch_gguf("smollm2-135m"), model)
+    clean, dirty = dict(model.named_parameters()), dict(noisy.named_parameters())
+    name = "model.layers.3.mlp.down_proj.weight"
+    diff = (dirty[name] - clean[name]).detach()
+    assert (diff.abs() <= steps[name] / 2 + 1e-7).all()
+    ratio = float((diff.abs() / (steps[name] / 2)).mean())
+    assert 0.45 < ratio < 0.55  # |U(-1, 1)| has mean 1/2
+    assert record["changed"] and record["tensors"] == 211 and 0 < record["relative_rms"] < 0.2
+    assert ctx.cache.model_key == "smollm2|quant_noise:1.0:0"
+    with pytest.raises(LordError, match="must be a number >= 0"):
+        QuantNoise(OmegaConf.create({**OmegaConf.to_container(cfg), "quant_noise": {"scale": -1}})).check_config()

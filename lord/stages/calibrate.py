@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from lord.compress import CALIBRATION_MODES, Compressor
 from lord.errors import LordError, check_skip_first, positive_int
+from lord.run_context import STDLIB_CALIBRATION_CORPORA
 from lord.stages.base import STAGES, Stage
 
 
@@ -30,7 +31,14 @@ class Calibrate(Stage):
             raise LordError(f"calibration.mode={c.mode!r} is unknown; allowed: {', '.join(CALIBRATION_MODES)}")
         positive_int("calibration.n_windows", c.n_windows, allow_none=True)
         positive_int("calibration.batch_size", c.batch_size)
-        check_skip_first("calibration.skip_first", c.skip_first, self.cfg.data.get("seq_len"))
+        seq_len = c.get("seq_len")
+        if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2):
+            raise LordError(f"calibration.seq_len={seq_len!r} must be null (data.seq_len) or an integer >= 2")
+        check_skip_first("calibration.skip_first", c.skip_first, seq_len or self.cfg.data.get("seq_len"))
+        corpus = self.cfg.data.get("calibration_corpus")
+        if corpus is not None and self.cfg.data.name == "stdlib" and corpus not in STDLIB_CALIBRATION_CORPORA:
+            raise LordError(f"data.calibration_corpus={corpus!r} is unknown; allowed: "
+                            f"{', '.join(STDLIB_CALIBRATION_CORPORA)}")
 
     def check(self, model) -> None:
         if any(s.uses_layer_selection() for s in self.later):
