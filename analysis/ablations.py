@@ -148,9 +148,9 @@ def humaneval_vs_perplexity(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
                     suffixes=("", "_ppl"))
     rows = [{"model": r.model, "method": r.method, "layers": r.layers,
              "% rank reduction": r.rank_value, "ppl increase %": r.perplexity_increase_percent_ppl,
-             "Δ log ppl": r.log_ppl_increase, "pass@1 %": 100 * r.pass_at_1,
-             "pass@1 CI low %": 100 * r.pass_at_1_ci_low if pd.notna(r.pass_at_1_ci_low) else None,
-             "pass@1 CI high %": 100 * r.pass_at_1_ci_high if pd.notna(r.pass_at_1_ci_high) else None,
+             "Δ log ppl": r.log_ppl_increase, "pass@1 %": r.pass_at_1,  # results hold pass@k in %
+             "pass@1 CI low %": r.pass_at_1_ci_low if pd.notna(r.pass_at_1_ci_low) else None,
+             "pass@1 CI high %": r.pass_at_1_ci_high if pd.notna(r.pass_at_1_ci_high) else None,
              "pass@1 relative to dense %": 100 * r.pass_at_1 / dense_pass[r.model] if r.model in dense_pass
              else None} for r in both.itertuples()]
     t = pd.DataFrame(rows, columns=PASS_COLUMNS).sort_values(["model", "Δ log ppl"]).reset_index(drop=True)

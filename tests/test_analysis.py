@@ -254,9 +254,9 @@ def test_humaneval_is_paired_with_the_perplexity_of_the_same_compression(tmp_pat
     from analysis import ablations, figures
 
     base = dict(model="m", method="lord", layers="mlp_down", skip_first=0, blocks="", dense_perplexity=4.0)
-    rows = [dict(base, eval="humaneval", method="dense", layers="none", rank_value=0.0, pass_at_1=0.4,
-                 pass_at_1_ci_low=0.33, pass_at_1_ci_high=0.47)]
-    for rank, ppl, p in ((30, 4.4, 0.3), (50, 5.0, 0.1), (60, 6.0, 0.05)):
+    rows = [dict(base, eval="humaneval", method="dense", layers="none", rank_value=0.0, pass_at_1=40.0,
+                 pass_at_1_ci_low=33.0, pass_at_1_ci_high=47.0)]  # results hold pass@k in %
+    for rank, ppl, p in ((30, 4.4, 30.0), (50, 5.0, 10.0), (60, 6.0, 5.0)):
         rows.append(dict(base, eval="humaneval", rank_value=float(rank), pass_at_1=p, pass_at_1_ci_low=None,
                          pass_at_1_ci_high=None))
         if rank != 60:
