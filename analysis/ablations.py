@@ -71,8 +71,9 @@ BLOCK_COLUMNS = ["model", "method", "% rank reduction", "layers", "block", "% of
 
 def block_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (model, method, % rank reduction, layers): each block compressed alone (``layers.indices=[i]``) with
-    its Δ log ppl and share of the blocks' sum, then two rows: the sum over the blocks run alone, and all blocks
-    compressed together (when that run exists); their ratio says whether the blocks' damages add up."""
+    its Δ log ppl and share of the blocks' sum, then the sum over the blocks run alone, any set of blocks
+    compressed together (e.g. "blocks0-22 together"), and all blocks together (when those runs exist); their
+    ratio to the sum says whether the blocks' damages add up."""
     d = with_log_increase(df)
     d = d[d.skip_first.fillna(0).astype(int) == 0]
     rows = []
@@ -89,10 +90,10 @@ def block_table(df: pd.DataFrame) -> pd.DataFrame:
                          "Δ log ppl": r.log_ppl_increase, "share of Σ (%)": 100 * r.log_ppl_increase / total})
         rows.append({**key, "block": f"Σ of {len(one)} blocks alone", "% of model params removed":
                      float(one.params_reduction_percent.sum()), "Δ log ppl": total, "share of Σ (%)": 100.0})
-        together = g[blocks == ""]
-        if len(together):
-            t = together.iloc[0]
-            rows.append({**key, "block": "all together", "% of model params removed": t.params_reduction_percent,
+        several = g[~blocks.str.fullmatch(r"blocks\d+")].drop_duplicates("blocks")  # every block, or a set
+        for t in several.assign(whole=several.blocks.fillna("") == "").sort_values("whole").itertuples():
+            name = "all together" if t.whole else f"{t.blocks} together"
+            rows.append({**key, "block": name, "% of model params removed": t.params_reduction_percent,
                          "Δ log ppl": t.log_ppl_increase, "share of Σ (%)": 100 * t.log_ppl_increase / total})
     return pd.DataFrame(rows, columns=BLOCK_COLUMNS)
 

@@ -90,7 +90,11 @@ def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Pat
 
 
 def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
-    df, problems = load_results(results)
+    everything, problems = load_results(results)
+    # the paper's tables and figures: every block, every window position counted, no extra stage; runs with
+    # skip_first, extra stages or a subset of blocks are in the diagnosis tables (_diagnosis) and counted in index.md
+    standard = (everything.setting.fillna("") == "") & (everything.blocks.fillna("") == "")
+    df = everything[standard]
     gpu, gpu_problems = load_speed_benchmarks(benchmarks) if benchmarks is not None else (None, [])
     problems = problems + gpu_problems
     out.mkdir(parents=True, exist_ok=True)
@@ -128,10 +132,13 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += figures.fig4(analytic.eq6_curves(), kinds, out / "fig4_parity")
     written += figures.fig7(analytic.storage_sizes(), out / "fig7_storage")
     written += figures.methods_figure(df, out / "methods")
-    written += _diagnosis(df, out, benchmarks)
-    index = ["# Regenerated tables and figures", "", f"{len(df)} results from `{results}`.", ""]
+    written += _diagnosis(everything, out, benchmarks)
+    index = ["# Regenerated tables and figures", "", f"{len(everything)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]
-    variants = df.attrs.get("variants", [])
+    if (~standard).any():
+        index += ["", f"{int((~standard).sum())} runs with statistics without the first positions, extra stages or "
+                      "a subset of blocks are in the diagnosis tables only."]
+    variants = everything.attrs.get("variants", [])
     if variants:  # runs of one point with different configs: each kept as its own row/line, never averaged
         index += ["", "## Points run with different configurations", ""]
         index += [f"- {v['point']}: differ in {', '.join(v['keys'])} ({len(v['paths'])} runs)" for v in variants]
@@ -142,8 +149,8 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     (out / "index.md").write_text("\n".join(index) + "\n")
     for p in problems:
         print(f"skipped {p['path']}: {p['reason']}", file=sys.stderr)
-    print(f"{len(df)} results -> {len(written)} files in {out} (see {out / 'index.md'})")
-    return {"frame": df, "problems": problems, "written": written}
+    print(f"{len(everything)} results -> {len(written)} files in {out} (see {out / 'index.md'})")
+    return {"frame": everything, "problems": problems, "written": written}
 
 
 def main(argv=None) -> int:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from lord.architectures import block_label
+from lord.naming import intervention_tag
 
-COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "calibration", "layers", "blocks",
-           "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
+COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "setting", "calibration", "layers",
+           "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
@@ -18,9 +19,11 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "validation_sha256",
            "identity", "variant", "path"]
 
-# what makes two runs the same measurement, whichever preset ran them; ``variant`` names the config keys in
-# which two runs of one such point differ (e.g. calibration.n_windows=32), empty when they do not
-SETTING = ["eval", "model", "method", "calibration", "layers", "blocks", "rank_unit", "rank_value", "variant"]
+# what makes two runs the same measurement, whichever preset ran them (``setting``: statistics without the first
+# positions, extra stages -- lord.naming.intervention_tag; ``blocks``: layers.indices); ``variant`` names the
+# config keys in which two runs of one such point differ, empty when they do not
+SETTING = ["eval", "model", "method", "setting", "calibration", "layers", "blocks", "rank_unit", "rank_value",
+           "variant"]
 
 
 # config keys added after results were published, with the value that reproduces those runs: a run without
@@ -55,7 +58,8 @@ def _row(r: dict, path: Path) -> dict:
     return {
         "experiment": r["experiment"], "profile": r.get("profile"), "eval": r.get("eval", "perplexity"),
         "model": r["model"]["name"], "gguf_file_type": r["model"].get("gguf_file_type"),
-        "method": cfg["method"]["name"], "calibration": cfg["calibration"]["mode"], "layers": cfg["layers"]["name"],
+        "method": cfg["method"]["name"], "setting": intervention_tag(cfg), "calibration": cfg["calibration"]["mode"],
+        "layers": cfg["layers"]["name"],
         "blocks": block_label(cfg["layers"].get("indices")), "group": cfg["layers"]["group"],
         "rank_unit": cfg["rank"]["unit"] if comp else None,
         "rank_value": cfg["rank"]["value"] if comp else 0.0, "ranks": ",".join(map(str, comp.get("ranks", []))),

@@ -1,6 +1,6 @@
 """Everything decided before a run computes: the config checks, the run's identity, and where its result lives.
 
-Results: ``results/<experiment>/<model>/<method>[<calibration tag>]/<layers>[.blocks<i>]/<rank>[.<eval tag>]``
+Results: ``results/<experiment>/<model>/<method>[<setting tag>]/<layers>[.blocks<i>]/<rank>[.<eval tag>]``
 ``-<id8>.json``, one self-describing JSON per run (config, identity and what it hashed, environment, data, metrics, parameters,
 timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two configurations of one point
 never share a file, and skip-if-done compares identities, never paths.
@@ -22,6 +22,7 @@ from lord.evaluations import EVALUATIONS, get_evaluation
 from lord.identity import run_identity, weights_id
 from lord.methods import METHODS
 from lord.models import load_config_only
+from lord.naming import setting_tag
 from lord.params import meta_model
 from lord.run_context import DATA_SOURCES, RunData
 from lord.stages import STAGES, build_stages
@@ -107,33 +108,13 @@ def rank_tag(cfg: DictConfig) -> str:
     return tag + (f"-round{r.round_to}" if r.round_to and int(r.round_to) > 1 else "")
 
 
-DEFAULT_STAGES = ("calibrate", "decompose")
-
-
-def calibration_tag(cfg: DictConfig) -> str:
-    """How a run's calibration differs from the profile's: ``-sequential``, ``-skip<k>`` (statistics without the
-    first k positions), ``-cal<n>`` (n windows instead of budget.calibration_windows), ``-len<L>`` (calibration
-    windows of L tokens), ``-<corpus>`` (another calibration corpus); "" for the profile's own calibration."""
-    c, tag = cfg.calibration, ""
-    tag += "-sequential" if c.mode == "sequential" else ""
-    tag += f"-skip{c.skip_first}" if c.skip_first else ""
-    budget = cfg.get("budget") or {}
-    tag += f"-cal{c.n_windows}" if budget.get("calibration_windows") not in (None, c.n_windows) else ""
-    tag += f"-len{c.seq_len}" if c.get("seq_len") is not None else ""
-    corpus = cfg.data.get("calibration_corpus")
-    tag += f"-{corpus}" if corpus not in (None, "stdlib") else ""
-    return tag
-
-
 def result_stem(cfg: DictConfig, evaluation) -> Path:
-    """results/<experiment>/<model>/<method><calibration tag>[+<stage>]/<layers>[.blocks<i>]/<rank>[.<tag>] (no
-    identity, no suffix); the calibration tag says how calibration differs from the profile's (``calibration_tag``),
-    ``+<stage>`` names each stage besides calibrate and decompose;
+    """results/<experiment>/<model>/<method><setting tag>/<layers>[.blocks<i>]/<rank>[.<tag>] (no identity, no
+    suffix); the setting tag says how calibration and stages differ from the profile's (``lord.naming``);
     ``.blocks<i>``: only these blocks (layers.indices, e.g. blocks0-2+7)."""
     model = str(cfg.model.name).replace("/", "--")
     dense = not METHODS.get(cfg.method.name).decomposes
-    method = cfg.method.name + calibration_tag(cfg) + "".join(
-        f"+{s}" for s in cfg.stages if s not in DEFAULT_STAGES)  # e.g. lord_meanfix+quant_noise
+    method = cfg.method.name + setting_tag(cfg)  # e.g. lord_meanfix-skip1, whiten+quant_noise
     blocks = block_label(cfg.layers.get("indices"))
     layers = "none" if dense else cfg.layers.name + (f".{blocks}" if blocks else "")
     tag = "dense" if dense else rank_tag(cfg)

@@ -215,9 +215,11 @@ def test_block_table_sets_blocks_alone_against_all_blocks_together(tmp_path):
     ratios = {"blocks0": 1.1, "blocks1": 1.2, "blocks2": 1.5, "": 2.2}
     rows = [dict(base, blocks=b, perplexity=5 * r) for b, r in ratios.items()]
     rows.append(dict(base, blocks="blocks0", perplexity=50.0, skip_first=1))  # another statistic: not a block row
+    rows.append(dict(base, blocks="blocks0-1", perplexity=5 * 1.4))  # a set of blocks together
     t = ablations.block_table(pd.DataFrame(rows)).set_index("block")
     total = math.log(1.1 * 1.2 * 1.5)
-    assert list(t.index) == ["0", "1", "2", "Σ of 3 blocks alone", "all together"]
+    assert list(t.index) == ["0", "1", "2", "Σ of 3 blocks alone", "blocks0-1 together", "all together"]
+    assert t.loc["blocks0-1 together", "Δ log ppl"] == pytest.approx(math.log(1.4))
     assert t.loc["Σ of 3 blocks alone", "Δ log ppl"] == pytest.approx(total)
     assert t.loc[["0", "1", "2"], "share of Σ (%)"].sum() == pytest.approx(100)
     assert t.loc["2", "share of Σ (%)"] == pytest.approx(100 * math.log(1.5) / total)

@@ -1,0 +1,42 @@
+"""Names for how a run departs from the profile's own settings, shared by result paths and analysis.
+
+``setting_tag`` is what the result folder appends to the method name: ``-sequential``, ``-skip<k>`` (statistics
+without the first k positions), ``-cal<n>`` (n calibration windows instead of ``budget.calibration_windows``),
+``-len<L>`` (calibration windows of L tokens), ``-<corpus>`` (another calibration corpus), ``+<stage>`` (each
+stage besides calibrate and decompose); "" for the profile's own calibration and stages. Analysis keeps runs
+whose ``intervention_tag`` differs apart as different settings.
+"""
+
+from __future__ import annotations
+
+DEFAULT_STAGES = ("calibrate", "decompose")
+
+
+def _get(node, key, default=None):
+    return node.get(key, default) if node is not None else default
+
+
+def setting_tag(cfg) -> str:
+    """The tag of a resolved run config (a DictConfig or the plain dict stored in a result)."""
+    c, data, budget = cfg["calibration"], _get(cfg, "data"), _get(cfg, "budget")
+    tag = "-sequential" if c["mode"] == "sequential" else ""
+    tag += f"-skip{c['skip_first']}" if _get(c, "skip_first") else ""
+    windows = _get(budget, "calibration_windows")
+    tag += f"-cal{c['n_windows']}" if windows not in (None, c["n_windows"]) else ""
+    tag += f"-len{c['seq_len']}" if _get(c, "seq_len") is not None else ""
+    corpus = _get(data, "calibration_corpus")
+    tag += f"-{corpus}" if corpus not in (None, "stdlib") else ""
+    return tag + stages_tag(cfg)
+
+
+def stages_tag(cfg) -> str:
+    """``+<stage>`` for each stage besides calibrate and decompose."""
+    return "".join(f"+{s}" for s in _get(cfg, "stages", DEFAULT_STAGES) if s not in DEFAULT_STAGES)
+
+
+def intervention_tag(cfg) -> str:
+    """The part of the setting tag that changes what is measured rather than how well (statistics without the
+    first positions, extra stages): runs that differ in it are different settings, while other calibration
+    differences (windows, window length, corpus, mode) are variants of one setting."""
+    skip = _get(cfg["calibration"], "skip_first")
+    return (f"-skip{skip}" if skip else "") + stages_tag(cfg)
