@@ -11,7 +11,8 @@ from lord.architectures import block_label
 from lord.naming import intervention_tag
 
 COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "setting", "calibration", "layers",
-           "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity", "perplexity_increase_percent",
+           "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity",
+           "perplexity_increase_percent",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",

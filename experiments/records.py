@@ -1,8 +1,8 @@
 """Everything decided before a run computes: the config checks, the run's identity, and where its result lives.
 
 Results: ``results/<experiment>/<model>/<method>[<setting tag>]/<layers>[.blocks<i>]/<rank>[.<eval tag>]``
-``-<id8>.json``, one self-describing JSON per run (config, identity and what it hashed, environment, data, metrics, parameters,
-timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two configurations of one point
+``-<id8>.json``, one self-describing JSON per run (config, identity and what it hashed, environment, data,
+metrics, parameters, timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two configurations of one point
 never share a file, and skip-if-done compares identities, never paths.
 """
 

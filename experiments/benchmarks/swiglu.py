@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.benchmarks.common import parser, positive_int, reduction, stdlib_windows, write
+from experiments.benchmarks.position_errors import member_inputs
 from experiments.cli import guarded
 from lord.architectures import architecture_for
 from lord.compress import Compressor
@@ -42,20 +43,9 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def mlp_inputs(model, blocks: list, gate_rel: str, probe: torch.Tensor) -> list[torch.Tensor]:
     """Each block's MLP input (what its gate projection reads) on the probe windows of the dense model, as
     (tokens, d_model) float32."""
-    seen: list[list[torch.Tensor]] = [[] for _ in blocks]
-
-    def keep(i):
-        return lambda _m, args, _o: seen[i].append(args[0].reshape(-1, args[0].shape[-1]).float())
-
-    handles = [b.get_submodule(gate_rel).register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
-    try:
-        with torch.inference_mode():
-            for window in probe.split(1):
-                model(input_ids=window, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return [torch.cat(s) for s in seen]
+    name_of = {m: n for n, m in model.named_modules()}
+    names = [f"{name_of[b]}.{gate_rel}" for b in blocks]
+    return [x.reshape(-1, x.shape[-1]) for x in member_inputs(model, names, probe).values()]
 
 
 def block_errors(act, gate, up, down, dense_gate, dense_up, x: torch.Tensor) -> dict:
