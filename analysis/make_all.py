@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import ablations, analytic, figures, tables
+from analysis import ablations, analytic, figures, pareto, tables
 from analysis.results import for_artefact, load_results, load_speed_benchmarks, same_models_as
 from lord.params import zoo_model_configs
 
@@ -93,7 +93,8 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     everything, problems = load_results(results)
     # the paper's tables and figures: every block, every window position counted, no extra stage; runs with
     # skip_first, extra stages or a subset of blocks are in the diagnosis tables (_diagnosis) and counted in index.md
-    standard = (everything.setting.fillna("") == "") & (everything.blocks.fillna("") == "")
+    standard = ((everything.setting.fillna("") == "") & (everything.blocks.fillna("") == "")
+                & ~everything.rank_unit.fillna("").str.startswith("budget"))  # budgets: the pareto artefacts
     df = everything[standard]
     gpu, gpu_problems = load_speed_benchmarks(benchmarks) if benchmarks is not None else (None, [])
     problems = problems + gpu_problems
@@ -133,11 +134,19 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += figures.fig7(analytic.storage_sizes(), out / "fig7_storage")
     written += figures.methods_figure(df, out / "methods")
     written += _diagnosis(everything, out, benchmarks)
+    if len(pareto.budget_rows(everything)):
+        written += _artefact(everything, out, "pareto", pareto.pareto_table,
+                             "Quality at equal parameters: perplexity increase vs % of the blocks' linear-layer "
+                             "parameters removed (rank.unit=budget), per method and rank allocation; compression "
+                             "time and peak memory of the stages (statistics and bases may come from the cache)",
+                             pareto.pareto_figure)
+        written += tables.write(pareto.pareto_summary(everything), out / "table_pareto_summary",
+                                _caption(pareto.budget_rows(everything), "Perplexity increase (%) at each budget"))
     index = ["# Regenerated tables and figures", "", f"{len(everything)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]
     if (~standard).any():
-        index += ["", f"{int((~standard).sum())} runs with statistics without the first positions, extra stages or "
-                      "a subset of blocks are in the diagnosis tables only."]
+        index += ["", f"{int((~standard).sum())} runs with statistics without the first positions, extra stages, "
+                      "a subset of blocks or a parameter budget are in the diagnosis and pareto tables only."]
     variants = everything.attrs.get("variants", [])
     if variants:  # runs of one point with different configs: each kept as its own row/line, never averaged
         index += ["", "## Points run with different configurations", ""]

@@ -17,6 +17,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
            "skip_first", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
+           "compression_seconds", "compression_peak_rss_mib", "dense_targets",
            "validation_sha256",
            "identity", "variant", "path"]
 
@@ -29,7 +30,12 @@ SETTING = ["eval", "model", "method", "setting", "calibration", "layers", "block
 
 # config keys added after results were published, with the value that reproduces those runs: a run without
 # the key and one with this value are the same configuration (not a variant)
-LATER_KEYS = {"stages": json.dumps(["calibrate", "decompose"])}
+LATER_KEYS = {"stages": json.dumps(["calibrate", "decompose"]), "rank.allocation": json.dumps("uniform")}
+
+
+def _rank_unit(rank: dict) -> str:
+    """The rank's unit; a budget names its allocation criterion too (``budget-greedy``), as a point of its own."""
+    return f"budget-{rank.get('allocation', 'uniform')}" if rank["unit"] == "budget" else rank["unit"]
 
 
 def _metrics(r: dict) -> dict:
@@ -62,14 +68,15 @@ def _row(r: dict, path: Path) -> dict:
         "method": cfg["method"]["name"], "setting": intervention_tag(cfg), "calibration": cfg["calibration"]["mode"],
         "layers": cfg["layers"]["name"],
         "blocks": block_label(cfg["layers"].get("indices")), "group": cfg["layers"]["group"],
-        "rank_unit": cfg["rank"]["unit"] if comp else None,
+        "rank_unit": _rank_unit(cfg["rank"]) if comp else None,
         "rank_value": cfg["rank"]["value"] if comp else 0.0, "ranks": ",".join(map(str, comp.get("ranks", []))),
         **_metrics(r),
         "params_dense": r["params"]["dense"], "params_compressed": r["params"]["compressed"],
         "params_reduction_percent": r["params"]["reduction_percent"],
         "target_params_removed_percent": _target_removed(comp),
+        "dense_targets": len((comp.get("allocation") or {}).get("dense_targets", [])) if comp.get("allocation") else None,
         "skip_first": cfg["calibration"].get("skip_first", 0),
-        **_calibration(cfg),
+        **_calibration(cfg), **_compression_cost(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
         "variant": "", "path": str(path),
     }
@@ -84,8 +91,22 @@ def _calibration(cfg: dict) -> dict:
             "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus}
 
 
+NOT_COMPRESSION = ("load_s", "baseline_s", "eval_s", "save_s")  # timings of a run that are not its stages
+
+
+def _compression_cost(r: dict) -> dict:
+    """Seconds of the compression stages (statistics and bases from the cache when the run's ``reused`` says so)
+    and the highest resident memory during any of them (results written before stage memory was recorded: None)."""
+    timings = r.get("timings") or {}
+    seconds = sum(v for k, v in timings.items() if k not in NOT_COMPRESSION) if timings else None
+    peaks = [m["rss_peak_mib"] for m in (r.get("stage_memory") or {}).values() if "rss_peak_mib" in m]
+    return {"compression_seconds": seconds, "compression_peak_rss_mib": max(peaks) if peaks else None}
+
+
 def _target_removed(comp: dict) -> float | None:
     """% of the chosen layers' own parameters removed (negative: added), None when nothing was decomposed."""
+    if comp.get("allocation"):  # rank.unit=budget: of the whole selection, matrices left dense included
+        return comp["allocation"]["removed_percent"]
     dense, low = comp.get("target_dense_params"), comp.get("target_lowrank_params")
     return 100 * (1 - low / dense) if dense else None
 

@@ -105,6 +105,8 @@ def _check_writable(folder: Path) -> None:
 def rank_tag(cfg: DictConfig) -> str:
     r = cfg.rank
     tag = f"{r.unit}-{r.value:g}" if isinstance(r.value, (int, float)) else f"{r.unit}-{r.value}"
+    if r.unit == "budget":  # budget-20-greedy: the criterion that allocated the ranks
+        tag += f"-{r.get('allocation', 'uniform')}"
     return tag + (f"-round{r.round_to}" if r.round_to and int(r.round_to) > 1 else "")
 
 

@@ -29,6 +29,7 @@ from experiments.cli import CONF, guarded
 from lord.cache import CompressionCache
 from lord.environment import environment, pick_device
 from lord.errors import LordError
+from lord.memory import PeakMemory
 from lord.atomic import clean_leftovers, read_json, write_json_atomic
 from lord.models import load_model
 from lord.params import count_parameters
@@ -96,9 +97,11 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
     with _timed(timings, "baseline_s"):
         baseline = evaluation.baseline(ctx)
 
+    memory = {}  # each stage's peak memory (lord.memory): what a compression costs besides time
     for stage in stages:
-        with _timed(timings, f"{stage.name}_s"):
+        with _timed(timings, f"{stage.name}_s"), PeakMemory() as peak:
             ctx.records[stage.name] = stage.apply(ctx)
+        memory[stage.name] = peak.record()
 
     with _timed(timings, "eval_s"):
         metrics = evaluation.measure(ctx, baseline)
@@ -115,6 +118,7 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
         "params": {"dense": dense_params, "compressed": compressed_params,
                    "reduction_percent": 100 * (1 - compressed_params / dense_params)},
         "stages": {name: rec for name, rec in ctx.records.items() if rec is not None},
+        "stage_memory": memory,
         **({"compression": ctx.records["decompose"]} if ctx.records.get("decompose") else {}),
     }
 

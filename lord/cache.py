@@ -5,6 +5,8 @@ Layout under a cache root (``paths.cache_dir`` for experiments; safe to delete a
     stats/<key>.safetensors           oneshot statistics per (model, calibration windows, targets)
     stats/<key>.json                  which statistics that file holds, and its family (model, windows,
                                       skip_first): a selection inside a larger one reads the larger one's file
+    stats/<key>.channels.safetensors  mean |x| per input channel (methods whose ``statistic`` is
+                                      "channel_abs_mean", ASVD), per (model, windows, targets, skip_first)
     bases/<key>/<target>.safetensors  one basis per target, per (model, statistics, method's basis)
 
 A key is a hash of everything that determines the content, so a hit is always the same numbers, whichever
@@ -25,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lord.atomic import read_json, temp_file, write_json_atomic
-from lord.calibration import Moments, load_statistics, save_statistics
+from lord.calibration import (ChannelAbsMean, Moments, load_channel_statistics, load_statistics,
+                              save_channel_statistics, save_statistics)
 from lord.errors import LordError
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,23 @@ class CompressionCache:
         save_statistics(stats, self._stats_file(key), meta)
         if family is not None:
             write_json_atomic(self._stats_index(key), {"family": family, "statistics": sorted(stats)})
+
+    def _channels_file(self, key: str) -> Path:
+        return self.root / "stats" / f"{key}.channels.safetensors"
+
+    def load_channel_statistics(self, key: str, device=None) -> dict[str, ChannelAbsMean] | None:
+        f = self._channels_file(key)
+        if not f.is_file():
+            return None
+        try:
+            return load_channel_statistics(f, device=device)
+        except LordError as e:
+            log.warning("%s; recomputing it", e)
+            f.unlink(missing_ok=True)
+            return None
+
+    def store_channel_statistics(self, key: str, stats: dict[str, ChannelAbsMean]) -> None:
+        save_channel_statistics(stats, self._channels_file(key))
 
     # bases ------------------------------------------------------------------------------------------------
     def bases_dir(self, statistics_key: str | None, basis_key: str) -> Path:

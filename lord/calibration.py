@@ -168,6 +168,15 @@ def collect_statistics_per_skip(model: nn.Module, targets: list[Target], batches
         for s in slots:
             per.setdefault(s.key, Moments(s.dim, device=device))
         handles += register_stat_hooks(model, slots, per, k)
+    _calibration_pass(model, targets, batches, blocks_path, progress, handles)
+    return stats
+
+
+def _calibration_pass(model: nn.Module, targets: list[Target], batches, blocks_path: str | None, progress: bool,
+                      handles: list) -> None:
+    """One forward pass over ``batches`` with the statistic hooks in ``handles`` (removed afterwards), stopped
+    after the last block that holds a target."""
+    device = next(model.parameters()).device
     stop = _stop_module(model, targets, blocks_path)
     if stop is not None:
         def raise_stop(*_):
@@ -183,6 +192,85 @@ def collect_statistics_per_skip(model: nn.Module, targets: list[Target], batches
     finally:
         for h in handles:
             h.remove()
+
+
+class ChannelAbsMean:
+    """Running float64 sum of ``|x_j|`` per input channel over ``n`` vectors (ASVD's activation scale)."""
+
+    def __init__(self, dim: int, device=None):
+        self.sum_abs = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.n = 0
+
+    @property
+    def dim(self) -> int:
+        return self.sum_abs.numel()
+
+    def update(self, v: torch.Tensor) -> None:
+        v = v.detach().reshape(-1, self.dim)
+        for chunk in v.split(CHUNK_ROWS):
+            self.sum_abs += chunk.to(device=self.sum_abs.device, dtype=torch.float32).abs().sum(0, dtype=torch.float64)
+        self.n += v.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.sum_abs / self.n
+
+
+def channel_key(target: Target) -> str:
+    """The channel statistic a target reads: its input's (shared by targets reading one tensor, q/k/v; gate/up)."""
+    return f"abs:{target.input_key}"
+
+
+def collect_channel_abs_means(model: nn.Module, targets: list[Target], batches, blocks_path: str | None = None,
+                              progress: bool = True, skip_first: int = 0) -> dict[str, ChannelAbsMean]:
+    """Mean ``|x_j|`` of every target's input channels, one forward pass (the inputs of both sides' layers)."""
+    if any(t.kind == "embed" for t in targets):
+        raise LordError("channel statistics scale a layer's input channels; the embedding has none (leave "
+                        "'embed' out of layers.kinds for this method)")
+    device = next(model.parameters()).device
+    stats: dict[str, ChannelAbsMean] = {}
+    handles = []
+    for t in targets:
+        key = channel_key(t)
+        if key in stats:
+            continue
+        d_in, _ = target_shape(model, t)
+        acc = stats[key] = ChannelAbsMean(d_in, device=device)
+
+        def hook(_m, args, _out, acc=acc):
+            acc.update(counted_positions(args[0], skip_first))
+        handles.append(model.get_submodule(t.members[0]).register_forward_hook(hook))
+    _calibration_pass(model, targets, batches, blocks_path, progress, handles)
+    return stats
+
+
+def save_channel_statistics(stats: dict[str, ChannelAbsMean], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for k, m in stats.items():
+        tensors[f"{k}::sum_abs"] = m.sum_abs.cpu().contiguous()
+        tensors[f"{k}::n"] = torch.tensor([m.n], dtype=torch.int64)
+    tmp = temp_file(path.parent, ".safetensors")
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_channel_statistics(path: str | Path, device=None) -> dict[str, ChannelAbsMean]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            stats = {}
+            for k in sorted(k[: -len("::n")] for k in f.keys() if k.endswith("::n")):
+                s = f.get_tensor(f"{k}::sum_abs")
+                m = ChannelAbsMean(s.numel(), device=device)
+                m.sum_abs.copy_(s)
+                m.n = int(f.get_tensor(f"{k}::n").item())
+                stats[k] = m
+    except Exception as e:  # truncated or foreign file
+        raise LordError(f"channel statistics file {path} is unreadable ({e}); delete it and calibrate again") from None
     return stats
 
 

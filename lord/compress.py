@@ -21,22 +21,25 @@ Calibration modes:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 
+from lord.allocation import candidate_for
 from lord.architectures import Target, architecture_for, select_targets
 from lord.cache import CompressionCache
-from lord.calibration import Moments, StopForward, collect_statistics, register_stat_hooks, stat_slot
+from lord.calibration import (ChannelAbsMean, Moments, StopForward, channel_key, collect_channel_abs_means,
+                              collect_statistics, register_stat_hooks, stat_slot)
 from lord.errors import LordError, check_skip_first
 from lord.methods import Basis, Method, get_method
-from lord.modules import shared_name
+from lord.modules import dense_weight, shared_name
 from lord.progress import progress_bar
 from lord.ranks import RankSpec
 from lord.structure import Decomposition, Planned, dense_W_b, plan_targets, set_module, write_factors
 
 CALIBRATION_MODES = ("oneshot", "sequential")
+STATISTICS = ("moments", "channel_abs_mean")  # what a method's basis can read (Method.statistic)
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +85,8 @@ class Compressor:
         self.progress = progress
         self._statistics = statistics
         self._statistics_key: str | None = None
+        self._channels: dict[str, ChannelAbsMean] | None = None  # mean |x| per input channel (ASVD)
+        self._channels_key: str | None = None
         self._bases: dict[str, dict[str, Basis]] = {}  # in-memory reuse: basis key -> target name -> basis
         self._originals: dict[str, nn.Module] = {}  # dense modules replaced by the last apply
         self._added: list[tuple[str, str]] = []  # (parent, attribute) of shared bottlenecks added by it
@@ -109,6 +114,39 @@ class Compressor:
             self._statistics_key = key
             self._check_rank(self._statistics)
         return self._statistics
+
+    @property
+    def channel_statistics(self) -> dict[str, ChannelAbsMean]:
+        """Mean ``|x|`` of every target's input channels (methods whose ``statistic`` is "channel_abs_mean"):
+        from the cache, or one calibration pass."""
+        if self._channels is None:
+            if self.batches is None:
+                raise LordError("channel statistics are needed: pass calibration batches")
+            key = None
+            if self.cache is not None:
+                windows = torch.cat(list(self.batches))
+                key = self.cache.statistics_key(windows, [t.name for t in self.targets], self.skip_first)
+                self._channels = self.cache.load_channel_statistics(key, device=self._device())
+            self.events["channel_statistics_from_cache"] = self._channels is not None
+            if self._channels is None:
+                arch = architecture_for(self.model, self.architecture)
+                self._channels = collect_channel_abs_means(self.model, self.targets, self.batches, arch.blocks,
+                                                           self.progress, self.skip_first)
+                if self.cache is not None:
+                    self.cache.store_channel_statistics(key, self._channels)
+            self._channels_key = key
+        return self._channels
+
+    def statistics_for(self, method: Method) -> dict | None:
+        """What ``method``'s bases read: moments, channel statistics, or nothing (data-free)."""
+        if not method.needs_statistics:
+            return None
+        return self.channel_statistics if _reads_channels(method) else self.statistics
+
+    def _statistics_key_for(self, method: Method) -> str | None:
+        if not method.needs_statistics:
+            return None
+        return self._channels_key if _reads_channels(method) else self._statistics_key
 
     def _check_rank(self, stats: dict[str, Moments]) -> None:
         """Warn once, and record, when a statistic has fewer tokens than it needs to have full rank.
@@ -147,7 +185,7 @@ class Compressor:
             return mem[target.name]
         folder = None
         if self.cache is not None:
-            stats_key = self._statistics_key if method.needs_statistics else None
+            stats_key = self._statistics_key_for(method)
             folder = self.cache.bases_dir(stats_key, method.basis_key())
             cached = self.cache.load_basis(folder, target.name)
             if cached is not None:
@@ -165,14 +203,77 @@ class Compressor:
         W, _ = dense_W_b(self.model, target.members)
         if not method.needs_statistics:
             return method.basis(W, None, None)
-        slot = stat_slot(self.model, target)
-        if statistics is None or slot.key not in statistics:
+        return method.basis(W, *self._statistic_of(method, target, statistics))
+
+    def _statistic_of(self, method: Method, target: Target, statistics):
+        """(the statistic ``target``'s basis reads under ``method``, its side)."""
+        if _reads_channels(method):
+            key, side = channel_key(target), "input"
+        else:
+            slot = stat_slot(self.model, target)
+            key, side = slot.key, slot.side
+        if statistics is None or key not in statistics:
             raise LordError(f"no calibration statistics for {target.name}; calibrate with the same layer selection")
-        return method.basis(W, statistics[slot.key], slot.side)
+        return statistics[key], side
 
     # applying ------------------------------------------------------------------------------------------------
     def plan(self, method, rank: RankSpec) -> list[Planned]:
-        return plan_targets(self.model, self.targets, rank, get_method(method).keeps_mean)
+        """Targets with their ranks; at ``rank.unit=budget`` the allocation's (bases needed), dense ones left out."""
+        method = get_method(method)
+        if rank.unit != "budget":
+            return plan_targets(self.model, self.targets, rank, method.keeps_mean)
+        ranks = self.allocate(method, rank)
+        return [Planned(t, replace(d, rank=ranks[d.name])) for t, d in self._shapes(method)
+                if ranks[d.name] is not None]
+
+    def _shapes(self, method: Method) -> list[Planned]:
+        """Every target's decomposition (shapes, biases) before a rank is chosen (rank 1 stands in)."""
+        return plan_targets(self.model, self.targets, RankSpec("rank", 1, force=True), method.keeps_mean)
+
+    def _dense_params(self, target: Target) -> int:
+        """Weights and biases of ``target``'s dense modules (``Decomposition.dense_params`` also counts the biases
+        a mean-keeping method adds)."""
+        total = 0
+        for m in target.members:
+            W, b = dense_weight(self._originals.get(m, self.model.get_submodule(m)))
+            total += W.numel() + (0 if b is None else b.numel())
+        return total
+
+    def _candidates(self, method: Method, spectra=None) -> list:
+        """Every target as an allocation candidate (zero spectra unless ``spectra`` gives (spectrum, n) per name)."""
+        out = []
+        for t, d in self._shapes(method):
+            spectrum, n = spectra[t.name] if spectra is not None else (torch.zeros(1), 1)
+            c = candidate_for(d, spectrum, n)
+            c.dense_params = self._dense_params(t)
+            out.append(c)
+        return out
+
+    def check_budget(self, method, rank: RankSpec) -> None:
+        """What a budget's config can tell before any statistics (a weightless model is enough)."""
+        from lord.allocation import check_budget
+
+        check_budget(self._candidates(get_method(method)), rank.value, rank.round_to)
+
+    def allocate(self, method, rank: RankSpec) -> dict[str, int | None]:
+        """Each target's rank (None: dense) for ``rank.unit=budget``, from the method's spectra (its bases)."""
+        from lord.allocation import allocate
+
+        method = get_method(method)
+        stats = self.statistics_for(method)
+        # spectra of moment bases are means over the calibration vectors (n of them: the total loss is n times);
+        # channel-scaled (ASVD) and data-free spectra are totals already
+        per_vector = method.needs_statistics and not _reads_channels(method)
+        spectra = {t.name: (self.basis(method, t, stats).spectrum,
+                            self._statistic_of(method, t, stats)[0].n if per_vector else 1) for t in self.targets}
+        candidates = self._candidates(method, spectra)
+        ranks = allocate(candidates, rank.value, rank.allocation, rank.round_to)
+        dense = sum(c.dense_params for c in candidates)
+        kept = sum(c.kept(ranks[c.name]) for c in candidates)
+        self.events["allocation"] = {"criterion": rank.allocation, "budget_percent": rank.value,
+                                     "removed_percent": 100 * (dense - kept) / dense, "selection_params": dense,
+                                     "dense_targets": sorted(n for n, r in ranks.items() if r is None)}
+        return ranks
 
     def apply(self, method, rank: RankSpec, calibration: str = "oneshot") -> dict:
         """Compress the model in place (from its dense state) and return a report of what was replaced."""
@@ -190,13 +291,15 @@ class Compressor:
             if len(d.members) > 1:
                 self._added.append((d.members[0].rsplit(".", 1)[0], shared_name(d.members)))
         if calibration == "sequential" and method.needs_statistics:
+            check_sequential(method, rank)
             self._apply_sequential(method, planned)
         else:
-            stats = self.statistics if method.needs_statistics else None
+            stats = self.statistics_for(method)
             for t, d in progress_bar(planned, desc=f"{method.name} decomposition", unit="layer",
                                      disable=not self.progress):
                 self._apply_one(method, t, d, self.basis(method, t, stats))
-        return _report(method, calibration, [d for _, d in planned])
+        return _report(method, calibration, [d for _, d in planned],
+                       sum(self._dense_params(t) for t, _ in planned))
 
     def _apply_one(self, method: Method, t: Target, d: Decomposition, basis: Basis) -> None:
         W, b = dense_W_b(self.model, t.members)
@@ -245,6 +348,23 @@ class Compressor:
             run_targets(post, self.calibrate([p.target for p in post]))
 
 
+def _reads_channels(method: Method) -> bool:
+    if method.statistic not in STATISTICS:
+        raise LordError(f"method {method.name!r} reads statistic {method.statistic!r}; known: {', '.join(STATISTICS)}")
+    return method.statistic == "channel_abs_mean"
+
+
+def check_sequential(method: Method, rank: RankSpec) -> None:
+    """Sequential calibration (Alg. 1) gathers moments block by block; methods reading other statistics, and
+    budgets (allocated from every block's spectra at once), run oneshot."""
+    if method.needs_statistics and _reads_channels(method):
+        raise LordError(f"method {method.name!r} reads channel statistics, which sequential calibration does not "
+                        "gather; use calibration.mode=oneshot")
+    if rank.unit == "budget":
+        raise LordError("rank.unit=budget allocates ranks from the oneshot statistics of every block; use "
+                        "calibration.mode=oneshot")
+
+
 def _block_inputs(model, first_block, batches, device) -> list:
     """The (args, kwargs) the first block receives for every calibration batch."""
     inputs = []
@@ -291,12 +411,12 @@ def _advance(block, inputs) -> None:
             inputs[j] = ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
 
-def _report(method: Method, calibration: str, decs: list[Decomposition]) -> dict:
+def _report(method: Method, calibration: str, decs: list[Decomposition], dense_params: int = 0) -> dict:
     return {
         "method": method.name,
         "calibration": calibration,
         "decompositions": decs,
-        "dense_params": sum(d.dense_params for d in decs),
+        "dense_params": dense_params,  # the dense targets' weights and biases (not the biases a method adds)
         "lowrank_params": sum(d.lowrank_params for d in decs),
     }
 

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # dotted key -> the default under which it changes nothing that runs before it existed did
-ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib"}
+ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib",
+              "rank.allocation": "uniform"}
 
 
 def numeric_config(config: dict) -> dict:

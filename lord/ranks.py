@@ -6,7 +6,10 @@ A rank is asked for in one of three units:
   ``r = round(d_min * (1 - p/100))``;
 * ``rank`` — an absolute rank, the same for every target (the paper's tables);
 * ``param_fraction`` — the decomposed layer keeps this fraction of the dense layer's weights:
-  ``r = floor(f * d_out * d_in / (d_out + d_in))``.
+  ``r = floor(f * d_out * d_in / (d_out + d_in))``;
+* ``budget`` — remove ``value`` percent of the selected layers' parameters, with a rank per matrix chosen by
+  the criterion ``allocation`` (``uniform``, ``svdllm_v2``, ``greedy``: ``lord.allocation``) from the method's
+  spectra; a matrix may stay dense. Allocated in ``Compressor.apply``, never per matrix here.
 
 ``round_to`` rounds the result to the nearest multiple (the paper's "preferred ranks", §3.1).
 A rank that would make the layer *larger* than the dense one is an error unless ``force`` is set:
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 from lord.errors import LordError
 
-UNITS = ("reduction", "rank", "param_fraction")
+UNITS = ("reduction", "rank", "param_fraction", "budget")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class RankSpec:
     value: float = 10.0
     round_to: int = 1
     force: bool = False
+    allocation: str = "uniform"  # unit=budget only: the criterion (a name in lord.allocation.ALLOCATORS)
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -41,11 +45,22 @@ class RankSpec:
             raise LordError(f"an absolute rank must be a positive integer, got {self.value!r}")
         if self.unit == "param_fraction" and not 0 < self.value <= 1:
             raise LordError(f"param_fraction must be in (0, 1], got {self.value}")
+        if self.unit == "budget":
+            from lord.allocation import ALLOCATORS
+
+            if not 0 < self.value < 100:
+                raise LordError(f"a parameter budget is the percent of parameters removed, in (0, 100); got {self.value}")
+            if self.allocation not in ALLOCATORS:
+                raise LordError(f"unknown rank allocation {self.allocation!r}; choose from: "
+                                f"{', '.join(ALLOCATORS.names())}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise LordError(f"round_to must be a positive integer, got {self.round_to!r}")
 
     def resolve(self, d_out: int, d_in: int, what: str = "layer") -> int:
         """The integer rank for a ``d_out x d_in`` matrix, validated."""
+        if self.unit == "budget":
+            raise LordError("rank unit 'budget' allocates ranks across the whole selection from calibration "
+                            "spectra (Compressor.apply), not one matrix at a time")
         d_min = min(d_out, d_in)
         if self.unit == "reduction":
             r = round(d_min * (1 - self.value / 100))

@@ -54,7 +54,7 @@ def test_every_experiment_preset_expands_and_validates():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method.name=pca"], "method.name='pca' is unknown; allowed: dense, lord"),
+    (["method.name=pca"], "method.name='pca' is unknown; allowed: asvd, dense, lord"),
     (["layers.kinds=[mlp_middle]"], "layers.kinds has unknown kind"),
     (["rank.value=150"], r"rank: rank reduction must be in \[0, 100\)"),
     (["rank.unit=rank", "rank.value=0"], "rank: an absolute rank must be a positive integer"),
@@ -190,6 +190,45 @@ def test_rank_errors_are_config_errors_before_weights_load(tmp_path, smollm2, mo
     assert not list(tmp_path.rglob("*.json"))  # a config error writes no result
 
 
+def test_a_budget_with_greedy_allocation_and_refit_runs_end_to_end(tmp_path, smollm2):
+    """rank.unit=budget through run(cfg): the allocation's record, the budget met, the refit stage's guarantee,
+    each stage's peak memory, and the pareto table that analysis builds from the result."""
+    from analysis.pareto import pareto_table
+    from analysis.results import load_results
+
+    base = ["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "method=whiten",
+            "layers=mlp_down", "rank.unit=budget", "rank.value=20"]
+    r = run(_compose([*base, "rank.allocation=greedy", "stages=[calibrate,decompose,refit]"]))
+    assert r["status"] == "ok", r.get("error")
+    assert "budget-20-greedy" in r["path"] and "whiten+refit" in r["path"]
+    alloc = r["compression"]["allocation"]
+    assert alloc["criterion"] == "greedy" and 20 <= alloc["removed_percent"] < 21
+    layers = r["stages"]["refit"]["targets"]
+    assert len(layers) == r["compression"]["n_targets"]
+    assert all(t["ridge_objective_after"] <= t["ridge_objective_before"] * (1 + 1e-9) for t in layers)
+    assert r["stage_memory"]["decompose"]["rss_peak_mib"] >= r["stage_memory"]["decompose"]["rss_start_mib"] > 0
+    uniform = run(_compose([*base, "rank.allocation=uniform"]))
+    assert uniform["identity"]["id"] != r["identity"]["id"] and "budget-20-uniform" in uniform["path"]
+    frame, problems = load_results(tmp_path)
+    table = pareto_table(frame)
+    assert not problems and set(table.method) == {"whiten, greedy +refit", "SVD-LLM (whiten, uniform)"}
+    assert (table["% of selection params removed"] >= 20).all()
+
+
+def test_budget_and_method_errors_are_config_errors_before_weights_load(tmp_path, smollm2, monkeypatch):
+    import experiments.run as run_mod
+
+    monkeypatch.setattr(run_mod, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    base = ["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}"]
+    with pytest.raises(LordError, match="more than this selection can remove"):
+        run(_compose([*base, "rank.unit=budget", "rank.value=99.9"]))  # rank 1 everywhere removes 99.76 %
+    with pytest.raises(LordError, match="use calibration.mode=oneshot"):
+        run(_compose([*base, "method=asvd", "calibration.mode=sequential"]))
+    with pytest.raises(LordError, match="put it after 'decompose'"):
+        run(_compose([*base, "stages=[calibrate,refit,decompose]"]))
+    assert not list(tmp_path.rglob("*.json"))
+
+
 def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
     cfg = _compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "method=svd",
                     "logger=wandb"])
@@ -201,9 +240,11 @@ def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
 
 @pytest.mark.parametrize("args,match", [
     (["experiments.run", "model=gpt5"], "error: model='gpt5' is unknown; allowed: codegen-16B-mono"),
-    (["experiments.run", "-m", "method=lord,pca"], "error: method='pca' is unknown; allowed: dense, lord"),
+    (["experiments.run", "-m", "method=lord,pca"], "error: method='pca' is unknown; allowed: asvd, dense, lord"),
     (["experiments.main", "layers=mlp_middle"], "error: layers='mlp_middle' is unknown; allowed: all"),
     (["experiments.run", "model=smollm2-135m", "rank.value=150"], "error: rank: rank reduction must be in [0, 100)"),
+    (["experiments.run", "model=smollm2-135m", "rank.unit=budget", "rank.allocation=magic"],
+     "error: rank: unknown rank allocation 'magic'; choose from: greedy, svdllm_v2, uniform"),
 ])
 def test_cli_rejects_unknown_options_in_one_line(args, match, tmp_path):
     p = _cli(args, timeout=120)

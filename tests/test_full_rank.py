@@ -23,7 +23,7 @@ def _compress(model, method, kinds, group=False, calibration="oneshot"):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", ["svd", "whiten", "lord_meanfix"])
+@pytest.mark.parametrize("method", ["svd", "whiten", "lord_meanfix", "asvd"])
 @pytest.mark.parametrize("group", [False, True])
 def test_full_rank_reproduces_logits(arch, method, group, probe_ids):
     model = tiny_model(arch)

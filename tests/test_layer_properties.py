@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from lord.calibration import Moments
+from lord.calibration import ChannelAbsMean, Moments
 from lord.methods import METHODS as REGISTRY, compute_basis, factors, get_method, output_errors
+from lord.errors import LordError
 
 METHODS = [m for m in REGISTRY.names() if REGISTRY.get(m).decomposes]  # the built-in ones, dense excluded
 
@@ -34,9 +35,23 @@ def _moments(W, b, X, side):
     return m
 
 
-def _apply(method, W, b, X, rank):
+def _statistic(method, W, b, X, side):
+    """What ``method``'s basis reads: the moments of ``side``, or the input channels' mean |x| (ASVD)."""
+    if get_method(method).statistic == "channel_abs_mean":
+        c = ChannelAbsMean(W.shape[1])
+        c.update(X)
+        return c
+    return _moments(W, b, X, side)
+
+
+def _basis(method, W, b, X):
     side = _side(*W.shape)
-    basis = compute_basis(method, W, _moments(W, b, X, side), side)
+    return compute_basis(method, W, _statistic(method, W, b, X, side), "input" if get_method(method).statistic
+                         == "channel_abs_mean" else side)
+
+
+def _apply(method, W, b, X, rank):
+    basis = _basis(method, W, b, X)
     A, B, bias = factors(method, basis, W, b, rank)
     return X @ (B @ A).T + (0 if bias is None else bias), B @ A
 
@@ -61,8 +76,7 @@ def test_error_falls_monotonically_with_rank_on_any_input(shape, method):
     W, b, X = _layer(*shape)
     X_new = torch.randn(50, shape[1], dtype=torch.float64) * 5  # held-out, off-distribution inputs
     Y_new = X_new @ W.T + b
-    side = _side(*shape)
-    basis = compute_basis(method, W, _moments(W, b, X, side), side)
+    basis = _basis(method, W, b, X)
     errs = []
     for r in range(1, min(shape) + 1):
         A, B, bias = factors(method, basis, W, b, r)
@@ -102,12 +116,11 @@ def test_float32_chunk_accumulation_within_stated_bound():
 def test_methods_of_one_basis_family_compute_the_same_basis(shape):
     """Compressor reuses bases across methods with equal ``basis_key()`` (in memory and on disk); that must be exact."""
     W, b, X = _layer(*shape)
-    side = _side(*W.shape)
     keys = {m: get_method(m).basis_key() for m in METHODS}
     assert keys["lord"] == keys["lord_meanfix"] and len(set(keys.values())) == len(METHODS) - 1
     for family in set(keys.values()):
         members = [m for m in METHODS if keys[m] == family]
-        bases = [compute_basis(m, W, _moments(W, b, X, side), side) for m in members]
+        bases = [_basis(m, W, b, X) for m in members]
         for other in bases[1:]:
             assert torch.equal(other.Q, bases[0].Q) and torch.equal(other.spectrum, bases[0].spectrum)
             assert (other.mean_z is None) == (bases[0].mean_z is None)
@@ -160,3 +173,27 @@ def test_skip_first_counts_exactly_the_later_positions_of_every_window():
             torch.testing.assert_close(stats[key].sum_vv, v.T @ v, rtol=1e-5, atol=1e-4)
     with pytest.raises(LordError, match="skip_first=-1 must be a non-negative integer"):
         CompressionConfig(skip_first=-1)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_asvd_is_plain_svd_at_alpha_zero_and_minimises_its_scaled_error(shape):
+    """alpha = 0 scales nothing: the projector equals svd's. Any alpha: W' = U_r U_r^T W is the best rank-r
+    approximation of W S in Frobenius norm after the scaling (Eckart-Young on W S), i.e. ASVD's objective."""
+    W, b, X = _layer(*shape)
+    scale = X.abs().mean(0)
+    for r in range(1, min(shape) + 1):
+        _, Wsvd = _apply("svd", W, b, X, r)
+        _, W0 = _apply({"name": "asvd", "alpha": 0.0}, W, b, X, r)
+        assert torch.allclose(W0, Wsvd, atol=1e-9)
+        for alpha in (0.5, 1.0):
+            S = scale**alpha
+            _, Wa = _apply({"name": "asvd", "alpha": alpha}, W, b, X, r)
+            U, sv, Vh = torch.linalg.svd(W * S, full_matrices=False)
+            best = torch.linalg.norm(sv[r:])  # the Eckart-Young optimum of ||W S - M||_F over rank-r M
+            assert torch.linalg.norm((W - Wa) * S) <= best * (1 + 1e-9) + 1e-12
+            assert torch.linalg.matrix_rank(Wa) <= r
+
+
+def test_asvd_rejects_an_alpha_outside_its_range():
+    with pytest.raises(LordError, match="alpha"):
+        get_method({"name": "asvd", "alpha": -1})

@@ -49,6 +49,9 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type] = MethodConfig
     needs_statistics: ClassVar[bool] = True  # False: data-free (no calibration pass)
+    # what ``basis`` reads: "moments" (lord.calibration.Moments of the smaller side) or "channel_abs_mean"
+    # (lord.calibration.ChannelAbsMean of the input channels, side "input")
+    statistic: ClassVar[str] = "moments"
     keeps_mean: ClassVar[bool] = False  # True: every member gets an output bias, even where the layer had none
     decomposes: ClassVar[bool] = True  # False only for ``dense`` (the model is left as it is)
 
@@ -70,7 +73,8 @@ class Method:
         return f"{type(self).__name__}{opts if opts else ''}"
 
     def basis(self, W: torch.Tensor, moments: Moments | None, side: str | None) -> Basis:
-        """The basis for ``W`` (``d_out x d_in``, float64) given the moments of ``side`` ("input"/"output")."""
+        """The basis for ``W`` (``d_out x d_in``, float64) given the statistic it reads (``statistic``) of
+        ``side`` ("input"/"output")."""
         raise NotImplementedError
 
     def output_bias(self, basis: Basis, Qr: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor | None:

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def rank_spec(cfg) -> RankSpec:
     r = cfg.rank
     try:
-        return RankSpec(unit=r.unit, value=r.value, round_to=int(r.round_to), force=bool(r.force))
+        return RankSpec(unit=r.unit, value=r.value, round_to=int(r.round_to), force=bool(r.force),
+                        allocation=str(r.get("allocation", "uniform")))
     except LordError as e:
         raise LordError(f"rank: {e}") from None
 
@@ -43,10 +44,16 @@ class Decompose(Stage):
         if not any(s.name == "calibrate" for s in self.earlier):
             raise LordError("stage 'decompose' needs 'calibrate' before it (it selects the layers); "
                             "set stages=[calibrate,decompose]")
-        from lord.compress import Compressor
+        from lord.compress import Compressor, check_sequential
         from lord.stages.calibrate import layer_selection
 
-        Compressor(model, **layer_selection(self.cfg), progress=False).plan(self.method, self.rank)
+        if self.cfg.calibration.mode == "sequential":
+            check_sequential(self.method, self.rank)
+        compressor = Compressor(model, **layer_selection(self.cfg), progress=False)
+        if self.rank.unit == "budget":
+            compressor.check_budget(self.method, self.rank)
+        else:
+            compressor.plan(self.method, self.rank)
 
     def apply(self, ctx) -> dict | None:
         if not self.method.decomposes:
@@ -57,7 +64,7 @@ class Decompose(Stage):
         decs = report["decompositions"]
         ctx.decompositions += decs
         log.info("decomposed %d targets with %s in %.1f s", len(decs), self.method.name, time.perf_counter() - t)
-        return {
+        record = {
             "method": self.method.name, "kinds": list(self.cfg.layers.kinds), "group": bool(self.cfg.layers.group),
             "calibration": self.cfg.calibration.mode, "rank_spec": OmegaConf.to_container(self.cfg.rank),
             "n_targets": len(decs), "ranks": sorted({d.rank for d in decs}),
@@ -68,3 +75,6 @@ class Decompose(Stage):
             # fewer calibration tokens than a statistic's dimension + 1 (lord.compress.Compressor._check_rank)
             "rank_deficient_statistics": c.events.get("rank_deficient_statistics"),
         }
+        if self.rank.unit == "budget":  # the criterion, the share of the selection's parameters removed, dense targets
+            record["allocation"] = c.events.get("allocation")
+        return record

@@ -1,0 +1,77 @@
+"""Quality at equal parameters (``experiment=pareto``): perplexity increase against the share of the selected
+layers' parameters removed, per method and rank allocation (``rank.unit=budget``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# (method, allocation, stages tag) -> the name a reader knows it by
+KNOWN = {("lord_meanfix", "uniform", ""): "paper LoRD (lord_meanfix, uniform)",
+         ("asvd", "uniform", ""): "ASVD (asvd, uniform)",
+         ("whiten", "uniform", ""): "SVD-LLM (whiten, uniform)",
+         ("whiten", "svdllm_v2", ""): "SVD-LLM V2 (whiten, svdllm_v2)"}
+
+COLUMNS = ["model", "method", "budget %", "% of selection params removed", "ppl increase %", "Δ log ppl",
+           "dense targets", "compression s", "peak RSS GiB"]
+
+
+def budget_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Perplexity runs whose ranks a budget allocated."""
+    return df[(df["eval"] == "perplexity") & df.rank_unit.fillna("").str.startswith("budget")]
+
+
+def label(method: str, rank_unit: str, setting: str) -> str:
+    allocation = rank_unit.split("-", 1)[1] if "-" in rank_unit else "uniform"
+    setting = setting if isinstance(setting, str) else ""
+    return KNOWN.get((method, allocation, setting), f"{method}, {allocation}{' ' + setting if setting else ''}")
+
+
+def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, method/allocation, budget): the parameters actually removed, the perplexity
+    increase (and Δ log ppl), how many matrices stayed dense, and the compression's time and peak memory."""
+    import numpy as np
+
+    d = budget_rows(df)
+    rows = []
+    for _, r in d.iterrows():
+        dense_targets = r.get("dense_targets")
+        rows.append([r.model, label(r.method, r.rank_unit, r.setting), r.rank_value, r.target_params_removed_percent,
+                     r.perplexity_increase_percent, float(np.log(r.perplexity / r.dense_perplexity)),
+                     dense_targets, r.compression_seconds,
+                     None if pd.isna(r.compression_peak_rss_mib) else r.compression_peak_rss_mib / 1024])
+    t = pd.DataFrame(rows, columns=COLUMNS)
+    return t.sort_values(["model", "budget %", "ppl increase %"]).reset_index(drop=True)
+
+
+def pareto_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The README's view: perplexity increase (%) per method (rows) and budget (columns), one block per model."""
+    t = pareto_table(df)
+    if t.empty:
+        return t
+    wide = t.pivot_table(index=["model", "method"], columns="budget %", values="ppl increase %", aggfunc="first")
+    wide.columns = [f"{c:g} % removed: ppl +%" for c in wide.columns]
+    return wide.reset_index()
+
+
+def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
+    """A panel per model, a curve per method: perplexity increase (log) against % of the selection removed."""
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import _note, _save, _style
+
+    t = pareto_table(df)
+    models = sorted(t.model.unique()) or ["none"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        g = t[t.model == model]
+        for name, h in g.groupby("method"):
+            h = h.sort_values("budget %")
+            ax.plot(h["% of selection params removed"], h["ppl increase %"], marker="o",
+                    lw=2.2 if name.startswith("paper") else 1.3, label=name)
+        _style(ax, "% of the blocks' linear-layer parameters removed", "perplexity increase (%)", model, log=True,
+               legend_size=6)
+    if t.empty:
+        _note(axes[0][0], "no pareto results")
+    return _save(fig, out)

@@ -1,0 +1,208 @@
+"""Refit each decomposed layer's ``B`` (and bias) on the compressed model's own inputs (stage ``refit``).
+
+After decomposition, the layers of block ``i`` see inputs ``x~`` produced by the *compressed* blocks ``0..i-1``,
+while their factors were fitted to the dense model's inputs ``x``. With ``A`` fixed and ``z = A x~``, the output
+map that best reproduces the dense layer on the same tokens solves a least-squares problem (the idea behind
+sequential/anchored SVD variants such as AA-SVD)::
+
+    minimise  E || y - (B z + c) ||^2 + lam ||B||_F^2,      y = W x + b (the dense layer on the dense inputs)
+
+    B = Cov(y, z) (Cov(z) + lam I)^-1,   c = ybar - B zbar       (rows of members that have an output bias)
+    B = E[y z^T] (E[z z^T] + lam I)^-1,  c = 0                   (rows of members without one: no bias is added,
+                                                                  so the parameter count does not change)
+
+``lam = ridge * tr(E[z z^T]) / r``. The factors in place before the refit are one candidate of that problem, so
+the refit never increases its objective on the calibration tokens (the ridge objective when ``ridge > 0``;
+the run records both objectives before and after, per layer).
+
+Streaming, block by block: the calibration windows' hidden states are kept for two models, the dense one and
+the compressed one (two copies of the hidden states, as sequential calibration keeps one). For each block: one
+pass of the dense block (its dense modules put back for the pass) gives ``y`` and advances the dense states;
+one pass of the compressed block gives ``z`` on the same tokens; every target of the block is refitted; a last
+pass of the refitted block advances the compressed states. Targets of one block are refitted together, so a
+later one of them (``o_proj`` after q/k/v) is fitted on inputs from the block's earlier targets before their
+refit. Embedding and LM-head targets are not refitted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from lord.architectures import architecture_for
+from lord.calibration import CHUNK_ROWS
+from lord.compress import _advance, _block_inputs
+from lord.progress import progress_bar
+from lord.structure import set_module
+
+log = logging.getLogger(__name__)
+
+
+class PairMoments:
+    """Float64 sums over tokens of ``z z^T``, ``y z^T``, ``z``, ``y`` and ``|y|^2``."""
+
+    def __init__(self, d_out: int, rank: int, device=None):
+        f = dict(dtype=torch.float64, device=device)
+        self.zz, self.yz = torch.zeros(rank, rank, **f), torch.zeros(d_out, rank, **f)
+        self.z, self.y = torch.zeros(rank, **f), torch.zeros(d_out, **f)
+        self.yy, self.n = 0.0, 0
+
+    def update(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        y, z = y.reshape(-1, y.shape[-1]), z.reshape(-1, z.shape[-1])
+        for yc, zc in zip(y.split(CHUNK_ROWS), z.split(CHUNK_ROWS)):
+            yc, zc = yc.to(self.yz.device, torch.float32), zc.to(self.zz.device, torch.float32)
+            self.zz += (zc.T @ zc).double()
+            self.yz += (yc.T @ zc).double()
+            self.z += zc.sum(0, dtype=torch.float64)
+            self.y += yc.sum(0, dtype=torch.float64)
+            self.yy += float(yc.double().square().sum())
+        self.n += y.shape[0]
+
+    def objective(self, B: torch.Tensor, c: torch.Tensor) -> float:
+        """``E || y - (B z + c) ||^2`` from the sums alone."""
+        n = self.n
+        Mzz, Myz, zbar, ybar = self.zz / n, self.yz / n, self.z / n, self.y / n
+        return (self.yy / n - 2 * float((B * Myz).sum()) - 2 * float(ybar @ c) + float((B @ Mzz * B).sum())
+                + 2 * float(c @ (B @ zbar)) + float(c @ c))
+
+    def solve(self, has_bias: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(B, c, lam): the minimiser; rows where ``has_bias`` is False get no intercept."""
+        n, r = self.n, self.zz.shape[0]
+        Mzz, Myz, zbar, ybar = self.zz / n, self.yz / n, self.z / n, self.y / n
+        lam = ridge * float(torch.trace(Mzz)) / r
+        eye = torch.eye(r, dtype=torch.float64, device=Mzz.device)
+        Czz, Cyz = Mzz - torch.outer(zbar, zbar), Myz - torch.outer(ybar, zbar)
+        B_c = torch.linalg.lstsq(Czz + lam * eye, Cyz.T).solution.T
+        B_u = torch.linalg.lstsq(Mzz + lam * eye, Myz.T).solution.T
+        rows = has_bias.to(Mzz.device)[:, None]
+        B = torch.where(rows, B_c, B_u)
+        c = torch.where(has_bias.to(Mzz.device), ybar - B_c @ zbar, torch.zeros_like(ybar))
+        return B, c, lam
+
+
+def _factors(model: nn.Module, members) -> tuple[torch.Tensor, list[nn.Linear]]:
+    """(A, the members' B linears) of a decomposed target."""
+    mods = [model.get_submodule(m) for m in members]
+    if len(mods) == 1:
+        return mods[0][0].weight, [mods[0][1]]
+    return mods[0]._shared.weight, [m.B for m in mods]
+
+
+def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True) -> dict:
+    """Refit every block target of ``decompositions`` (already applied by ``compressor``) in place; returns a
+    record: per layer, the objective before and after (and the ridge term's lam)."""
+    arch = architecture_for(model, compressor.architecture)
+    blocks = model.get_submodule(arch.blocks)
+    device = next(model.parameters()).device
+    by_block: dict[int, list] = {}
+    for d in decompositions:
+        if d.block is not None:
+            by_block.setdefault(d.block, []).append(d)
+    skipped = [d.name for d in decompositions if d.block is None]
+    if not by_block:
+        return {"targets": [], "skipped": skipped}
+    compressed = _block_inputs(model, blocks[0], batches, device)
+    dense = list(compressed)
+    layers = []
+    for i in progress_bar(range(max(by_block) + 1), desc="refit", unit="block", disable=not progress):
+        if i not in by_block:
+            _advance(blocks[i], compressed)
+            _advance_dense(model, blocks[i], [], compressor, dense)
+            continue
+        targets = by_block[i]
+        acc = {d.name: PairMoments(sum(d.d_outs), d.rank, device) for d in targets}
+        for j in range(len(compressed)):
+            ys = _dense_outputs(model, blocks[i], targets, compressor, dense, j)
+            zs = _compressed_codes(model, blocks[i], targets, compressed, j)
+            for d in targets:
+                acc[d.name].update(ys[d.name], zs[d.name])
+        for d in targets:
+            A, Bs = _factors(model, d.members)
+            B0 = torch.cat([b.weight.detach().double() for b in Bs]).to(device)
+            c0 = torch.cat([b.bias.detach().double() if b.bias is not None else
+                            torch.zeros(b.out_features, dtype=torch.float64, device=device) for b in Bs])
+            has_bias = torch.cat([torch.full((b.out_features,), b.bias is not None) for b in Bs])
+            m = acc[d.name]
+            B, c, lam = m.solve(has_bias, ridge)
+            ridge_term = lambda M: lam * float(M.square().sum())  # noqa: E731
+            before, after = m.objective(B0, c0), m.objective(B, c)
+            layers.append({"name": d.name, "block": i, "tokens": m.n, "objective_before": before,
+                           "objective_after": after, "ridge_objective_before": before + ridge_term(B0),
+                           "ridge_objective_after": after + ridge_term(B), "lam": lam})
+            row = 0
+            with torch.no_grad():
+                for b in Bs:
+                    b.weight.copy_(B[row:row + b.out_features].to(b.weight.dtype))
+                    if b.bias is not None:
+                        b.bias.copy_(c[row:row + b.out_features].to(b.bias.dtype))
+                    row += b.out_features
+        _advance(blocks[i], compressed)
+        _advance_dense(model, blocks[i], targets, compressor, dense)
+    return {"targets": layers, "skipped": skipped, "ridge": ridge}
+
+
+def _swap_in_dense(model, targets, compressor) -> dict:
+    """Put ``targets``' dense modules back; returns the low-rank ones to restore."""
+    low = {}
+    for d in targets:
+        for m in d.members:
+            low[m] = model.get_submodule(m)
+            set_module(model, m, compressor._originals[m])
+    return low
+
+
+def _run_dense(model, block, targets, compressor, fn):
+    low = _swap_in_dense(model, targets, compressor)
+    try:
+        return fn()
+    finally:
+        for m, mod in low.items():
+            set_module(model, m, mod)
+
+
+def _advance_dense(model, block, targets, compressor, states) -> None:
+    _run_dense(model, block, targets, compressor, lambda: _advance(block, states))
+
+
+def _dense_outputs(model, block, targets, compressor, states, j) -> dict[str, torch.Tensor]:
+    """Each target's dense output ``y = W x + b`` (members concatenated) on batch ``j`` of the dense states."""
+    outs: dict[str, dict] = {d.name: {} for d in targets}
+
+    def run():
+        handles = []
+        for d in targets:
+            for m in d.members:
+                def hook(_mod, _args, out, d=d, m=m):
+                    outs[d.name][m] = out.detach()
+                handles.append(model.get_submodule(m).register_forward_hook(hook))
+        try:
+            with torch.inference_mode():
+                args, kwargs = states[j]
+                block(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+    _run_dense(model, block, targets, compressor, run)
+    return {d.name: torch.cat([outs[d.name][m] for m in d.members], dim=-1) for d in targets}
+
+
+def _compressed_codes(model, block, targets, states, j) -> dict[str, torch.Tensor]:
+    """Each target's bottleneck ``z = A x~`` on batch ``j`` of the compressed states."""
+    codes: dict[str, torch.Tensor] = {}
+    handles = []
+    for d in targets:
+        A, _ = _factors(model, d.members)
+
+        def hook(_mod, args, _out, d=d, A=A):
+            codes[d.name] = args[0].detach().to(A.dtype) @ A.detach().T
+        handles.append(model.get_submodule(d.members[0]).register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            args, kwargs = states[j]
+            block(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return codes
