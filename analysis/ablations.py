@@ -195,3 +195,21 @@ def _largest(by_layers: pd.Series, parts: list[str]) -> str:
     """The kind with the largest Δ alone and its share of the sum."""
     s = by_layers[parts]
     return f"{s.idxmax()} ({100 * s.max() / s.sum():.0f} %)"
+
+
+SIZE_COLUMNS = ["layers", "method", "% rank reduction", "model", "params (B)", "dense ppl", "ppl increase %",
+                "Δ log ppl", "% of these layers' params removed"]
+
+
+def size_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Diagnosis Q6 (size trend): the same compression (layers, method, % rank reduction) on each model, every
+    block and the profile's calibration, smallest model first."""
+    d = with_log_increase(df)
+    d = d[(d.setting.fillna("") == "") & (d.blocks.fillna("") == "") & (d.calibration == "oneshot")]
+    rows = [{"layers": r.layers, "method": r.method, "% rank reduction": r.rank_value, "model": r.model,
+             "params (B)": r.params_dense / 1e9, "dense ppl": r.dense_perplexity,
+             "ppl increase %": r.perplexity_increase_percent, "Δ log ppl": r.log_ppl_increase,
+             "% of these layers' params removed": r.target_params_removed_percent}
+            for r in d.drop_duplicates(["model", "layers", "method", "rank_value"]).itertuples()]
+    t = pd.DataFrame(rows, columns=SIZE_COLUMNS)
+    return t.sort_values(["layers", "method", "% rank reduction", "params (B)"]).reset_index(drop=True)

@@ -45,7 +45,7 @@ def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Pat
     """The diagnosis ablations' tables and figures (analysis.ablations), for the presets that have results."""
     written: list[Path] = []
     of = {name: df[df.experiment == f"ablation_{name}"] for name in
-          ("layers", "calibration", "blocks", "outliers", "quant_noise", "humaneval_ppl")}
+          ("layers", "calibration", "blocks", "outliers", "quant_noise", "humaneval_ppl", "sizes")}
     layers = of["layers"]
     if len(layers):
         written += _artefact(layers, out, "ablation_layers", ablations.layer_kind_table,
@@ -75,6 +75,12 @@ def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Pat
                              "Decomposition of a model with about its quantization noise added again (uniform "
                              "±Δ/2 per weight, Δ = its GGUF block's step): Δ log ppl over the noisy dense model vs "
                              "over the clean one")
+    if len(of["sizes"]):  # with the 0.5B model's same points from ablation_layers
+        sizes = of["sizes"]
+        same = layers[layers.layers.isin(sizes.layers.unique()) & layers.method.isin(sizes.method.unique())
+                      & layers.rank_value.isin(sizes.rank_value.unique())]
+        written += _artefact(pd.concat([sizes, same]), out, "ablation_sizes", ablations.size_table,
+                             "The same compression on each zoo model (size trend; log-perplexity scale)")
     if len(of["humaneval_ppl"]):
         paired, rho = ablations.humaneval_vs_perplexity(df)
         note = "; ".join(f"{m}: Spearman ρ(Δ log ppl, pass@1) = {r:.2f} over {n} points" for m, (r, n) in rho.items())

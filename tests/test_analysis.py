@@ -291,6 +291,26 @@ def test_quant_noise_table_measures_compression_over_the_noisy_dense_model():
     assert list(t.index) == ["whiten"]  # the noisy dense run is the base, not a row
 
 
+def test_size_table_orders_models_by_size_and_keeps_other_settings_out():
+    """By hand: a larger model at the same compression, listed after the smaller one; a run with statistics
+    without the first position (setting -skip1) or on one block is not part of the size trend."""
+    from analysis import ablations
+
+    base = dict(eval="perplexity", layers="all-grouped", method="whiten", rank_value=10.0, setting="", blocks="",
+                calibration="oneshot", skip_first=0, target_params_removed_percent=-5.0)
+    rows = [dict(base, model="big", params_dense=1.5e9, dense_perplexity=4.0, perplexity=5.0,
+                 perplexity_increase_percent=25.0),
+            dict(base, model="small", params_dense=1.35e8, dense_perplexity=8.0, perplexity=12.0,
+                 perplexity_increase_percent=50.0),
+            dict(base, model="small", params_dense=1.35e8, dense_perplexity=8.0, perplexity=99.0,
+                 perplexity_increase_percent=1137.5, setting="-skip1"),
+            dict(base, model="small", params_dense=1.35e8, dense_perplexity=8.0, perplexity=8.1,
+                 perplexity_increase_percent=1.25, blocks="blocks3")]
+    t = ablations.size_table(pd.DataFrame(rows))
+    assert t.model.tolist() == ["small", "big"]
+    assert t["Δ log ppl"].tolist() == pytest.approx([math.log(1.5), math.log(1.25)])
+
+
 def test_block_label_names_runs_of_blocks():
     from lord.architectures import block_label
 
