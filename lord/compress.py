@@ -240,11 +240,14 @@ class Compressor:
         return total
 
     def _candidates(self, method: Method, spectra=None) -> list:
-        """Every target as an allocation candidate (zero spectra unless ``spectra`` gives (spectrum, n) per name)."""
+        """Every target as an allocation candidate (zero spectra unless ``spectra`` gives one per name)."""
+        # spectra of moment bases are means over the calibration vectors; channel-scaled (ASVD) and data-free
+        # spectra are totals
+        per_vector = method.needs_statistics and not _reads_channels(method)
         out = []
         for t, d in self._shapes(method):
-            spectrum, n = spectra[t.name] if spectra is not None else (torch.zeros(1), 1)
-            c = candidate_for(d, spectrum, n)
+            spectrum = spectra[t.name] if spectra is not None else torch.zeros(1)
+            c = candidate_for(d, spectrum, per_vector)
             c.dense_params = self._dense_params(t)
             out.append(c)
         return out
@@ -261,11 +264,7 @@ class Compressor:
 
         method = get_method(method)
         stats = self.statistics_for(method)
-        # spectra of moment bases are means over the calibration vectors (n of them: the total loss is n times);
-        # channel-scaled (ASVD) and data-free spectra are totals already
-        per_vector = method.needs_statistics and not _reads_channels(method)
-        spectra = {t.name: (self.basis(method, t, stats).spectrum,
-                            self._statistic_of(method, t, stats)[0].n if per_vector else 1) for t in self.targets}
+        spectra = {t.name: self.basis(method, t, stats).spectrum for t in self.targets}
         candidates = self._candidates(method, spectra)
         ranks = allocate(candidates, rank.value, rank.allocation, rank.round_to)
         dense = sum(c.dense_params for c in candidates)

@@ -27,7 +27,7 @@ def _candidates(seed: int, n: int = 12) -> list[Candidate]:
         decay = rng.uniform(0.01, 0.3)
         spectrum = torch.exp(-decay * torch.arange(d_min, dtype=torch.float64)) * 10 ** rng.uniform(1, 5)
         out.append(Candidate(f"t{i}", rng.choice(["mlp_down", "attn_out"]), d_out * d_in + bias, d_in + d_out, bias,
-                             d_min, spectrum, n=4096))
+                             d_min, spectrum, per_vector=True))
     return out
 
 
@@ -64,11 +64,11 @@ def test_uniform_is_param_fraction_and_greedy_spends_the_budget_where_loss_is_ch
 
 
 def test_svdllm_v2_compresses_the_matrix_with_the_smaller_truncation_loss_more():
-    low = Candidate("low", "mlp_down", 64 * 64, 128, 0, 64, torch.exp(-0.3 * torch.arange(64.0)), n=10**6)
-    high = Candidate("high", "mlp_down", 64 * 64, 128, 0, 64, torch.exp(-0.01 * torch.arange(64.0)), n=10**6)
+    low = Candidate("low", "mlp_down", 64 * 64, 128, 0, 64, torch.exp(-0.3 * torch.arange(64.0)), per_vector=True)
+    high = Candidate("high", "mlp_down", 64 * 64, 128, 0, 64, torch.exp(-0.01 * torch.arange(64.0)), per_vector=True)
     ranks = ALLOCATORS.get("svdllm_v2")().propose([low, high], 30, 1)
     assert ranks["low"] < ranks["high"]
-    tiny = Candidate("tiny", "mlp_down", 64 * 64, 128, 0, 64, torch.full((64,), 1e-9), n=1)
+    tiny = Candidate("tiny", "mlp_down", 64 * 64, 128, 0, 64, torch.full((64,), 1e-9))  # a total, below 1
     with pytest.raises(LordError, match="L > 1"):
         allocate([tiny, high], 30, "svdllm_v2")
 
@@ -97,8 +97,8 @@ def _budget_run(model, batches, method, criterion, percent=25):
 @pytest.mark.parametrize("method", ["whiten", "lord_meanfix", "asvd"])
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_a_budget_removes_its_share_of_the_selected_parameters_from_the_model(method, criterion):
-    # weights of a trained model's scale (initializer_range 0.5): svdllm_v2's 1/log(L) rule needs total truncation
-    # losses above 1, which the default tiny model's outputs do not reach
+    # weights of a trained model's scale (initializer_range 0.5): svdllm_v2's 1/log(L) rule needs truncation
+    # losses above 1, which the default tiny model's near-zero outputs do not reach
     model = tiny_model("qwen2", initializer_range=0.5)
     c = _budget_run(model, calib_batches(n=8), method, criterion)
     ids = torch.randint(0, 97, (1, 16))

@@ -42,7 +42,7 @@ class Candidate:
     bias_params: int  # biases once decomposed (the existing ones, plus those a mean-keeping method adds)
     d_min: int
     spectrum: torch.Tensor  # truncation loss per basis column, most important first (float64)
-    n: int = 1  # calibration vectors the spectrum is a mean over (1: data-free); n * loss = the total loss
+    per_vector: bool = False  # the spectrum is a mean over calibration vectors (moments), not a total
 
     def __post_init__(self):
         s = self.spectrum.detach().to(torch.float64).cpu().clamp_min(0)
@@ -72,12 +72,12 @@ class Candidate:
         return r if r >= step else None
 
 
-def candidate_for(decomposition, spectrum: torch.Tensor, n: int = 1) -> Candidate:
+def candidate_for(decomposition, spectrum: torch.Tensor, per_vector: bool = False) -> Candidate:
     """A ``Candidate`` from a planned ``lord.structure.Decomposition`` (its rank is not used) and its spectrum."""
     d = decomposition
     bias = sum(o for o, b in zip(d.d_outs, d.bias) if b)
     return Candidate(d.name, d.kind, d.dense_params, d.d_in + sum(d.d_outs), bias, min(d.d_in, sum(d.d_outs)),
-                     spectrum.detach().to(torch.float64).cpu(), int(n))
+                     spectrum.detach().to(torch.float64).cpu(), bool(per_vector))
 
 
 class Allocator:
