@@ -244,19 +244,14 @@ def collect_channel_abs_means(model: nn.Module, targets: list[Target], batches, 
 
 
 def save_channel_statistics(stats: dict[str, ChannelAbsMean], path: str | Path) -> None:
+    """Atomically write channel accumulators (float64), as ``save_statistics`` does moments."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for k, m in stats.items():
         tensors[f"{k}::sum_abs"] = m.sum_abs.cpu().contiguous()
         tensors[f"{k}::n"] = torch.tensor([m.n], dtype=torch.int64)
-    tmp = temp_file(path.parent, ".safetensors")
-    try:
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _save_atomic(tensors, path)
 
 
 def load_channel_statistics(path: str | Path, device=None) -> dict[str, ChannelAbsMean]:
@@ -283,9 +278,14 @@ def save_statistics(stats: dict[str, Moments], path: str | Path, meta: dict) -> 
         tensors[f"{k}::sum_vv"] = m.sum_vv.cpu().contiguous()
         tensors[f"{k}::sum_v"] = m.sum_v.cpu().contiguous()
         tensors[f"{k}::n"] = torch.tensor([m.n], dtype=torch.int64)
+    _save_atomic(tensors, path, {"lord_meta": json.dumps(meta, sort_keys=True)})
+
+
+def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file through a temporary file and a rename (readers never see half a file)."""
     tmp = temp_file(path.parent, ".safetensors")
     try:
-        save_file(tensors, tmp, metadata={"lord_meta": json.dumps(meta, sort_keys=True)})
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

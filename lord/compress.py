@@ -247,9 +247,7 @@ class Compressor:
         out = []
         for t, d in self._shapes(method):
             spectrum = spectra[t.name] if spectra is not None else torch.zeros(1)
-            c = candidate_for(d, spectrum, per_vector)
-            c.dense_params = self._dense_params(t)
-            out.append(c)
+            out.append(candidate_for(d, spectrum, per_vector, self._dense_params(t)))
         return out
 
     def check_budget(self, method, rank: RankSpec) -> None:

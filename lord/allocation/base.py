@@ -72,11 +72,15 @@ class Candidate:
         return r if r >= step else None
 
 
-def candidate_for(decomposition, spectrum: torch.Tensor, per_vector: bool = False) -> Candidate:
-    """A ``Candidate`` from a planned ``lord.structure.Decomposition`` (its rank is not used) and its spectrum."""
+def candidate_for(decomposition, spectrum: torch.Tensor, per_vector: bool = False,
+                  dense_params: int | None = None) -> Candidate:
+    """A ``Candidate`` from a planned ``lord.structure.Decomposition`` (its rank is not used) and its spectrum;
+    ``dense_params``: the dense modules' own count (``Decomposition.dense_params`` also counts biases a
+    mean-keeping method adds)."""
     d = decomposition
     bias = sum(o for o, b in zip(d.d_outs, d.bias) if b)
-    return Candidate(d.name, d.kind, d.dense_params, d.d_in + sum(d.d_outs), bias, min(d.d_in, sum(d.d_outs)),
+    dense = d.dense_params if dense_params is None else dense_params
+    return Candidate(d.name, d.kind, dense, d.d_in + sum(d.d_outs), bias, min(d.d_in, sum(d.d_outs)),
                      spectrum.detach().to(torch.float64).cpu(), bool(per_vector))
 
 
