@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import ablations, analytic, figures, pareto, tables
+from analysis import ablations, analytic, composition, figures, pareto, tables
 from analysis.results import for_artefact, load_results, load_speed_benchmarks, same_models_as
 from lord.params import zoo_model_configs
 
@@ -95,6 +95,25 @@ def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Pat
     return written
 
 
+def _composition(df: pd.DataFrame, out: Path) -> list[Path]:
+    """LoRD with quantization (Table 2) and pruning (Fig. 6) on top, for the presets that have results."""
+    written: list[Path] = []
+    quant = df[df.experiment == "table2_quantization"]
+    for ev, g in quant.groupby("eval"):
+        written += _artefact(g, out, f"table2_quantization{'' if ev == 'humaneval' else '_' + ev}",
+                             composition.quantization_table,
+                             f"LoRD + HQQ weight-only quantization ({ev}): float, 8-bit and 4-bit (groups of 64) "
+                             "of the dense model and of LoRD models; bytes of every tensor (memory) and of the "
+                             "saved state dict (disk). Paper: Table 2 (SpQR, StarCoder 16B), paper_table2_quantization.md")
+    prune = df[df.experiment == "fig6_pruning"]
+    for ev, g in prune.groupby("eval"):
+        written += _artefact(g, out, f"fig6_pruning{'' if ev == 'humaneval' else '_' + ev}",
+                             composition.pruning_table,
+                             f"Wanda pruning (50 % unstructured, 2:4) of the dense model and of a LoRD model ({ev}); "
+                             "paper: Fig. 6 (an image; its stated conclusion only)", composition.pruning_figure)
+    return written
+
+
 def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     everything, problems = load_results(results)
     # the paper's tables and figures: every block, every window position counted, no extra stage; runs with
@@ -121,8 +140,10 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += tables.write(tables.method_table(df), out / "table_methods",
                             _caption(ppl, "Perplexity increase (%) of each method at equal parameter count"))
     for name in ("table2_quantization", "blog_humaneval"):
+        ours = "table_table2_quantization" if name == "table2_quantization" and (
+            everything.experiment == name).any() else None
         written += tables.write(tables.paper(name), out / f"paper_{name}",
-                                f"Paper values ({name}); not yet reproduced here")
+                                f"Paper values ({name}); " + (f"ours: {ours}.md" if ours else "not reproduced here"))
     written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
     paper_settings = ppl[~ppl.experiment.str.startswith("ablation_")]  # the diagnosis has its own figures
     written += figures.fig2(same_models_as(paper_settings, "fig2_layer_kinds"), out / "fig2_layer_kinds")
@@ -148,6 +169,7 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
                              pareto.pareto_figure)
         written += tables.write(pareto.pareto_summary(everything), out / "table_pareto_summary",
                                 _caption(pareto.budget_rows(everything), "Perplexity increase (%) at each budget"))
+    written += _composition(everything, out)
     index = ["# Regenerated tables and figures", "", f"{len(everything)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]
     if (~standard).any():

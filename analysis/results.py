@@ -18,6 +18,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
            "skip_first", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets",
+           "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "nonzero_params",
            "validation_sha256",
            "identity", "variant", "path"]
 
@@ -25,7 +26,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
 # positions, extra stages -- lord.naming.intervention_tag; ``blocks``: layers.indices); ``variant`` names the
 # config keys in which two runs of one such point differ, empty when they do not
 SETTING = ["eval", "model", "method", "setting", "calibration", "layers", "blocks", "rank_unit", "rank_value",
-           "variant"]
+           "quant_bits", "prune", "variant"]
 
 
 # config keys added after results were published, with the value that reproduces those runs: a run without
@@ -76,7 +77,7 @@ def _row(r: dict, path: Path) -> dict:
         "target_params_removed_percent": _target_removed(comp),
         "dense_targets": len((comp.get("allocation") or {}).get("dense_targets", [])) if comp.get("allocation") else None,
         "skip_first": cfg["calibration"].get("skip_first", 0),
-        **_calibration(cfg), **_compression_cost(r),
+        **_calibration(cfg), **_compression_cost(r), **_composed(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
         "variant": "", "path": str(path),
     }
@@ -101,6 +102,17 @@ def _compression_cost(r: dict) -> dict:
     seconds = sum(v for k, v in timings.items() if k not in NOT_COMPRESSION) if timings else None
     peaks = [m["rss_peak_mib"] for m in (r.get("stage_memory") or {}).values() if "rss_peak_mib" in m]
     return {"compression_seconds": seconds, "compression_peak_rss_mib": max(peaks) if peaks else None}
+
+
+def _composed(r: dict) -> dict:
+    """What the ``quantize`` and ``prune`` stages did (stage records; None when the run had no such stage)."""
+    stages = r.get("stages") or {}
+    q, p = stages.get("quantize") or {}, stages.get("prune") or {}
+    prune = None
+    if p:
+        prune = p["pattern"] if p["pattern"] != "unstructured" else f"{100 * p['sparsity']:g}%"
+    return {"quant_bits": q.get("bits"), "prune": prune, "model_bytes": q.get("model_bytes"),
+            "float_model_bytes": q.get("model_bytes_before"), "model_bytes_on_disk": q.get("model_bytes_on_disk"), "nonzero_params": p.get("nonzero_params")}
 
 
 def _target_removed(comp: dict) -> float | None:

@@ -3,7 +3,7 @@
 ``setting_tag`` is what the result folder appends to the method name: ``-sequential``, ``-skip<k>`` (statistics
 without the first k positions), ``-cal<n>`` (n calibration windows instead of ``budget.calibration_windows``),
 ``-len<L>`` (calibration windows of L tokens), ``-<corpus>`` (another calibration corpus), ``+<stage>`` (each
-stage besides calibrate and decompose); "" for the profile's own calibration and stages. Analysis keeps runs
+stage besides calibrate and decompose, with its settings: ``+quantize4bit``); "" for the profile's own calibration and stages. Analysis keeps runs
 whose ``intervention_tag`` differs apart as different settings.
 """
 
@@ -30,8 +30,12 @@ def setting_tag(cfg) -> str:
 
 
 def stages_tag(cfg) -> str:
-    """``+<stage>`` for each stage besides calibrate and decompose."""
-    return "".join(f"+{s}" for s in _get(cfg, "stages", DEFAULT_STAGES) if s not in DEFAULT_STAGES)
+    """``+<stage><its tag>`` for each stage besides calibrate and decompose (``+quantize4bit``, ``+prune2of4``:
+    ``Stage.tag``; a stage this process does not know, such as one a user's script registered, adds its name)."""
+    from lord.stages import STAGES
+
+    return "".join(f"+{s}{STAGES.get(s).tag(cfg) if s in STAGES else ''}"
+                   for s in _get(cfg, "stages", DEFAULT_STAGES) if s not in DEFAULT_STAGES)
 
 
 def intervention_tag(cfg) -> str:

@@ -71,7 +71,19 @@ def meta_model(config) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())  # parameters() yields shared tensors once
+    """Weights and biases, shared tensors once. A module that stores its weights packed (a quantized linear,
+    ``lord.quantization``) counts as the dense weights it stands for (its ``dense_parameter_count()``)."""
+    total, seen = 0, set()
+    for mod in model.modules():
+        own = getattr(mod, "dense_parameter_count", None)
+        params = list(mod.parameters(recurse=own is not None))
+        fresh = [p for p in params if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if own is not None:
+            total += own() if fresh else 0
+        else:
+            total += sum(p.numel() for p in fresh)
+    return total
 
 
 def compressed_parameter_count(config, kinds, rank: RankSpec, group: bool = False, method: str = "lord",

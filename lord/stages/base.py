@@ -32,6 +32,12 @@ class Stage:
         self.earlier: list[Stage] = []  # the stages before and after it in this run
         self.later: list[Stage] = []
 
+    @classmethod
+    def tag(cls, cfg) -> str:
+        """What the result name appends to ``+<stage>`` to tell this stage's settings apart (``cfg``: the run
+        config, a DictConfig or the plain dict stored in a result); "" when it has none worth naming."""
+        return ""
+
     def needs_calibration_data(self) -> bool:
         return False
 

@@ -1,0 +1,79 @@
+"""LoRD composed with other compression (paper A.6): quantization on top (``experiment=table2_quantization``,
+Table 2) and pruning on top (``experiment=fig6_pruning``, Fig. 6). Pure functions of the results frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+QUANT_COLUMNS = ["model", "compression", "weights", "params (M)", "MiB in memory", "MiB on disk", "metric", "value",
+                 "dense value"]
+PRUNE_COLUMNS = ["model", "compression", "pruning", "params (M)", "nonzero params (M)", "metric", "value",
+                 "dense value"]
+
+
+def _compression(r) -> str:
+    return "dense" if r.method == "dense" else f"{r.method} {r.layers} {r.rank_value:g}% rank red."
+
+
+def _metric(r) -> tuple[str, float, float | None]:
+    if r["eval"] == "humaneval":
+        return "pass@1 %", 100 * r.pass_at_1, None
+    return "perplexity", r.perplexity, r.dense_perplexity
+
+
+def _mib(v) -> float | None:
+    return None if pd.isna(v) else v / 2**20
+
+
+def quantization_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and compression (dense, or LoRD at a rank): the float model and its 8- and 4-bit versions --
+    parameters, bytes in memory and on disk (the float model's from its quantized runs' records), and the
+    metric. The paper's Table 2 reports pass@1 of LoRDCoder at FP16 / 8 / 4 bits (``analysis/paper``)."""
+    rows = []
+    for (model, comp), g in df.groupby([df.model, df.apply(_compression, axis=1)], sort=True):
+        floats = g[g.quant_bits.isna()]
+        float_bytes = g.float_model_bytes.dropna()
+        for _, r in pd.concat([floats, g[g.quant_bits.notna()].sort_values("quant_bits", ascending=False)]).iterrows():
+            metric, value, dense = _metric(r)
+            quantized = not pd.isna(r.quant_bits)
+            rows.append([model, comp, f"{int(r.quant_bits)}-bit" if quantized else "float",
+                         r.params_compressed / 1e6,
+                         _mib(r.model_bytes) if quantized else _mib(float_bytes.iloc[0]) if len(float_bytes) else None,
+                         _mib(r.model_bytes_on_disk) if quantized else None, metric, value, dense])
+    return pd.DataFrame(rows, columns=QUANT_COLUMNS)
+
+
+def pruning_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per model and compression: unpruned and Wanda-pruned (50 % unstructured, 2:4) -- parameters, nonzero
+    parameters and the metric (Fig. 6 plots HumanEval pass@1 against parameters for StarCoder and LoRDCoder)."""
+    rows = []
+    for _, r in df.sort_values(["model", "method", "rank_value"]).iterrows():
+        metric, value, dense = _metric(r)
+        pruned = isinstance(r.prune, str)
+        rows.append([r.model, _compression(r), r.prune if pruned else "none", r.params_compressed / 1e6,
+                     (r.nonzero_params if pruned else r.params_compressed) / 1e6, metric, value, dense])
+    return pd.DataFrame(rows, columns=PRUNE_COLUMNS)
+
+
+def pruning_figure(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Fig. 6's axes: nonzero parameters against the metric, a marker per pruning, dense vs LoRD."""
+    import matplotlib.pyplot as plt
+
+    t = pruning_table(df)
+    if t.empty:
+        return []
+    fig, axes = plt.subplots(1, t.model.nunique(), figsize=(5 * t.model.nunique(), 4), squeeze=False)
+    for ax, (model, g) in zip(axes[0], t.groupby("model")):
+        for comp, c in g.groupby("compression"):
+            ax.plot(c["nonzero params (M)"], c["value"], "o-" if comp == "dense" else "s--", label=comp)
+            for _, r in c.iterrows():
+                ax.annotate(r.pruning, (r["nonzero params (M)"], r["value"]), fontsize=7)
+        ax.set(title=model, xlabel="nonzero parameters (M)", ylabel=g.metric.iloc[0])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths = [out.with_suffix(".png")]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    return paths
