@@ -140,10 +140,9 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     written += tables.write(tables.method_table(df), out / "table_methods",
                             _caption(ppl, "Perplexity increase (%) of each method at equal parameter count"))
     for name in ("table2_quantization", "blog_humaneval"):
-        ours = "table_table2_quantization" if name == "table2_quantization" and (
-            everything.experiment == name).any() else None
-        written += tables.write(tables.paper(name), out / f"paper_{name}",
-                                f"Paper values ({name}); " + (f"ours: {ours}.md" if ours else "not reproduced here"))
+        ours = name == "table2_quantization" and (everything.experiment == name).any()
+        written += tables.write(tables.paper(name), out / f"paper_{name}", f"Paper values ({name}); " + (
+            "ours: table_table2_quantization*.md" if ours else "not reproduced here"))
     written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
     paper_settings = ppl[~ppl.experiment.str.startswith("ablation_")]  # the diagnosis has its own figures
     written += figures.fig2(same_models_as(paper_settings, "fig2_layer_kinds"), out / "fig2_layer_kinds")
