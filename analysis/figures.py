@@ -227,6 +227,23 @@ def ablation_blocks(df: pd.DataFrame, out: Path) -> list[Path]:
                          "block compressed alone (the others dense)", "Which blocks are fragile")
 
 
+def ablation_sizes(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Diagnosis Q6: Δ log ppl of the same compression against the model's size, one line per (method, % rank
+    reduction); a model that degrades less with size would slope down."""
+    from analysis.ablations import size_table
+
+    t = size_table(df)
+    fig, ax = plt.subplots(figsize=(6.5, 4.3))
+    for (layers, method, rank), g in t.groupby(["layers", "method", "% rank reduction"]):
+        ax.plot(g["params (B)"], g["Δ log ppl"], marker="o", ls="-" if method == "lord_meanfix" else "--",
+                label=f"{layers}, {method}, {rank:g} %")
+        for _, r in g.iterrows():
+            ax.annotate(r.model, (r["params (B)"], r["Δ log ppl"]), fontsize=6)
+    ax.set_xscale("log")
+    return _finish_delta(fig, ax, out, "no ablation_sizes results" if t.empty else None,
+                         "parameters (billions, log scale)", "Same compression, three model sizes")
+
+
 def ablation_calibration(df: pd.DataFrame, out: Path) -> list[Path]:
     """Diagnosis Q2: Δ log ppl against calibration tokens, one panel per % rank reduction; lines: oneshot stdlib
     windows of the profile's length (8-64 windows), markers: other window lengths, the test-suite corpus, and

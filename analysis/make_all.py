@@ -80,7 +80,8 @@ def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Pat
         same = layers[layers.layers.isin(sizes.layers.unique()) & layers.method.isin(sizes.method.unique())
                       & layers.rank_value.isin(sizes.rank_value.unique())]
         written += _artefact(pd.concat([sizes, same]), out, "ablation_sizes", ablations.size_table,
-                             "The same compression on each zoo model (size trend; log-perplexity scale)")
+                             "The same compression on each zoo model (size trend; log-perplexity scale)",
+                             figures.ablation_sizes)
     if len(of["humaneval_ppl"]):
         paired, rho = ablations.humaneval_vs_perplexity(df)
         note = "; ".join(f"{m}: Spearman ρ(Δ log ppl, pass@1) = {r:.2f} over {n} points" for m, (r, n) in rho.items())

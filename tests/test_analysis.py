@@ -291,7 +291,7 @@ def test_quant_noise_table_measures_compression_over_the_noisy_dense_model():
     assert list(t.index) == ["whiten"]  # the noisy dense run is the base, not a row
 
 
-def test_size_table_orders_models_by_size_and_keeps_other_settings_out():
+def test_size_table_orders_models_by_size_and_keeps_other_settings_out(tmp_path):
     """By hand: a larger model at the same compression, listed after the smaller one; a run with statistics
     without the first position (setting -skip1) or on one block is not part of the size trend."""
     from analysis import ablations
@@ -309,6 +309,10 @@ def test_size_table_orders_models_by_size_and_keeps_other_settings_out():
     t = ablations.size_table(pd.DataFrame(rows))
     assert t.model.tolist() == ["small", "big"]
     assert t["Δ log ppl"].tolist() == pytest.approx([math.log(1.5), math.log(1.25)])
+    from analysis import figures
+
+    paths = figures.ablation_sizes(pd.DataFrame(rows), tmp_path / "sizes")
+    assert paths and all(p.stat().st_size > 0 for p in paths)
 
 
 def test_block_label_names_runs_of_blocks():
