@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-QUANT_COLUMNS = ["model", "compression", "weights", "params (M)", "MiB in memory", "MiB on disk", "metric", "value",
-                 "dense value"]
+QUANT_COLUMNS = ["model", "compression", "weights", "params (M)", "MiB in memory", "MiB on disk",
+                 "blocks' linears MiB", "metric", "value", "dense value"]
 PRUNE_COLUMNS = ["model", "compression", "pruning", "params (M)", "nonzero params (M)", "metric", "value",
                  "dense value"]
 
@@ -29,19 +29,21 @@ def _mib(v) -> float | None:
 
 def quantization_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and compression (dense, or LoRD at a rank): the float model and its 8- and 4-bit versions --
-    parameters, bytes in memory and on disk (the float model's from its quantized runs' records), and the
-    metric. The paper's Table 2 reports pass@1 of LoRDCoder at FP16 / 8 / 4 bits (``analysis/paper``)."""
+    parameters, bytes in memory and on disk, bytes of the quantized part alone (the blocks' linears; the float
+    model's sizes from its quantized runs' records), and the metric. The paper's Table 2 reports pass@1 of LoRDCoder at FP16 / 8 / 4 bits (``analysis/paper``)."""
     rows = []
     for (model, comp), g in df.groupby([df.model, df.apply(_compression, axis=1)], sort=True):
         floats = g[g.quant_bits.isna()]
-        float_bytes = g.float_model_bytes.dropna()
+        float_bytes, float_linear = g.float_model_bytes.dropna(), g.float_linear_bytes.dropna()
         for _, r in pd.concat([floats, g[g.quant_bits.notna()].sort_values("quant_bits", ascending=False)]).iterrows():
             metric, value, dense = _metric(r)
             quantized = not pd.isna(r.quant_bits)
             rows.append([model, comp, f"{int(r.quant_bits)}-bit" if quantized else "float",
                          r.params_compressed / 1e6,
                          _mib(r.model_bytes) if quantized else _mib(float_bytes.iloc[0]) if len(float_bytes) else None,
-                         _mib(r.model_bytes_on_disk) if quantized else None, metric, value, dense])
+                         _mib(r.model_bytes_on_disk) if quantized else None,
+                         _mib(r.linear_bytes) if quantized else _mib(float_linear.iloc[0]) if len(float_linear) else None,
+                         metric, value, dense])
     return pd.DataFrame(rows, columns=QUANT_COLUMNS)
 
 

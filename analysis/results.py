@@ -18,7 +18,8 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
            "skip_first", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets",
-           "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "nonzero_params",
+           "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
+           "float_linear_bytes", "nonzero_params",
            "validation_sha256",
            "identity", "variant", "path"]
 
@@ -112,7 +113,8 @@ def _composed(r: dict) -> dict:
     if p:
         prune = p["pattern"] if p["pattern"] != "unstructured" else f"{100 * p['sparsity']:g}%"
     return {"quant_bits": q.get("bits"), "prune": prune, "model_bytes": q.get("model_bytes"),
-            "float_model_bytes": q.get("model_bytes_before"), "model_bytes_on_disk": q.get("model_bytes_on_disk"), "nonzero_params": p.get("nonzero_params")}
+            "float_model_bytes": q.get("model_bytes_before"), "linear_bytes": q.get("linear_bytes_after"),
+            "float_linear_bytes": q.get("linear_bytes_before"), "model_bytes_on_disk": q.get("model_bytes_on_disk"), "nonzero_params": p.get("nonzero_params")}
 
 
 def _target_removed(comp: dict) -> float | None:

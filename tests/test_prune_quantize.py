@@ -190,6 +190,7 @@ def test_the_presets_quick_points_run_end_to_end_and_reach_the_tables(tmp_path, 
     assert not problems
     qt = quantization_table(frame[frame.experiment == "table2_quantization"])
     assert list(qt.weights) == ["float", "4-bit"] and qt["MiB in memory"].notna().all()
+    assert qt["blocks' linears MiB"].iloc[1] < 0.2 * qt["blocks' linears MiB"].iloc[0]
     pt = pruning_table(frame[frame.experiment == "fig6_pruning"])
     assert list(pt.pruning) == ["2:4"] and (pt["nonzero params (M)"] < pt["params (M)"]).all()
 
