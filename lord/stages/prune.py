@@ -10,6 +10,7 @@ import time
 
 from lord.errors import LordError
 from lord.stages.base import STAGES, Stage
+from lord.stages.calibrate import layer_selection
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,35 @@ class Prune(Stage):
         if any(s.name == "quantize" for s in self.earlier):
             raise LordError("stage 'prune' must come before 'quantize' (it scores float weights); "
                             "set stages=[calibrate,decompose,prune,quantize]")
+
+    def check(self, model) -> None:
+        """N:M needs every pruned layer's input count to be a multiple of M: the dense layers' (from the config),
+        and the ranks a decompose stage before it gives (the inputs of the factors ``B``)."""
+        spec = prune_spec(self.cfg)
+        if spec.n_m is None:
+            return
+        from lord.architectures import architecture_for
+        from lord.pruning import block_linears
+        from lord.stages.calibrate import architecture
+
+        m = spec.n_m[1]
+        arch = architecture_for(model, architecture(self.cfg))
+        for i, block in enumerate(model.get_submodule(arch.blocks)):
+            for name, mod in block_linears(block).items():
+                if mod.in_features % m:
+                    raise LordError(f"prune.pattern={spec.pattern}: block {i}'s {name} has {mod.in_features} inputs, "
+                                    f"not a multiple of {m}; use prune.pattern=unstructured for this model")
+        decompose = next((s for s in self.earlier if s.name == "decompose" and s.method.decomposes), None)
+        if decompose is None or decompose.rank.unit == "budget":  # a budget's ranks need the bases: checked later
+            return
+        from lord.compress import Compressor
+
+        compressor = Compressor(model, **layer_selection(self.cfg), progress=False)
+        bad = sorted({p.decomposition.rank for p in compressor.plan(decompose.method, decompose.rank)
+                      if p.decomposition.rank % m})
+        if bad:
+            raise LordError(f"prune.pattern={spec.pattern}: the decomposition's rank(s) {bad} are the inputs of the "
+                            f"factors B and not multiples of {m}; set rank.round_to={m}")
 
     def apply(self, ctx) -> dict:
         from lord.pruning import nonzero_parameters, prune_model
