@@ -30,19 +30,22 @@ def _mib(v) -> float | None:
 def quantization_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per model and compression (dense, or LoRD at a rank): the float model and its 8- and 4-bit versions --
     parameters, bytes in memory and on disk, bytes of the quantized part alone (the blocks' linears; the float
-    model's sizes from its quantized runs' records), and the metric. The paper's Table 2 reports pass@1 of LoRDCoder at FP16 / 8 / 4 bits (``analysis/paper``)."""
+    model's sizes from its quantized runs' records), and the metric. The paper's Table 2 reports pass@1 of
+    LoRDCoder at FP16 / 8 / 4 bits (``analysis/paper``)."""
     rows = []
     for (model, comp), g in df.groupby([df.model, df.apply(_compression, axis=1)], sort=True):
         floats = g[g.quant_bits.isna()]
         float_bytes, float_linear = g.float_model_bytes.dropna(), g.float_linear_bytes.dropna()
+        float_mib = _mib(float_bytes.iloc[0]) if len(float_bytes) else None
+        float_linear_mib = _mib(float_linear.iloc[0]) if len(float_linear) else None
         for _, r in pd.concat([floats, g[g.quant_bits.notna()].sort_values("quant_bits", ascending=False)]).iterrows():
             metric, value, dense = _metric(r)
             quantized = not pd.isna(r.quant_bits)
             rows.append([model, comp, f"{int(r.quant_bits)}-bit" if quantized else "float",
                          r.params_compressed / 1e6,
-                         _mib(r.model_bytes) if quantized else _mib(float_bytes.iloc[0]) if len(float_bytes) else None,
+                         _mib(r.model_bytes) if quantized else float_mib,
                          _mib(r.model_bytes_on_disk) if quantized else None,
-                         _mib(r.linear_bytes) if quantized else _mib(float_linear.iloc[0]) if len(float_linear) else None,
+                         _mib(r.linear_bytes) if quantized else float_linear_mib,
                          metric, value, dense])
     return pd.DataFrame(rows, columns=QUANT_COLUMNS)
 

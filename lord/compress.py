@@ -388,15 +388,20 @@ def _block_statistics(model, block, pairs: list[Planned], inputs, device, skip_f
     slots = [stat_slot(model, t) for t, _ in pairs]
     for s in slots:
         stats.setdefault(s.key, Moments(s.dim, device=device))
-    handles = register_stat_hooks(model, slots, stats, skip_first)
+    _run_hooked(block, inputs, register_stat_hooks(model, slots, stats, skip_first))
+    return stats
+
+
+def _run_hooked(block, inputs, handles) -> None:
+    """Every stored ``(args, kwargs)`` of ``inputs`` through ``block`` with the forward hooks in ``handles``, removed
+    after (the block's outputs are not kept)."""
     try:
         with torch.inference_mode():
             for args, kwargs in inputs:
                 block(*args, **kwargs)
     finally:
-        for hd in handles:
-            hd.remove()
-    return stats
+        for h in handles:
+            h.remove()
 
 
 def _advance(block, inputs) -> None:

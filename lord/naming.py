@@ -3,8 +3,8 @@
 ``setting_tag`` is what the result folder appends to the method name: ``-sequential``, ``-skip<k>`` (statistics
 without the first k positions), ``-cal<n>`` (n calibration windows instead of ``budget.calibration_windows``),
 ``-len<L>`` (calibration windows of L tokens), ``-<corpus>`` (another calibration corpus), ``+<stage>`` (each
-stage besides calibrate and decompose, with its settings: ``+quantize4bit``); "" for the profile's own calibration and stages. Analysis keeps runs
-whose ``intervention_tag`` differs apart as different settings.
+stage besides calibrate and decompose, with its settings: ``+quantize4bit``); "" for the profile's own
+calibration and stages. Analysis keeps runs whose ``intervention_tag`` differs apart as different settings.
 """
 
 from __future__ import annotations

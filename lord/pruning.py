@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from lord.architectures import architecture_for
-from lord.compress import _advance, _block_inputs
+from lord.compress import _advance, _block_inputs, _run_hooked
 from lord.errors import LordError
 from lord.progress import progress_bar
 
@@ -118,15 +118,9 @@ def prune_model(model: nn.Module, batches, spec: PruneSpec, architecture=None, p
         block = blocks[i]
         linears = block_linears(block)
         norms = {name: InputNorms(mod.in_features, device) for name, mod in linears.items()}
-        handles = [mod.register_forward_hook(lambda _m, args, _out, acc=norms[name]: acc.update(args[0]))
-                   for name, mod in linears.items()]
-        try:
-            with torch.inference_mode():
-                for args, kwargs in states:
-                    block(*args, **kwargs)
-        finally:
-            for h in handles:
-                h.remove()
+        hooks = [mod.register_forward_hook(lambda _m, args, _out, acc=norms[name]: acc.update(args[0]))
+                 for name, mod in linears.items()]
+        _run_hooked(block, states, hooks)
         for name, mod in linears.items():
             if not norms[name].tokens:
                 raise LordError(f"block {i}: {name} saw no input in the calibration pass; it cannot be scored")

@@ -15,6 +15,7 @@ memory, not time.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 
@@ -31,6 +32,7 @@ from lord.structure import set_module
 BITS = (2, 3, 4, 8)
 
 
+@functools.cache
 def _quantized_linear_class():
     """``HQQLinear`` that also says how many weights it stands for (``lord.params.count_parameters``)."""
     from hqq.core.quantize import HQQLinear
@@ -65,6 +67,7 @@ def quantize_model(model: nn.Module, bits: int, group_size: int, architecture=No
     from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
 
     check_settings(bits, group_size)
+    check_divisible(model, group_size, architecture)  # before any layer is replaced: no half-quantized model
     HQQLinear.set_backend(HQQBackend.PYTORCH)
     QuantizedLinear = _quantized_linear_class()
     arch = architecture_for(model, architecture)
@@ -75,9 +78,6 @@ def quantize_model(model: nn.Module, bits: int, group_size: int, architecture=No
         block = blocks[i]
         members = [m for m in block.modules() if isinstance(m, GroupedLowRankLinear)]
         for name, mod in block_linears(block).items():
-            if mod.weight.numel() % group_size:
-                raise LordError(f"quantize.group_size={group_size}: {arch.blocks}.{i}.{name} has "
-                                f"{mod.weight.numel()} weights, not a whole number of groups")
             W = mod.weight.detach().clone()
             bytes_before += tensor_bytes(mod)
             q = QuantizedLinear(mod, quant_config=config, compute_dtype=W.dtype, device=str(W.device), del_orig=True)

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from lord.architectures import architecture_for
 from lord.calibration import CHUNK_ROWS
-from lord.compress import _advance, _block_inputs
+from lord.compress import _advance, _block_inputs, _run_hooked
 from lord.progress import progress_bar
 from lord.structure import set_module
 
@@ -177,7 +177,7 @@ def _dense_outputs(model, block, targets, compressor, states, j) -> dict[str, to
                 def hook(_mod, _args, out, d=d, m=m):
                     outs[d.name][m] = out.detach()
                 handles.append(model.get_submodule(m).register_forward_hook(hook))
-        _run_hooked(block, states[j], handles)
+        _run_hooked(block, states[j:j + 1], handles)
     _run_dense(model, block, targets, compressor, run)
     return {d.name: torch.cat([outs[d.name][m] for m in d.members], dim=-1) for d in targets}
 
@@ -192,16 +192,5 @@ def _compressed_codes(model, block, targets, states, j) -> dict[str, torch.Tenso
         def hook(_mod, args, _out, d=d, A=A):
             codes[d.name] = args[0].detach().to(A.dtype) @ A.detach().T
         handles.append(model.get_submodule(d.members[0]).register_forward_hook(hook))
-    _run_hooked(block, states[j], handles)
+    _run_hooked(block, states[j:j + 1], handles)
     return codes
-
-
-def _run_hooked(block, state, handles) -> None:
-    """One batch's ``(args, kwargs)`` through ``block`` with the forward hooks in ``handles``, removed after."""
-    try:
-        with torch.inference_mode():
-            args, kwargs = state
-            block(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()

@@ -37,8 +37,9 @@ class Quantize(Stage):
     def check_config(self) -> None:
         quant_settings(self.cfg)
         if self.later:
-            raise LordError(f"stage 'quantize' must be the last stage (the ones after it, {[s.name for s in self.later]}, "
-                            "change float weights); move it to the end of stages=[...]")
+            after = [s.name for s in self.later]
+            raise LordError(f"stage 'quantize' must be the last stage (the ones after it, {after}, change float "
+                            "weights); move it to the end of stages=[...]")
         if self.cfg.paths.get("save_dir"):
             raise LordError("paths.save_dir: a quantized model cannot be saved as a LoRD checkpoint yet; drop "
                             "paths.save_dir, or save without the quantize stage")
