@@ -52,12 +52,13 @@ def check_settings(bits, group_size) -> None:
                         "point; 64 is HQQ's usual choice)")
 
 
-def check_divisible(model: nn.Module, group_size: int, architecture=None) -> None:
-    """Every block linear's weight count is a whole number of groups (HQQ groups the flattened weight)."""
+def check_divisible(model: nn.Module, group_size: int, architecture=None, skip=frozenset()) -> None:
+    """Every block linear's weight count is a whole number of groups (HQQ groups the flattened weight); ``skip``:
+    full names of linears not to check (layers that a decomposition will replace)."""
     arch = architecture_for(model, architecture)
     for i, block in enumerate(model.get_submodule(arch.blocks)):
         for name, mod in block_linears(block).items():
-            if mod.weight.numel() % group_size:
+            if f"{arch.blocks}.{i}.{name}" not in skip and mod.weight.numel() % group_size:
                 raise LordError(f"quantize.group_size={group_size}: block {i}'s {name} has {mod.weight.numel()} "
                                 "weights, not a whole number of groups; choose a group size that divides it")
 

@@ -78,3 +78,18 @@ class Decompose(Stage):
         if self.rank.unit == "budget":  # the criterion, the share of the selection's parameters removed, dense targets
             record["allocation"] = c.events.get("allocation")
         return record
+
+
+def planned_decompositions(earlier, cfg, model) -> list | None:
+    """The decompositions (shapes and ranks) that a ``decompose`` stage among ``earlier`` will make, from the
+    config and a weightless model; [] without one, None when its ranks need the bases (``rank.unit=budget``)."""
+    stage = next((s for s in earlier if s.name == "decompose" and s.method.decomposes), None)
+    if stage is None:
+        return []
+    if stage.rank.unit == "budget":
+        return None
+    from lord.compress import Compressor
+    from lord.stages.calibrate import layer_selection
+
+    compressor = Compressor(model, **layer_selection(cfg), progress=False)
+    return [p.decomposition for p in compressor.plan(stage.method, stage.rank)]

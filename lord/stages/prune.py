@@ -10,7 +10,6 @@ import time
 
 from lord.errors import LordError
 from lord.stages.base import STAGES, Stage
-from lord.stages.calibrate import layer_selection
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ class Prune(Stage):
         from lord.architectures import architecture_for
         from lord.pruning import block_linears
         from lord.stages.calibrate import architecture
+        from lord.stages.decompose import planned_decompositions
 
         m = spec.n_m[1]
         arch = architecture_for(model, architecture(self.cfg))
@@ -61,15 +61,8 @@ class Prune(Stage):
                 if mod.in_features % m:
                     raise LordError(f"prune.pattern={spec.pattern}: block {i}'s {name} has {mod.in_features} inputs, "
                                     f"not a multiple of {m}; use prune.pattern=unstructured for this model")
-        decompose = next((s for s in self.earlier if s.name == "decompose" and s.method.decomposes), None)
-        if decompose is None or decompose.rank.unit == "budget":  # a budget's ranks need the bases: checked later
-            return
-        from lord.compress import Compressor
-
-        compressor = Compressor(model, **layer_selection(self.cfg), progress=False)
-        bad = sorted({p.decomposition.rank for p in compressor.plan(decompose.method, decompose.rank)
-                      if p.decomposition.rank % m})
-        if bad:
+        bad = sorted({d.rank for d in planned_decompositions(self.earlier, self.cfg, model) or [] if d.rank % m})
+        if bad:  # a budget's ranks (None) need the bases: pruning checks them when it runs
             raise LordError(f"prune.pattern={spec.pattern}: the decomposition's rank(s) {bad} are the inputs of the "
                             f"factors B and not multiples of {m}; set rank.round_to={m}")
 

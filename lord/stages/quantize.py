@@ -49,9 +49,20 @@ class Quantize(Stage):
     def check(self, model) -> None:
         from lord.quantization import check_divisible
         from lord.stages.calibrate import architecture
+        from lord.stages.decompose import planned_decompositions
 
-        if not any(s.name == "decompose" for s in self.earlier):  # factors' shapes are known only after it
-            check_divisible(model, quant_settings(self.cfg)[1], architecture(self.cfg))
+        group_size = quant_settings(self.cfg)[1]
+        planned = planned_decompositions(self.earlier, self.cfg, model)
+        if planned is None:  # a budget's ranks need the bases: quantize_model checks the factors when it runs
+            return
+        replaced = {m for d in planned for m in d.members}
+        check_divisible(model, group_size, architecture(self.cfg), skip=replaced)  # the layers that stay dense
+        for d in planned:  # and the factors A and B
+            bad = [n for n in (d.rank * d.d_in, *(o * d.rank for o in d.d_outs)) if n % group_size]
+            if bad:
+                raise LordError(f"quantize.group_size={group_size}: {d.name}'s factors at rank {d.rank} have "
+                                f"{bad[0]} weights, not a whole number of groups; choose a group size that divides "
+                                "it, or set rank.round_to so that rank x inputs and outputs x rank divide by it")
 
     def apply(self, ctx) -> dict:
         from lord.quantization import quantize_model, serialized_bytes, tensor_bytes
