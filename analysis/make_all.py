@@ -97,7 +97,8 @@ def _diagnosis(df: pd.DataFrame, out: Path, benchmarks: Path | None) -> list[Pat
 
 
 def _composition(df: pd.DataFrame, out: Path) -> list[Path]:
-    """LoRD with quantization (Table 2) and pruning (Fig. 6) on top, for the presets that have results."""
+    """LoRD with quantization (Table 2) and pruning (Fig. 6) on top, and LoRA after it (A.5, healing), for the
+    presets that have results."""
     written: list[Path] = []
     quant = df[df.experiment == "table2_quantization"]
     for ev, g in quant.groupby("eval"):
@@ -112,6 +113,12 @@ def _composition(df: pd.DataFrame, out: Path) -> list[Path]:
                              composition.pruning_table,
                              f"Wanda pruning (50 % unstructured, 2:4) of the dense model and of a LoRD model ({ev}); "
                              "paper: Fig. 6 (an image; its stated conclusion only)", composition.pruning_figure)
+    lora = df[df.experiment == "a5_lora"]
+    for ev, g in lora.groupby("eval"):
+        written += _artefact(g, out, f"a5_lora_{ev}", composition.lora_table,
+                             f"LoRA (peft, merged into the weights) after LoRD ({ev}): instruction tuning (A.5) and "
+                             "healing on the calibration corpus; gap closed = (before - after) / (before - dense). "
+                             "Paper: A.5, paper_a5_lora.md")
     return written
 
 
@@ -140,10 +147,11 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
                             _caption(sp, "Time and size relative to the dense model (paper: Figure 3)"))
     written += tables.write(tables.method_table(df), out / "table_methods",
                             _caption(ppl, "Perplexity increase (%) of each method at equal parameter count"))
-    for name in ("table2_quantization", "blog_humaneval"):
-        ours = name == "table2_quantization" and (everything.experiment == name).any()
+    ours_of = {"table2_quantization": "table_table2_quantization*.md", "a5_lora": "table_a5_lora_*.md"}
+    for name in ("table2_quantization", "a5_lora", "blog_humaneval"):
+        ours = name in ours_of and (everything.experiment == name).any()
         written += tables.write(tables.paper(name), out / f"paper_{name}", f"Paper values ({name}); " + (
-            "ours: table_table2_quantization*.md" if ours else "not reproduced here"))
+            f"ours: {ours_of[name]}" if ours else "not reproduced here"))
     written += figures.fig1(for_artefact(ppl, "fig1_rank_sweep"), out / "fig1_perplexity_vs_rank")
     paper_settings = ppl[~ppl.experiment.str.startswith("ablation_")]  # the diagnosis has its own figures
     written += figures.fig2(same_models_as(paper_settings, "fig2_layer_kinds"), out / "fig2_layer_kinds")

@@ -19,7 +19,8 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "skip_first", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
-           "float_linear_bytes", "nonzero_params",
+           "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
+           "lora_peak_rss_mib", "lora_state_bytes", "lora_loss_first", "lora_loss_last",
            "validation_sha256",
            "identity", "variant", "path"]
 
@@ -106,15 +107,20 @@ def _compression_cost(r: dict) -> dict:
 
 
 def _composed(r: dict) -> dict:
-    """What the ``quantize`` and ``prune`` stages did (stage records; None when the run had no such stage)."""
+    """What the ``quantize``, ``prune`` and ``lora`` stages did (stage records; None when the run had no such
+    stage)."""
     stages = r.get("stages") or {}
-    q, p = stages.get("quantize") or {}, stages.get("prune") or {}
+    q, p, lo = stages.get("quantize") or {}, stages.get("prune") or {}, stages.get("lora") or {}
     prune = None
     if p:
         prune = p["pattern"] if p["pattern"] != "unstructured" else f"{100 * p['sparsity']:g}%"
     return {"quant_bits": q.get("bits"), "prune": prune, "model_bytes": q.get("model_bytes"),
             "float_model_bytes": q.get("model_bytes_before"), "linear_bytes": q.get("linear_bytes_after"),
-            "float_linear_bytes": q.get("linear_bytes_before"), "model_bytes_on_disk": q.get("model_bytes_on_disk"), "nonzero_params": p.get("nonzero_params")}
+            "float_linear_bytes": q.get("linear_bytes_before"), "model_bytes_on_disk": q.get("model_bytes_on_disk"),
+            "nonzero_params": p.get("nonzero_params"), "lora_data": (lo.get("settings") or {}).get("data"),
+            "lora_steps": lo.get("steps"), "lora_tokens_per_s": lo.get("tokens_per_s"),
+            "lora_peak_rss_mib": (lo.get("memory") or {}).get("rss_peak_mib"), "lora_state_bytes": lo.get("state_bytes"),
+            "lora_loss_first": lo.get("loss_first"), "lora_loss_last": lo.get("loss_last")}
 
 
 def _target_removed(comp: dict) -> float | None:

@@ -205,6 +205,9 @@ def test_the_presets_quick_points_run_end_to_end_and_reach_the_tables(tmp_path, 
     (["stages=[calibrate,decompose,prune]", "+prune.pattern=2-4"], "N:M with 0 < N < M"),
     (["method=lord", "rank.value=30", "stages=[calibrate,decompose,prune]", "+prune.pattern='2:4'"],
      r"rank\(s\) \[403\] are the inputs of the factors B and not multiples of 4; set rank.round_to=4"),
+    (["stages=[calibrate,decompose,prune,lora]"], "'lora' cannot follow 'prune'"),
+    (["stages=[calibrate,decompose,lora]", "+lora.data=chat"], "lora.data='chat' is unknown"),
+    (["stages=[calibrate,decompose,lora,quantize]", "+lora.steps=-1"], "lora.steps=-1 must be an integer >= 1"),
 ])
 def test_stage_setting_errors_are_config_errors_before_weights_load(tmp_path, monkeypatch, overrides, match):
     import sys
