@@ -11,6 +11,8 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import torch
+
 from lord.errors import LordError
 from lord.stages.base import STAGES, Stage
 
@@ -58,7 +60,8 @@ class Lora(Stage):
         else:
             windows = tokenize_windows(corpus, ctx.tokenizer, seq_len=s.seq_len, min_chars=0, all_windows=True,
                                        cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
-            examples = corpus_examples(windows[:need])
+            g = torch.Generator().manual_seed(int(self.cfg.seed))  # windows from across the corpus, not a few files
+            examples = corpus_examples(windows[torch.randperm(windows.shape[0], generator=g)[:need]])
             source = {"windows_available": int(windows.shape[0])}
         pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
         targets = target_names(ctx.model, architecture(self.cfg))
