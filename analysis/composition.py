@@ -11,7 +11,7 @@ import pandas as pd
 QUANT_COLUMNS = ["model", "compression", "weights", "params (M)", "MiB in memory", "MiB on disk",
                  "blocks' linears MiB", "metric", "value", "dense value"]
 LORA_COLUMNS = ["model", "compression", "LoRA data", "params (M)", "metric", "before LoRA", "after LoRA",
-                "dense value", "gap closed %", "steps", "tokens/s", "training peak RSS MiB", "weights+adapter state MiB",
+                "dense value", "gap closed %", "dense + same LoRA", "after vs dense + same LoRA", "steps", "tokens/s", "training peak RSS MiB", "weights+adapter state MiB",
                 "loss first", "loss last"]
 PRUNE_COLUMNS = ["model", "compression", "pruning", "params (M)", "nonzero params (M)", "metric", "value",
                  "dense value"]
@@ -92,11 +92,16 @@ def lora_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per trained run: the metric before LoRA (the same compression without the ``lora`` stage; the dense model's
     baseline for a dense run), after, and the dense model's; how much of the compression's gap the training closed,
     ``(before - after) / (before - dense)`` (None for the dense model, or when no untrained run or no gap); the
-    training's cost (tokens/s, peak resident memory, bytes of weights + adapters' gradients and AdamW moments)
-    and its loss over the first and last tenth of the steps. The paper's A.5: pass@1 after QLoRA 37.80 / 37.62
-    (LoRDCoder 13.2B / 12.3B) vs 37.74 (StarCoder), 21.2 % less memory (``analysis/paper/a5_lora.csv``)."""
+    control -- the dense model after the same training (same LoRA data and steps) -- and where the run stands
+    against it (perplexity: % above it; pass@1: points below it), since training on a corpus like the validation
+    set also improves the uncompressed model; the training's cost (tokens/s, peak resident memory, bytes of
+    weights + adapters' gradients and AdamW moments) and its loss over the first and last tenth of the steps. The
+    paper's A.5: pass@1 after QLoRA 37.80 / 37.62 (LoRDCoder 13.2B / 12.3B) vs 37.74 (StarCoder), 21.2 % less
+    memory (``analysis/paper/a5_lora.csv``)."""
     key = ["eval", "model", "method", "layers", "rank_value"]
     untrained = {tuple(r[k] for k in key): r for _, r in df[df.lora_data.isna()].iterrows()}
+    control = {(r["eval"], r.model, r.lora_data, r.lora_steps): r
+               for _, r in df[df.lora_data.notna() & (df.method == "dense")].iterrows()}
     rows = []
     for _, r in df[df.lora_data.notna()].sort_values(["model", "lora_data", "method", "layers", "rank_value"]).iterrows():
         metric, after, dense = _metric(r)
@@ -108,7 +113,12 @@ def lora_table(df: pd.DataFrame) -> pd.DataFrame:
         gap = None
         if r.method != "dense" and before is not None and dense is not None and before != dense:
             gap = 100 * (before - after) / (before - dense)
+        c = control.get((r["eval"], r.model, r.lora_data, r.lora_steps))
+        trained_dense = None if c is None or r.method == "dense" else _metric(c)[1]
+        versus = None
+        if trained_dense is not None:
+            versus = 100 * (after / trained_dense - 1) if metric == "perplexity" else after - trained_dense
         rows.append([r.model, _compression(r), r.lora_data, r.params_compressed / 1e6, metric, before, after, dense,
-                     gap, r.lora_steps, r.lora_tokens_per_s, r.lora_peak_rss_mib, _mib(r.lora_state_bytes),
-                     r.lora_loss_first, r.lora_loss_last])
+                     gap, trained_dense, versus, r.lora_steps, r.lora_tokens_per_s, r.lora_peak_rss_mib,
+                     _mib(r.lora_state_bytes), r.lora_loss_first, r.lora_loss_last])
     return pd.DataFrame(rows, columns=LORA_COLUMNS)

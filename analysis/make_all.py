@@ -117,7 +117,8 @@ def _composition(df: pd.DataFrame, out: Path) -> list[Path]:
     for ev, g in lora.groupby("eval"):
         written += _artefact(g, out, f"a5_lora_{ev}", composition.lora_table,
                              f"LoRA (peft, merged into the weights) after LoRD ({ev}): instruction tuning (A.5) and "
-                             "healing on the calibration corpus; gap closed = (before - after) / (before - dense). "
+                             "healing on the calibration corpus; gap closed = (before - after) / (before - dense); the "
+                             "control: the dense model after the same training. "
                              "Paper: A.5, paper_a5_lora.md")
     return written
 

@@ -13,7 +13,7 @@ KNOWN = {("lord_meanfix", "uniform", ""): "paper LoRD (lord_meanfix, uniform)",
          ("whiten", "uniform", ""): "SVD-LLM (whiten, uniform)",
          ("whiten", "svdllm_v2", ""): "SVD-LLM V2 (whiten, svdllm_v2)"}
 
-COLUMNS = ["model", "method", "budget %", "% of selection params removed", "ppl increase %", "Δ log ppl",
+COLUMNS = ["model", "corpus", "method", "budget %", "% of selection params removed", "ppl increase %", "Δ log ppl",
            "dense targets", "compression s", "peak RSS GiB"]
 
 
@@ -37,40 +37,44 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in d.iterrows():
         dense_targets = r.get("dense_targets")
-        rows.append([r.model, label(r.method, r.rank_unit, r.setting), r.rank_value, r.target_params_removed_percent,
+        rows.append([r.model, r.get("corpus") or "", label(r.method, r.rank_unit, r.setting), r.rank_value, r.target_params_removed_percent,
                      r.perplexity_increase_percent, float(np.log(r.perplexity / r.dense_perplexity)),
                      dense_targets, r.compression_seconds,
                      None if pd.isna(r.compression_peak_rss_mib) else r.compression_peak_rss_mib / 1024])
     t = pd.DataFrame(rows, columns=COLUMNS)
-    return t.sort_values(["model", "budget %", "ppl increase %"]).reset_index(drop=True)
+    return t.sort_values(["model", "corpus", "budget %", "ppl increase %"]).reset_index(drop=True)
 
 
 def pareto_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The README's view: perplexity increase (%) per method (rows) and budget (columns), one block per model."""
+    """The README's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
+    validation corpus."""
     t = pareto_table(df)
     if t.empty:
         return t
-    wide = t.pivot_table(index=["model", "method"], columns="budget %", values="ppl increase %", aggfunc="first")
+    wide = t.pivot_table(index=["model", "corpus", "method"], columns="budget %", values="ppl increase %", aggfunc="first")
     wide.columns = [f"{c:g} % removed: ppl +%" for c in wide.columns]
     return wide.reset_index()
 
 
 def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
-    """A panel per model, a curve per method: perplexity increase (log) against % of the selection removed."""
+    """A panel per model (and validation corpus, when there are several), a curve per method: perplexity
+    increase (log) against % of the selection removed."""
     import matplotlib.pyplot as plt
 
     from analysis.figures import _note, _save, _style
 
     t = pareto_table(df)
-    models = sorted(t.model.unique()) or ["none"]
-    fig, axes = plt.subplots(1, len(models), figsize=(5.6 * len(models), 4.4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        g = t[t.model == model]
+    panels = sorted(set(zip(t.model, t.corpus))) or [("none", "")]
+    several = t.corpus.nunique() > 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
+    for ax, (model, corpus) in zip(axes[0], panels):
+        g = t[(t.model == model) & (t.corpus == corpus)]
         for name, h in g.groupby("method"):
             h = h.sort_values("budget %")
             ax.plot(h["% of selection params removed"], h["ppl increase %"], marker="o",
                     lw=2.2 if name.startswith("paper") else 1.3, label=name)
-        _style(ax, "% of the blocks' linear-layer parameters removed", "perplexity increase (%)", model, log=True,
+        _style(ax, "% of the blocks' linear-layer parameters removed", "perplexity increase (%)",
+               f"{model}, {corpus}" if several else model, log=True,
                legend_size=6)
     if t.empty:
         _note(axes[0][0], "no pareto results")

@@ -16,7 +16,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
-           "skip_first", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
+           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
            "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
@@ -24,11 +24,12 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "validation_sha256",
            "identity", "variant", "path"]
 
-# what makes two runs the same measurement, whichever preset ran them (``setting``: statistics without the first
+# what makes two runs the same measurement, whichever preset ran them (``corpus``: the validation corpus;
+# ``setting``: statistics without the first
 # positions, extra stages -- lord.naming.intervention_tag; ``blocks``: layers.indices); ``variant`` names the
 # config keys in which two runs of one such point differ, empty when they do not
-SETTING = ["eval", "model", "method", "setting", "calibration", "layers", "blocks", "rank_unit", "rank_value",
-           "quant_bits", "prune", "variant"]
+SETTING = ["eval", "model", "corpus", "method", "setting", "calibration", "layers", "blocks", "rank_unit",
+           "rank_value", "quant_bits", "prune", "variant"]
 
 
 # config keys added after results were published, with the value that reproduces those runs: a run without
@@ -85,12 +86,22 @@ def _row(r: dict, path: Path) -> dict:
     }
 
 
+def _corpus_name(data: dict, key: str) -> str | None:
+    """A corpus by name (``stdlib``, ``the-stack-smol``); a folder or file (data=folder) by ``folder:<its name>``."""
+    if data.get("name") == "folder" and data.get(key):
+        return f"folder:{Path(str(data[key])).name}"
+    return data.get("name")
+
+
 def _calibration(cfg: dict) -> dict:
     """What calibration read: windows, tokens per window, corpus (data=stdlib's calibration_corpus, else the
     data source)."""
     cal, data = cfg["calibration"], cfg.get("data") or {}
-    corpus = data.get("calibration_corpus", "stdlib") if data.get("name") == "stdlib" else data.get("name")
-    return {"calibration_windows": cal.get("n_windows"),
+    if data.get("name") == "stdlib":
+        corpus = data.get("calibration_corpus", "stdlib")
+    else:
+        corpus = _corpus_name(data, "calibration_path")
+    return {"corpus": _corpus_name(data, "path"), "calibration_windows": cal.get("n_windows"),
             "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus}
 
 

@@ -339,3 +339,30 @@ def test_the_diagnosis_notebook_runs_on_the_published_results(tmp_path):
     assert f"{n} results from results/published" in text
     assert "together / sum" in text
     assert (tmp_path / "ablation_layers.png").stat().st_size > 10_000
+
+
+def test_the_validation_corpus_names_a_point_so_two_corpora_never_merge():
+    """data=folder runs are named by their folder (validation and calibration apart), and the pareto summary keeps
+    one block per (model, corpus): the same method and budget on two corpora are two points, not variants."""
+    import pandas as pd
+
+    from analysis.pareto import pareto_summary
+    from analysis.results import SETTING, _calibration
+
+    cal = {"mode": "oneshot", "n_windows": 16}
+    folder = {"name": "folder", "path": "/x/torch/distributed", "calibration_path": "/x/torch/_inductor",
+              "seq_len": 1024}
+    assert _calibration({"calibration": cal, "data": folder})["corpus"] == "folder:distributed"
+    assert _calibration({"calibration": cal, "data": folder})["calibration_corpus"] == "folder:_inductor"
+    stdlib = _calibration({"calibration": cal, "data": {"name": "stdlib", "seq_len": 1024}})
+    assert stdlib["corpus"] == "stdlib" and stdlib["calibration_corpus"] == "stdlib"
+    assert "corpus" in SETTING
+    row = {"eval": "perplexity", "model": "m", "method": "whiten", "setting": "", "rank_unit": "budget-uniform",
+           "rank_value": 10.0, "target_params_removed_percent": 10.0, "perplexity": 11.0, "dense_perplexity": 10.0,
+           "perplexity_increase_percent": 10.0, "dense_targets": 0, "compression_seconds": 1.0,
+           "compression_peak_rss_mib": 1024.0}
+    frame = pd.DataFrame([dict(row, corpus="stdlib"), dict(row, corpus="folder:distributed",
+                                                           perplexity_increase_percent=20.0)])
+    summary = pareto_summary(frame).set_index("corpus")
+    assert summary.loc["stdlib", "10 % removed: ppl +%"] == 10.0
+    assert summary.loc["folder:distributed", "10 % removed: ppl +%"] == 20.0

@@ -44,13 +44,17 @@ def test_every_option_of_every_group_composes_and_validates(group):
 
 
 def test_every_experiment_preset_expands_and_validates():
+    # the presets whose command line must name something (the corpus folders of the generalisation check)
+    needs = {"pareto_corpus": ["data.path=/corpus/validation", "data.calibration_path=/corpus/calibration"]}
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
-        cfgs = preset_jobs(preset)
+        cfgs = preset_jobs(preset, needs.get(preset, ()))
         assert len(cfgs) > 1, preset
         stems = {records.result_stem(c, records.validate(c)[1]) for c in cfgs}
         assert len(stems) == len(cfgs)  # no two points share a result name (the identity is appended to it)
     # a key given on the command line wins over the preset's points
     assert {c.model.name for c in preset_jobs("fig1_rank_sweep", ["model=smollm2-135m"])} == {"smollm2-135m"}
+    with pytest.raises(LordError, match="missing required value\\(s\\): data.path"):
+        records.validate(preset_jobs("pareto_corpus")[0])
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -212,6 +216,7 @@ def test_a_budget_with_greedy_allocation_and_refit_runs_end_to_end(tmp_path, smo
     frame, problems = load_results(tmp_path)
     table = pareto_table(frame)
     assert not problems and set(table.method) == {"whiten, greedy +refit", "SVD-LLM (whiten, uniform)"}
+    assert set(table.corpus) == {"stdlib"}
     assert (table["% of selection params removed"] >= 20).all()
 
 

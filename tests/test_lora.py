@@ -211,3 +211,25 @@ def test_the_presets_quick_points_run_end_to_end_and_reach_the_table(tmp_path, s
     assert not problems
     table = lora_table(frame[frame.experiment == "a5_lora"])
     assert len(table) == 2 and table["after LoRA"].notna().all()
+
+
+def test_lora_table_compares_a_trained_compression_with_the_dense_model_trained_alike():
+    """gap closed = (before - after) / (before - dense); the control is the dense run with the same LoRA data and
+    steps, and perplexity is reported as % above it (a run with other data or steps is not its control)."""
+    import pandas as pd
+
+    from analysis.composition import lora_table
+
+    base = {"eval": "perplexity", "model": "m", "layers": "mlp_down", "dense_perplexity": 10.0,
+            "params_compressed": 1e6, "lora_tokens_per_s": 1.0, "lora_peak_rss_mib": 1.0, "lora_state_bytes": 2**20,
+            "lora_loss_first": 2.0, "lora_loss_last": 1.0, "pass_at_1": None}
+    rows = [dict(base, method="lord_meanfix", rank_value=50.0, perplexity=16.0, lora_data=None, lora_steps=None),
+            dict(base, method="lord_meanfix", rank_value=50.0, perplexity=12.0, lora_data="corpus", lora_steps=100),
+            dict(base, method="dense", rank_value=0.0, perplexity=8.0, lora_data="corpus", lora_steps=100),
+            dict(base, method="dense", rank_value=0.0, perplexity=9.0, lora_data="corpus", lora_steps=50),
+            dict(base, method="dense", rank_value=0.0, perplexity=9.5, lora_data="instructions", lora_steps=100)]
+    t = lora_table(pd.DataFrame(rows)).set_index(["compression", "LoRA data"])
+    lord = t.loc[("lord_meanfix mlp_down 50% rank red.", "corpus")]
+    assert lord["before LoRA"] == 16.0 and lord["gap closed %"] == pytest.approx(100 * 4 / 6)
+    assert lord["dense + same LoRA"] == 8.0 and lord["after vs dense + same LoRA"] == pytest.approx(50.0)
+    assert pd.isna(t.loc[("dense", "instructions")]["after vs dense + same LoRA"])
