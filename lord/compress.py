@@ -88,6 +88,7 @@ class Compressor:
         self._channels: dict[str, ChannelAbsMean] | None = None  # mean |x| per input channel (ASVD)
         self._channels_key: str | None = None
         self._bases: dict[str, dict[str, Basis]] = {}  # in-memory reuse: basis key -> target name -> basis
+        self._stored: set[tuple[str, str]] = set()  # (basis key, target) this Compressor wrote to the cache
         self._originals: dict[str, nn.Module] = {}  # dense modules replaced by the last apply
         self._added: list[tuple[str, str]] = []  # (parent, attribute) of shared bottlenecks added by it
         self.events: dict = {}  # what the last calls did (statistics/bases from cache), for run records
@@ -189,12 +190,14 @@ class Compressor:
             folder = self.cache.bases_dir(stats_key, method.basis_key())
             cached = self.cache.load_basis(folder, target.name)
             if cached is not None:
-                self.events["bases_from_cache"] = self.events.get("bases_from_cache", 0) + 1
+                if (method.basis_key(), target.name) not in self._stored:  # not a re-read of its own basis
+                    self.events["bases_from_cache"] = self.events.get("bases_from_cache", 0) + 1
                 return cached
         b = self._compute_basis(method, target, statistics)
         b = Basis(b.Q.to(torch.float32), b.spectrum, b.mean_z)
         if folder is not None:
             self.cache.store_basis(folder, target.name, b)
+            self._stored.add((method.basis_key(), target.name))
         else:
             mem[target.name] = b
         return b

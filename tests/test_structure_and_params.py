@@ -163,8 +163,13 @@ def test_streaming_and_kept_bases_give_the_same_model(probe_ids, tmp_path):
 
     cache = CompressionCache(tmp_path, "tiny-qwen2")
     d, e = copy.deepcopy(model), copy.deepcopy(model)
-    Compressor(d, ["all"], group=True, batches=calib_batches(), cache=cache, reuse_bases=True,
-               progress=False).apply("lord", cfg.rank)
+    cd = Compressor(d, ["all"], group=True, batches=calib_batches(), cache=cache, reuse_bases=True, progress=False)
+    cd.apply("lord", cfg.rank)
+    assert cd.events == {"statistics_from_cache": False}  # what it wrote itself is no cache hit
+    budget = Compressor(copy.deepcopy(model), ["all"], group=True, batches=calib_batches(),
+                        cache=CompressionCache(tmp_path / "budget", "tiny-qwen2"), reuse_bases=True, progress=False)
+    budget.apply("whiten", RankSpec("budget", 20))  # allocation reads every basis, decomposition again
+    assert "bases_from_cache" not in budget.events
     ce = Compressor(e, ["all"], group=True, batches=calib_batches(), cache=cache, reuse_bases=True, progress=False)
     ce.apply("lord", cfg.rank)
     assert ce.events == {"statistics_from_cache": True, "bases_from_cache": len(ce.targets)}
