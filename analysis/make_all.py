@@ -118,7 +118,9 @@ def _composition(df: pd.DataFrame, out: Path) -> list[Path]:
         written += _artefact(g, out, f"a5_lora_{ev}", composition.lora_table,
                              f"LoRA (peft, merged into the weights) after LoRD ({ev}): instruction tuning (A.5) and "
                              "healing on the calibration corpus; gap closed = (before - after) / (before - dense); the "
-                             "control: the dense model after the same training. "
+                             "control: the dense model after the same training. tokens/s and peak memory are as "
+                             "each run recorded them: comparable only between runs made alike (one process each, "
+                             "nothing else running; README, LoRA after LoRD). "
                              "Paper: A.5, paper_a5_lora.md")
     return written
 
