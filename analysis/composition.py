@@ -21,10 +21,19 @@ def _compression(r) -> str:
     return "dense" if r.method == "dense" else f"{r.method} {r.layers} {r.rank_value:g}% rank red."
 
 
-def _metric(r) -> tuple[str, float, float | None]:
+def _metric(r, df: pd.DataFrame | None = None) -> tuple[str, float, float | None]:
+    """(metric, value, the dense model's value). Results hold pass@k in %; a HumanEval run's dense value is the
+    pass@1 of the dense run (no stage on top) of the same model and experiment in ``df``, when there is one."""
     if r["eval"] == "humaneval":
-        return "pass@1 %", 100 * r.pass_at_1, None
+        return "pass@1 %", r.pass_at_1, None if df is None else _dense_pass_at_1(df, r)
     return "perplexity", r.perplexity, r.dense_perplexity
+
+
+def _dense_pass_at_1(df: pd.DataFrame, r) -> float | None:
+    plain = df.quant_bits.isna() & ~df.prune.apply(lambda p: isinstance(p, str))
+    d = df[(df["eval"] == "humaneval") & (df.model == r.model) & (df.experiment == r.experiment)
+           & (df.method == "dense") & plain]
+    return d.pass_at_1.iloc[0] if len(d) else None
 
 
 def _mib(v) -> float | None:
@@ -43,7 +52,7 @@ def quantization_table(df: pd.DataFrame) -> pd.DataFrame:
         float_mib = _mib(float_bytes.iloc[0]) if len(float_bytes) else None
         float_linear_mib = _mib(float_linear.iloc[0]) if len(float_linear) else None
         for _, r in pd.concat([floats, g[g.quant_bits.notna()].sort_values("quant_bits", ascending=False)]).iterrows():
-            metric, value, dense = _metric(r)
+            metric, value, dense = _metric(r, df)
             quantized = not pd.isna(r.quant_bits)
             rows.append([model, comp, f"{int(r.quant_bits)}-bit" if quantized else "float",
                          r.params_compressed / 1e6,
@@ -59,7 +68,7 @@ def pruning_table(df: pd.DataFrame) -> pd.DataFrame:
     parameters and the metric (Fig. 6 plots HumanEval pass@1 against parameters for StarCoder and LoRDCoder)."""
     rows = []
     for _, r in df.sort_values(["model", "method", "rank_value"]).iterrows():
-        metric, value, dense = _metric(r)
+        metric, value, dense = _metric(r, df)
         pruned = isinstance(r.prune, str)
         rows.append([r.model, _compression(r), r.prune if pruned else "none", r.params_compressed / 1e6,
                      (r.nonzero_params if pruned else r.params_compressed) / 1e6, metric, value, dense])

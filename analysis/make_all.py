@@ -180,6 +180,12 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
                              pareto.pareto_figure)
         written += tables.write(pareto.pareto_summary(everything), out / "table_pareto_summary",
                                 _caption(pareto.budget_rows(everything), "Perplexity increase (%) at each budget"))
+    if len(pareto.humaneval_rows(everything)):
+        written += tables.write(pareto.pareto_humaneval_table(everything), out / "table_pareto_humaneval",
+                                _caption(pareto.humaneval_rows(everything),
+                                         "HumanEval pass@1 at equal parameters (experiment=pareto_humaneval), 95% "
+                                         "bootstrap CI over tasks; change from the dense run of the same experiment; "
+                                         "ppl increase %: the same point's perplexity run in the pareto table"))
     written += _composition(everything, out)
     index = ["# Regenerated tables and figures", "", f"{len(everything)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]

@@ -56,6 +56,35 @@ def pareto_summary(df: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index()
 
 
+def humaneval_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """HumanEval runs at a budget, with the dense runs of the same experiments (their baseline)."""
+    he = df[df["eval"] == "humaneval"]
+    budget = he.rank_unit.fillna("").str.startswith("budget")
+    return he[he.experiment.isin(set(he[budget].experiment)) & (budget | (he.method == "dense"))]
+
+
+def pareto_humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
+    """pass@1 (bootstrap CI over tasks) per (model, method/allocation, budget), its change from the dense run of
+    the same experiment, and the perplexity increase of the same point in the pareto table (same model, corpus,
+    method, allocation, stages and budget; NaN where that point has no perplexity run)."""
+    d, ppl = humaneval_rows(df), pareto_table(df)
+    rows = []
+    for (model, preset), g in d.groupby(["model", "humaneval_preset"]):
+        dense = g[g.method == "dense"].pass_at_1
+        base = dense.iloc[0] if len(dense) else float("nan")
+        for _, r in g[g.method != "dense"].iterrows():
+            name = label(r.method, r.rank_unit, r.setting)
+            same = ppl[(ppl.model == model) & (ppl.corpus == (r.get("corpus") or "")) & (ppl.method == name)
+                       & (ppl["budget %"] == r.rank_value)]["ppl increase %"]
+            rows.append([model, preset, name, r.rank_value, r.target_params_removed_percent, r.pass_at_1,
+                         r.pass_at_1_ci_low, r.pass_at_1_ci_high, r.pass_at_1 - base, base,
+                         same.iloc[0] if len(same) else float("nan")])
+    t = pd.DataFrame(rows, columns=["model", "preset", "method", "budget %", "% of selection params removed",
+                                    "pass@1", "CI low", "CI high", "change from dense (points)", "dense pass@1",
+                                    "ppl increase %"])
+    return t.sort_values(["model", "budget %", "pass@1"], ascending=[True, True, False]).reset_index(drop=True)
+
+
 def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     """A panel per model (and validation corpus, when there are several), a curve per method: perplexity
     increase (log) against % of the selection removed."""

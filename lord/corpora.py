@@ -4,7 +4,8 @@ Sources, all yielding records with the-stack-smol's schema (``content``, ``repos
 ``size``, ``lang``):
 
 * ``stdlib`` (offline default): the ``.py`` files of the CPython standard library of the running
-  interpreter, test suites and generated files excluded, split deterministically by hashing each
+  interpreter (or of the ``Lib`` folder given as ``data.stdlib_root``, to read the same files on another Python
+  version), test suites and generated files excluded, split deterministically by hashing each
   file's relative path, so no file is in both splits;
 * ``stdlib-tests``: CPython's own test suite (``Lib/test``), a second offline calibration corpus
   (``data.calibration_corpus=stdlib-tests``) that the stdlib validation split never contains;
@@ -75,11 +76,28 @@ def split_of(relpath: str, validation_percent: int) -> str:
     return "validation" if bucket < validation_percent else "calibration"
 
 
+def _stdlib_base(root: str | None) -> Path:
+    """The running interpreter's stdlib folder, or ``root`` (a CPython ``Lib`` folder, the one holding os.py)."""
+    if root is None:
+        return Path(sysconfig.get_paths()["stdlib"])
+    base = Path(root).expanduser()
+    if not (base / "os.py").is_file():
+        raise LordError(f"data.stdlib_root={root!r} is not a CPython Lib folder (no os.py in it); point it at one, "
+                        "e.g. <prefix>/lib/python3.11, or leave it null for the running interpreter's")
+    return base
+
+
+def _stdlib_meta(root: str | None) -> dict:
+    """Where the files came from: the running interpreter's version, or the folder given."""
+    return {"python_version": platform.python_version()} if root is None else {"stdlib_root": str(root)}
+
+
 def stdlib_corpus(split: str, validation_percent: int = 50, root: str | None = None) -> Corpus:
-    """The running interpreter's standard library, minus test suites and generated files."""
+    """The running interpreter's standard library (or the one in ``root``), minus test suites and generated
+    files."""
     if split not in SPLITS:
         raise LordError(f"unknown split {split!r}; choose from: {', '.join(SPLITS)}")
-    base = Path(root or sysconfig.get_paths()["stdlib"])
+    base = _stdlib_base(root)
     records = []
     for p in sorted(base.rglob("*.py")):
         rel = p.relative_to(base).as_posix()
@@ -92,14 +110,13 @@ def stdlib_corpus(split: str, validation_percent: int = 50, root: str | None = N
             records.append(_record(p.read_text(encoding="utf-8"), "cpython/Lib", rel))
         except (UnicodeDecodeError, OSError):
             continue
-    meta = {"python_version": platform.python_version(), "validation_percent": validation_percent}
-    return Corpus("stdlib", split, records, meta)
+    return Corpus("stdlib", split, records, {**_stdlib_meta(root), "validation_percent": validation_percent})
 
 
 def stdlib_tests_corpus(root: str | None = None) -> Corpus:
     """CPython's own test suite (``Lib/test``), which ``stdlib_corpus`` leaves out: a second offline corpus for
     calibration whose files the stdlib validation split never contains."""
-    base = Path(root or sysconfig.get_paths()["stdlib"]) / "test"
+    base = _stdlib_base(root) / "test"
     records = []
     for p in sorted(base.rglob("*.py")):
         rel = p.relative_to(base.parent).as_posix()
@@ -112,7 +129,7 @@ def stdlib_tests_corpus(root: str | None = None) -> Corpus:
     if not records:
         raise LordError(f"{base} holds no test suite (some Python builds leave Lib/test out); use "
                         "data.calibration_corpus=stdlib or data=folder with data.calibration_path")
-    return Corpus("stdlib-tests", "calibration", records, {"python_version": platform.python_version()})
+    return Corpus("stdlib-tests", "calibration", records, _stdlib_meta(root))
 
 
 def _jsonl_rows(p: Path) -> list[dict]:

@@ -42,9 +42,10 @@ class RunData:
         if self._corpora is None:
             d = self.cfg.data
             if d.name == "stdlib":
-                tests = d.get("calibration_corpus", "stdlib") == "stdlib-tests"
-                self._corpora = (stdlib_tests_corpus() if tests else stdlib_corpus("calibration", d.validation_percent),
-                                 stdlib_corpus("validation", d.validation_percent))
+                tests, root = d.get("calibration_corpus", "stdlib") == "stdlib-tests", d.get("stdlib_root")
+                self._corpora = (stdlib_tests_corpus(root) if tests
+                                 else stdlib_corpus("calibration", d.validation_percent, root),
+                                 stdlib_corpus("validation", d.validation_percent, root))
             elif d.name == "the-stack-smol":
                 val = the_stack_smol(d.source)
                 cal = the_stack_calibration(val, n_files=4 * int(self.cfg.calibration.n_windows),

@@ -366,3 +366,64 @@ def test_the_validation_corpus_names_a_point_so_two_corpora_never_merge():
     summary = pareto_summary(frame).set_index("corpus")
     assert summary.loc["stdlib", "10 % removed: ppl +%"] == 10.0
     assert summary.loc["folder:distributed", "10 % removed: ppl +%"] == 20.0
+
+
+def test_the_pareto_humaneval_table_pairs_each_point_with_its_dense_run_and_its_perplexity():
+    """pass@1 at a budget: the change is from the dense run of the same experiment (not another experiment's),
+    and the perplexity increase is the same point's (model, corpus, method/allocation, budget) — not a neighbour's."""
+    import pandas as pd
+
+    from analysis.pareto import pareto_humaneval_table
+
+    ppl = {"eval": "perplexity", "model": "m", "method": "whiten", "setting": "", "rank_unit": "budget-uniform",
+           "target_params_removed_percent": 10.0, "perplexity": 11.0, "dense_perplexity": 10.0,
+           "dense_targets": 0, "compression_seconds": 1.0, "compression_peak_rss_mib": 1024.0, "corpus": "stdlib",
+           "experiment": "pareto"}
+    he = {"eval": "humaneval", "model": "m", "setting": "", "corpus": "stdlib", "humaneval_preset": "greedy",
+          "experiment": "pareto_humaneval", "target_params_removed_percent": 10.0, "pass_at_1_ci_low": 0.0,
+          "pass_at_1_ci_high": 50.0}
+    frame = pd.DataFrame([
+        dict(ppl, rank_value=10.0, perplexity_increase_percent=50.0),
+        dict(ppl, rank_value=20.0, perplexity_increase_percent=150.0),
+        dict(ppl, rank_unit="budget-svdllm_v2", rank_value=10.0, perplexity_increase_percent=60.0),
+        dict(he, method="dense", rank_unit="reduction", rank_value=50.0, pass_at_1=40.0),
+        dict(he, method="dense", rank_unit="reduction", rank_value=50.0, pass_at_1=99.0, experiment="table1"),
+        dict(he, method="whiten", rank_unit="budget-uniform", rank_value=10.0, pass_at_1=5.0),
+        dict(he, method="whiten", rank_unit="budget-svdllm_v2", rank_value=10.0, pass_at_1=6.0),
+        dict(he, method="whiten", rank_unit="budget-uniform", rank_value=20.0, pass_at_1=1.0),
+    ])
+    t = pareto_humaneval_table(frame).set_index(["method", "budget %"])
+    assert list(t["dense pass@1"].unique()) == [40.0]
+    assert t.loc[("SVD-LLM (whiten, uniform)", 10.0), "change from dense (points)"] == -35.0
+    assert t.loc[("SVD-LLM (whiten, uniform)", 10.0), "ppl increase %"] == 50.0
+    assert t.loc[("SVD-LLM V2 (whiten, svdllm_v2)", 10.0), "ppl increase %"] == 60.0
+    assert t.loc[("SVD-LLM (whiten, uniform)", 20.0), "ppl increase %"] == 150.0
+    assert len(t) == 3  # dense rows are the baseline, not points
+
+
+def test_composition_tables_show_pass_at_1_as_recorded_next_to_the_same_experiments_dense_run():
+    """Results hold pass@1 in % (43.3, not 0.433): the Table 2 / Fig. 6 views print it as recorded, and the dense
+    value is the plain dense run's pass@1 of the same model and experiment (not a pruned or quantized one's)."""
+    import pandas as pd
+
+    from analysis.composition import pruning_table, quantization_table
+
+    base = {"eval": "humaneval", "model": "m", "layers": "mlp_down", "params_compressed": 1e6,
+            "float_model_bytes": None, "float_linear_bytes": None, "model_bytes": 2**20, "model_bytes_on_disk": 2**20,
+            "linear_bytes": 2**19, "nonzero_params": 5e5}
+    quant = pd.DataFrame([
+        dict(base, experiment="table2_quantization", method="dense", rank_value=0.0, quant_bits=None, prune=None,
+             pass_at_1=43.3),
+        dict(base, experiment="table2_quantization", method="dense", rank_value=0.0, quant_bits=4.0, prune=None,
+             pass_at_1=42.1),
+        dict(base, experiment="table2_quantization", method="lord_meanfix", rank_value=27.08, quant_bits=None,
+             prune=None, pass_at_1=14.0)])
+    q = quantization_table(quant)
+    assert sorted(q.value) == [14.0, 42.1, 43.3] and set(q["dense value"]) == {43.3}
+    prune = pd.DataFrame([
+        dict(base, experiment="fig6_pruning", method="dense", rank_value=0.0, quant_bits=None, prune="2:4",
+             pass_at_1=3.0),
+        dict(base, experiment="fig6_pruning", method="dense", rank_value=0.0, quant_bits=None, prune=None,
+             pass_at_1=43.3)])
+    p = pruning_table(prune)
+    assert sorted(p.value) == [3.0, 43.3] and set(p["dense value"]) == {43.3}

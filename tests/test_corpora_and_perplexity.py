@@ -38,6 +38,32 @@ def test_stdlib_splits_are_disjoint_deterministic_and_hashed():
     assert set(val.records[0]) >= {"content", "repository_name", "path", "size", "lang"}
 
 
+def test_a_copied_stdlib_root_gives_the_same_splits_and_hashes_and_a_wrong_one_is_named(tmp_path):
+    """data.stdlib_root: a copy of the interpreter's Lib read from elsewhere (as on a machine with another Python)
+    is the same corpus to the byte; a folder that is no CPython Lib is one clear error, before anything loads."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from lord.run_context import RunData
+
+    live = Path(sysconfig.get_paths()["stdlib"])
+    copy = tmp_path / "Lib"
+    shutil.copytree(live, copy, ignore=shutil.ignore_patterns("__pycache__", "site-packages", "test", "idle_test"))
+    for split in ("calibration", "validation"):
+        mine, theirs = stdlib_corpus(split), stdlib_corpus(split, root=str(copy))
+        assert theirs.content_hash == mine.content_hash and len(theirs.records) == len(mine.records)
+        assert theirs.describe()["stdlib_root"] == str(copy) and "python_version" not in theirs.describe()
+    cfg = OmegaConf.create({"data": {"name": "stdlib", "validation_percent": 50, "seq_len": 64, "min_chars": 2000,
+                                     "all_windows": False, "stdlib_root": str(tmp_path)},
+                            "calibration": {"n_windows": 3}, "eval": {"n_windows": 2},
+                            "paths": {"cache_dir": str(tmp_path)}})
+    with pytest.raises(LordError, match=r"data.stdlib_root=.* is not a CPython Lib folder \(no os.py in it\)"):
+        RunData(cfg, CharTokenizer()).check_split("validation", 2)
+
+
 def test_the_test_suite_corpus_is_disjoint_from_both_stdlib_splits_and_run_data_reads_it(tmp_path):
     """data.calibration_corpus=stdlib-tests: CPython's Lib/test as calibration, never in either stdlib split;
     calibration.seq_len cuts calibration windows of its own length while validation keeps data.seq_len."""
