@@ -31,6 +31,8 @@ def _metric(r, df: pd.DataFrame | None = None) -> tuple[str, float, float | None
 
 def _dense_pass_at_1(df: pd.DataFrame, r) -> float | None:
     plain = df.quant_bits.isna() & ~df.prune.apply(lambda p: isinstance(p, str))
+    if "lora_data" in df:
+        plain &= df.lora_data.isna()
     d = df[(df["eval"] == "humaneval") & (df.model == r.model) & (df.experiment == r.experiment)
            & (df.method == "dense") & plain]
     return d.pass_at_1.iloc[0] if len(d) else None
@@ -113,7 +115,7 @@ def lora_table(df: pd.DataFrame) -> pd.DataFrame:
                for _, r in df[df.lora_data.notna() & (df.method == "dense")].iterrows()}
     rows = []
     for _, r in df[df.lora_data.notna()].sort_values(["model", "lora_data", "method", "layers", "rank_value"]).iterrows():
-        metric, after, dense = _metric(r)
+        metric, after, dense = _metric(r, df)
         if r.method == "dense":
             before = dense
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import ablations, analytic, composition, figures, pareto, tables
+from analysis import ablations, analytic, composition, figures, humaneval_failures, pareto, tables
 from analysis.results import for_artefact, load_results, load_speed_benchmarks, same_models_as
 from lord.params import zoo_model_configs
 
@@ -187,6 +187,16 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
                                          "bootstrap CI over tasks; change from the dense run of the same experiment; "
                                          "ppl increase %: the same point's perplexity run in the pareto table"))
     written += _composition(everything, out)
+    failures = humaneval_failures.failures_table(everything)
+    if len(failures):
+        written += tables.write(failures, out / "table_humaneval_failures",
+                                "How HumanEval completions fail, per run with its samples on disk: each sample's "
+                                "outcome (wrong answer = an assertion failed; empty body = only pass/...; other = "
+                                "killed by a resource limit or an uncomparable return value); unstopped: the "
+                                "preset's stop rule never fired (token cap or end of text); looping: unstopped "
+                                f"and >= {humaneval_failures.LOOP_SHARE:.0%} of its lines repeat an earlier one; "
+                                "ended by end-of-text: recorded since samples say why generation ended (empty "
+                                "for older runs); median chars: of the completions")
     index = ["# Regenerated tables and figures", "", f"{len(everything)} results from `{results}`.", ""]
     index += [f"- [{p.name}]({p.name})" for p in written]
     if (~standard).any():

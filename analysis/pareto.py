@@ -85,6 +85,13 @@ def pareto_humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["model", "budget %", "pass@1"], ascending=[True, True, False]).reset_index(drop=True)
 
 
+def method_colours(methods) -> dict[str, str]:
+    """One colour per curve name, the same in every panel (a panel that lacks a method does not shift the
+    others' colours): the names in sorted order take tab10's colours in turn."""
+    palette = [f"C{i}" for i in range(10)]
+    return {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(methods)))}
+
+
 def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     """A panel per model (and validation corpus, when there are several), a curve per method: perplexity
     increase (log) against % of the selection removed."""
@@ -95,12 +102,13 @@ def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     t = pareto_table(df)
     panels = sorted(set(zip(t.model, t.corpus))) or [("none", "")]
     several = t.corpus.nunique() > 1
+    colours = method_colours(t.method)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4), squeeze=False)
     for ax, (model, corpus) in zip(axes[0], panels):
         g = t[(t.model == model) & (t.corpus == corpus)]
         for name, h in g.groupby("method"):
             h = h.sort_values("budget %")
-            ax.plot(h["% of selection params removed"], h["ppl increase %"], marker="o",
+            ax.plot(h["% of selection params removed"], h["ppl increase %"], marker="o", color=colours[name],
                     lw=2.2 if name.startswith("paper") else 1.3, label=name)
         _style(ax, "% of the blocks' linear-layer parameters removed", "perplexity increase (%)",
                f"{model}, {corpus}" if several else model, log=True,

@@ -427,3 +427,92 @@ def test_composition_tables_show_pass_at_1_as_recorded_next_to_the_same_experime
              pass_at_1=43.3)])
     p = pruning_table(prune)
     assert sorted(p.value) == [3.0, 43.3] and set(p["dense value"]) == {43.3}
+
+
+def test_a_method_keeps_its_colour_in_every_pareto_panel(tmp_path):
+    """A panel that lacks some methods (the 1.5B run has four of seven) must not shift the others' colours."""
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis import pareto
+
+    row = {"eval": "perplexity", "setting": "", "corpus": "stdlib", "rank_value": 10.0,
+           "target_params_removed_percent": 10.0, "perplexity": 11.0, "dense_perplexity": 10.0,
+           "perplexity_increase_percent": 10.0, "dense_targets": 0, "compression_seconds": 1.0,
+           "compression_peak_rss_mib": 1024.0}
+    frame = pd.DataFrame([dict(row, model="a", method="asvd", rank_unit="budget-uniform"),
+                          dict(row, model="a", method="whiten", rank_unit="budget-uniform"),
+                          dict(row, model="b", method="whiten", rank_unit="budget-uniform"),
+                          dict(row, model="b", method="whiten", rank_unit="budget-svdllm_v2")])
+    seen = {}
+    original = plt.subplots
+
+    def capture(*args, **kwargs):
+        fig, axes = original(*args, **kwargs)
+        seen["axes"] = axes
+        return fig, axes
+
+    plt.subplots = capture
+    try:
+        pareto.pareto_figure(frame, tmp_path / "p")
+    finally:
+        plt.subplots = original
+    colour = {}
+    for ax in seen["axes"][0]:
+        for line in ax.get_lines():
+            colour.setdefault(line.get_label(), set()).add(matplotlib.colors.to_hex(line.get_color()))
+    assert set(colour) == {"ASVD (asvd, uniform)", "SVD-LLM (whiten, uniform)", "SVD-LLM V2 (whiten, svdllm_v2)"}
+    assert all(len(c) == 1 for c in colour.values())
+    assert len(set.union(*colour.values())) == 3
+
+
+def test_humaneval_failure_outcomes_are_read_from_the_samples_next_to_a_result(tmp_path):
+    """Each sample gets one outcome from its verdict (both verdict formats the sandbox has written), an empty
+    body is told apart from a wrong answer, and a completion that ran on unstopped and repeats itself is a loop."""
+    import json
+
+    import pandas as pd
+
+    from analysis import humaneval_failures as hf
+
+    assert hf.outcome("    return 1\n", "failed (exit 1: AssertionError:)", False) == "wrong answer"
+    assert hf.outcome("    return 1\n", "failed (AssertionError: Error)", False) == "wrong answer"
+    assert hf.outcome("    x = (\n", "failed (exit 1 before the end: SyntaxError: invalid syntax", False) == "syntax error"
+    assert hf.outcome("    return y\n", "failed (NameError: NameError: name 'y')", False) == "runtime error"
+    assert hf.outcome("    # nothing\n    pass\n", "failed (exit 1: AssertionError:)", False) == "empty body"
+    assert hf.outcome("    while 1: pass\n", "timed out", False) == "timed out"
+    assert hf.outcome("    return 1\n", "failed (exit -9)", False) == "other"
+    assert hf.repeated_share("a\nb\na\na\n") == 0.5 and hf.repeated_share("") == 0.0
+
+    result = tmp_path / "dense.humaneval-greedy-abc.json"
+    folder = result.with_suffix("")
+    folder.mkdir()
+    loop = "    >>> f(1)\n    True\n" * 10
+    samples = [{"task_id": "T/0", "sample": 0, "completion": "    return 1\n", "raw": "    return 1\n\nif"},
+               {"task_id": "T/1", "sample": 0, "completion": loop, "raw": loop},
+               {"task_id": "T/2", "sample": 0, "completion": "    pass\n", "raw": "    pass\n\ndef"}]
+    verdicts = [{"task_id": "T/0", "sample": 0, "passed": True, "outcome": "passed"},
+                {"task_id": "T/1", "sample": 0, "passed": False, "outcome": "failed (exit 1 before the end: "
+                                                                             "SyntaxError: invalid syntax)"},
+                {"task_id": "T/2", "sample": 0, "passed": False, "outcome": "failed (exit 1: AssertionError:)"}]
+    (folder / "samples-greedy-seed0.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (folder / "results-greedy-seed0.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    row = {"eval": "humaneval", "model": "m", "experiment": "e", "method": "dense", "layers": "none",
+           "rank_unit": "reduction", "rank_value": 0.0, "setting": "", "pass_at_1": 100 / 3, "path": str(result)}
+    t = hf.failures_table(pd.DataFrame([row, dict(row, path=str(tmp_path / "no-samples.json"))]))
+    assert len(t) == 1
+    r = t.iloc[0]
+    assert (r.samples, r.passed, r["syntax error"], r["empty body"], r["wrong answer"]) == (3, 1, 1, 1, 0)
+    assert (r.unstopped, r.looping) == (1, 1)
+    assert pd.isna(r["ended by end-of-text"]) and r["median chars"] == len("    return 1\n")
+
+    # samples that record why generation ended: a short body ended by the end-of-text token is unstopped but
+    # no loop; "rule" is stopped whatever the text looks like
+    recorded = [dict(samples[0], stop="rule"), dict(samples[1], stop="cap"),
+                dict(samples[2], completion="    return 2\n", raw="    return 2\n", stop="eos")]
+    (folder / "samples-greedy-seed0.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorded))
+    r = hf.failures_table(pd.DataFrame([row])).iloc[0]
+    assert (r.unstopped, r.looping, r["ended by end-of-text"]) == (2, 1, 1)

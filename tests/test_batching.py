@@ -73,3 +73,33 @@ def test_sample_seeds_are_stable_and_distinct():
     assert sample_seed(0, "HumanEval/0", 0) == sample_seed(0, "HumanEval/0", 0)
     seeds = {sample_seed(s, f"HumanEval/{t}", i) for s in range(3) for t in range(20) for i in range(10)}
     assert len(seeds) == 600 and all(0 <= x < 2**63 for x in seeds)
+
+
+def test_each_sample_records_why_its_generation_ended(tmp_path, smollm2):
+    """``stop``: ``eos`` when the model emitted its end-of-text token, ``rule`` when the preset's stop rule
+    fired, ``cap`` when neither did before max_new_tokens (analysis.humaneval_failures reads it)."""
+    import torch
+    from transformers import AutoConfig
+
+    from lord.humaneval.generate import _done
+    from lord.models import random_model
+
+    _, tok, _ = smollm2
+    config = AutoConfig.for_model("llama", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=64, vocab_size=len(tok))
+    problems = dict(list(load_problems().items())[:3])
+    preset = get_preset("greedy", max_new_tokens=8)
+
+    tiny = random_model(config)
+    free = tmp_path / "free.jsonl"
+    generate_samples(tiny, tok, problems, preset, free, batch_size=2, progress=False)
+    for s in map(json.loads, free.read_text().splitlines()):
+        assert s["stop"] in ("rule", "cap") and (s["stop"] == "rule") == _done(s["raw"], preset)
+
+    mute = random_model(config)
+    with torch.no_grad():
+        mute.lm_head.weight.zero_()  # equal logits: greedy picks token 0 at every step
+    mute.generation_config.eos_token_id = 0
+    ended = tmp_path / "ended.jsonl"
+    generate_samples(mute, tok, problems, preset, ended, batch_size=2, progress=False)
+    assert [json.loads(line)["stop"] for line in ended.read_text().splitlines()] == ["eos"] * 3

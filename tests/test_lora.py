@@ -233,3 +233,26 @@ def test_lora_table_compares_a_trained_compression_with_the_dense_model_trained_
     assert lord["before LoRA"] == 16.0 and lord["gap closed %"] == pytest.approx(100 * 4 / 6)
     assert lord["dense + same LoRA"] == 8.0 and lord["after vs dense + same LoRA"] == pytest.approx(50.0)
     assert pd.isna(t.loc[("dense", "instructions")]["after vs dense + same LoRA"])
+
+
+def test_lora_table_reads_a_humaneval_runs_baseline_from_the_untrained_dense_run():
+    """pass@1 has no dense value inside the run: it is the untrained dense run's of the same experiment (never the
+    dense run after LoRA), so a trained dense run shows its own before, and a compression its gap closed."""
+    import pandas as pd
+
+    from analysis.composition import lora_table
+
+    base = {"eval": "humaneval", "model": "m", "experiment": "a5_lora", "layers": "mlp_down", "quant_bits": None,
+            "prune": None, "params_compressed": 1e6, "lora_tokens_per_s": 1.0, "lora_peak_rss_mib": 1.0,
+            "lora_state_bytes": 2**20, "lora_loss_first": 2.0, "lora_loss_last": 1.0, "perplexity": None,
+            "dense_perplexity": None}
+    rows = [dict(base, method="dense", rank_value=0.0, pass_at_1=32.9, lora_data="instructions", lora_steps=100),
+            dict(base, method="dense", rank_value=0.0, pass_at_1=43.3, lora_data=None, lora_steps=None),
+            dict(base, method="lord_meanfix", rank_value=50.0, pass_at_1=4.3, lora_data=None, lora_steps=None),
+            dict(base, method="lord_meanfix", rank_value=50.0, pass_at_1=8.5, lora_data="instructions", lora_steps=100)]
+    t = lora_table(pd.DataFrame(rows)).set_index("compression")
+    assert t.loc["dense", "before LoRA"] == 43.3 and t.loc["dense", "after LoRA"] == 32.9
+    lord = t.loc["lord_meanfix mlp_down 50% rank red."]
+    assert lord["dense value"] == 43.3 and lord["before LoRA"] == 4.3
+    assert lord["gap closed %"] == pytest.approx(100 * (4.3 - 8.5) / (4.3 - 43.3))
+    assert lord["after vs dense + same LoRA"] == pytest.approx(8.5 - 32.9)

@@ -144,25 +144,32 @@ def generate_samples(model, tokenizer, problems: dict, preset: Preset, samples_f
     todo.sort(key=lambda x: (-len(prompt_ids[x[0]]), x[0], x[1]))
     bar = progress_bar(total=len(todo), desc=f"humaneval {preset.name}", unit="sample", disable=not progress)
     with open(samples_file, "a") as out:
-        def write(tid, i, raw):
+        def write(tid, i, raw, stop=None):
             completion = completion_from_chat(raw, problems[tid]) if chat_template else truncate(raw, preset)
-            out.write(json.dumps({"task_id": tid, "sample": i, "seed": seed, "completion": completion,
-                                  "raw": raw}) + "\n")
+            sample = {"task_id": tid, "sample": i, "seed": seed, "completion": completion, "raw": raw}
+            out.write(json.dumps(sample | ({"stop": stop} if stop else {})) + "\n")
             out.flush()
             bar.update(1)
 
         if batching == "auto" and supports_continuous_batching(model):
             eos = _eos_ids(model, tokenizer)
 
-            def is_done(row) -> bool:
+            def stop_reason(row) -> str | None:
+                """Why a row ended: the end-of-text token, the preset's stop rule, or (None) not yet."""
                 if row.out[-1] in eos:
-                    return True
-                return not chat_template and _done(tokenizer.decode(row.out, skip_special_tokens=True), preset)
+                    return "eos"
+                if not chat_template and _done(tokenizer.decode(row.out, skip_special_tokens=True), preset):
+                    return "rule"
+                return None
+
+            def finished(row) -> None:  # rows that end without a reason ran to max_new_tokens
+                write(*row.request.key, tokenizer.decode(row.out, skip_special_tokens=True),
+                      stop_reason(row) or "cap")
 
             counts = generate_continuous(
                 model, [Request((tid, i), prompt_ids[tid], sample_seed(seed, tid, i)) for tid, i in todo],
-                max_rows=batch_size, max_new_tokens=preset.max_new_tokens, is_done=is_done,
-                on_finished=lambda row: write(*row.request.key, tokenizer.decode(row.out, skip_special_tokens=True)),
+                max_rows=batch_size, max_new_tokens=preset.max_new_tokens,
+                is_done=lambda row: stop_reason(row) is not None, on_finished=finished,
                 temperature=preset.temperature, top_p=preset.top_p, pad_token_id=tokenizer.pad_token_id)
             if stats is not None:
                 stats.update(mode="continuous", **counts.describe())
