@@ -7,6 +7,8 @@ loads in one call, with or without lord installed:
 * ``config.json`` — the dense model's config with ``model_type: "lord"``, ``base_model_type``, an ``auto_map``
   naming ``modeling_lord.py``, and ``lord``: each replaced module with its rank, sizes and biases,
 * ``modeling_lord.py`` — the self-contained model code (``lord/hf/modeling_lord.py``),
+* for a quantized model, ``lord.quantization`` in ``config.json`` and each HQQ layer's packed state in the
+  weights (``modeling_lord``'s docstring; loading it needs ``hqq``),
 * ``generation_config.json``, the tokenizer files when a tokenizer is given, and a ``README.md`` model card.
 
 ``load_compressed`` reads the same directory with lord's own copy of that code (it never runs code from the
@@ -97,6 +99,9 @@ def save_compressed(model, path, decompositions: list[Decomposition] | None = No
             raise LordError("save_compressed needs the decompositions (compress_model's report['decompositions']) "
                             "unless the model was loaded from a lord checkpoint")
         decompositions = decompositions_from_json(lord["decompositions"])
+    quantization = modeling_lord.quantization_entry(model)
+    if quantization is not None:
+        extra = {**(extra or {}), "quantization": quantization}
     with replaced_directory(path) as tmp:
         config = checkpoint_config(model, decompositions, extra)
         save_file(_tensors_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -182,17 +187,36 @@ def read_structure(path) -> tuple[dict, dict, str]:
         if not len(d["members"]) == len(d["d_outs"]) == len(d["bias"]):
             raise LordError(f"{where}: decompositions[{i}] has {len(d['members'])} members but {len(d['d_outs'])} "
                             f"d_outs and {len(d['bias'])} bias flags")
+    _check_quantization(lord.get("quantization"), where)
     aliases = lord.get("aliases", {})
     if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
         raise LordError(f"{where}: 'aliases' must map tensor names to tensor names")
     return config, lord, where
 
 
+def _check_quantization(q, where: str) -> None:
+    if q is None:
+        return
+    modules = q.get("modules") if isinstance(q, dict) else None
+    ok = (isinstance(q, dict) and q.get("backend") == "hqq" and isinstance(modules, dict) and all(
+        isinstance(v, dict) and all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool)
+                                    for k in ("bits", "group_size")) for v in modules.values()))
+    if not ok:
+        raise LordError(f"{where}: 'quantization' must be {{\"backend\": \"hqq\", \"modules\": {{name: {{\"bits\": int, "
+                        f"\"group_size\": int}}}}}}, got {q!r}; re-save the model")
+
+
 def _check_shapes(path: Path, model, where: str) -> None:
-    """Every tensor the structure implies is in the weights file with that shape (read from its header)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Every tensor the structure implies is in the weights file with that shape (read from its header); a
+    quantized layer's float weight is not stored, its packed weight ``W_q`` is."""
+    quantized = modeling_lord.quantized_prefixes(model.config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(quantized)}
     with safe_open(str(path / WEIGHTS), framework="pt") as f:
         stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for prefix in quantized:
+        if prefix + "W_q" not in stored:
+            raise LordError(f"{path / WEIGHTS} lacks tensor {prefix + 'W_q'!r} of a layer {where} lists as quantized; "
+                            "the files do not belong together")
     tied = _tied_head_keys(model)
     for k, shape in expected.items():
         if k not in stored:
@@ -212,6 +236,15 @@ def load_compressed(path, dtype=torch.float32, device="cpu", with_tokenizer: boo
     path = Path(path)
     base, lord, where = read_structure(path)
     lord = {k: v for k, v in lord.items() if k not in ("format_version", "aliases")}
+    if lord.get("quantization") and torch.device(device).type != "cpu":
+        raise LordError(f"{path} holds HQQ-quantized layers, which load on the CPU only here (HQQ keeps its scales "
+                        "outside the module's parameters); load it with device=cpu")
+    if lord.get("quantization"):
+        import importlib.util
+
+        if importlib.util.find_spec("hqq") is None:
+            raise LordError(f"{path} holds HQQ-quantized layers: loading it needs the hqq package "
+                            f"({modeling_lord.HQQ_HINT}, or pip install -r requirements-extras.txt)")
     config = modeling_lord.lord_config(base, lord, auto_map=AUTO_MAP)
     model_class = modeling_lord.model_class_for(config)
     with torch.device("meta"):

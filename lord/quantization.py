@@ -15,7 +15,6 @@ memory, not time.
 
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 
@@ -24,24 +23,11 @@ import torch.nn as nn
 
 from lord.architectures import architecture_for
 from lord.errors import LordError
-from lord.hf.modeling_lord import GroupedLowRankLinear
+from lord.hf.modeling_lord import quantized_linear_class, replace_linear
 from lord.progress import progress_bar
 from lord.pruning import block_linears
-from lord.structure import set_module
 
 BITS = (2, 3, 4, 8)
-
-
-@functools.cache
-def _quantized_linear_class():
-    """``HQQLinear`` that also says how many weights it stands for (``lord.params.count_parameters``)."""
-    from hqq.core.quantize import HQQLinear
-
-    class QuantizedLinear(HQQLinear):
-        def dense_parameter_count(self) -> int:
-            return self.in_features * self.out_features + (self.bias.numel() if self.bias is not None else 0)
-
-    return QuantizedLinear
 
 
 def check_settings(bits, group_size) -> None:
@@ -65,29 +51,24 @@ def check_divisible(model: nn.Module, group_size: int, architecture=None, skip=f
 
 def quantize_model(model: nn.Module, bits: int, group_size: int, architecture=None, progress: bool = True) -> dict:
     """Replace every block linear by its HQQ-quantized version in place; returns a record (module docstring)."""
-    from hqq.core.quantize import BaseQuantizeConfig, HQQBackend, HQQLinear
+    from hqq.core.quantize import BaseQuantizeConfig
 
     check_settings(bits, group_size)
     check_divisible(model, group_size, architecture)  # before any layer is replaced: no half-quantized model
-    HQQLinear.set_backend(HQQBackend.PYTORCH)
-    QuantizedLinear = _quantized_linear_class()
+    QuantizedLinear = quantized_linear_class()
     arch = architecture_for(model, architecture)
     blocks = model.get_submodule(arch.blocks)
     config = BaseQuantizeConfig(nbits=bits, group_size=group_size)
     errors, weights, bytes_before, bytes_after = [], 0, 0, 0
     for i in progress_bar(range(len(blocks)), desc="quantize", unit="block", disable=not progress):
         block = blocks[i]
-        members = [m for m in block.modules() if isinstance(m, GroupedLowRankLinear)]
         for name, mod in block_linears(block).items():
             W = mod.weight.detach().clone()
             bytes_before += tensor_bytes(mod)
             q = QuantizedLinear(mod, quant_config=config, compute_dtype=W.dtype, device=str(W.device), del_orig=True)
             with torch.no_grad():
                 err = float((q.dequantize().to(W.dtype) - W).norm() / W.norm()) if W.norm() > 0 else 0.0
-            set_module(block, name, q)
-            for m in members:  # a group's members call their shared A directly, not through the parent
-                if m._shared is mod:
-                    object.__setattr__(m, "_shared", q)
+            replace_linear(block, name, q)  # a group's members call their shared A directly: pointed at q too
             errors.append({"name": f"{arch.blocks}.{i}.{name}", "shape": list(W.shape), "relative_error": err})
             weights += W.numel()
             bytes_after += tensor_bytes(q)

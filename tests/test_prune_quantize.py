@@ -2,6 +2,7 @@
 definition, on dense and LoRD (grouped) tiny models."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,62 @@ def test_stage_setting_errors_are_config_errors_before_weights_load(tmp_path, mo
     with pytest.raises(LordError, match=match):
         run_mod.run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", *overrides]))
     assert not list(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "lord-grouped"])
+def test_a_quantized_model_saves_packed_and_loads_back_computing_the_same(tmp_path, compressed):
+    """A quantized model saved as a LoRD checkpoint stores the packed weights (smaller than the float save), and
+    both loaders -- transformers with trust_remote_code, and lord's -- give back a model with identical logits; a
+    loaded one saves again; what cannot work is refused in one line."""
+    from transformers import AutoModelForCausalLM
+
+    from lord.checkpoint import load_compressed, save_compressed
+    from lord.hf.export import export_merged
+    from lord.quantization import quantize_model
+
+    model, batches = tiny_model("qwen2"), calib_batches()
+    decs = []
+    if compressed:
+        decs = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False).apply(
+            "lord_meanfix", RankSpec("reduction", 50, force=True))["decompositions"]
+    save_compressed(model, tmp_path / "float", decs)
+    quantize_model(model, bits=4, group_size=16, progress=False)
+    save_compressed(model, tmp_path / "q", decs)
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    modules = config["lord"]["quantization"]["modules"]
+    assert len(modules) == sum(type(m).__name__ == "QuantizedLinear" for m in model.modules())
+    assert {tuple(v.values()) for v in modules.values()} == {(4, 16)}
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as f:
+        stored = {k: f.get_slice(k) for k in f.keys()}
+        for name in modules:  # packed: 4 bits a weight, no float weight
+            shape = stored[f"{name}.shape"][:].tolist()
+            assert str(stored[f"{name}.W_q"].get_dtype()) == "U8" and f"{name}.weight" not in stored
+            assert torch.Size(stored[f"{name}.W_q"].get_shape()).numel() * 2 == shape[0] * shape[1]
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "q", trust_remote_code=True)
+    ours, _ = load_compressed(tmp_path / "q")
+    probe = batches[0]
+    with torch.no_grad():
+        want = model(input_ids=probe).logits
+        assert torch.equal(hf(input_ids=probe).logits, want)
+        assert torch.equal(ours(input_ids=probe).logits, want)
+    assert count_parameters(ours) == count_parameters(model)
+    if compressed:  # group members call the loaded shared A
+        members = [m for m in ours.modules() if type(m).__name__ == "GroupedLowRankLinear"]
+        assert members and all(type(m._shared).__name__ == "QuantizedLinear" for m in members)
+    hf.save_pretrained(tmp_path / "again")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "again", trust_remote_code=True)
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=probe).logits, want)
+
+    with pytest.raises(LordError, match="HQQ-quantized layers, which load on the CPU only"):
+        load_compressed(tmp_path / "q", device="cuda")
+    with pytest.raises(LordError, match="cannot export .* HQQ-quantized"):
+        export_merged(tmp_path / "q", tmp_path / "merged")
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(tmp_path / "q" / "model.safetensors"))
+    name = next(iter(modules))
+    save_file({k: v for k, v in state.items() if k != f"{name}.W_q"}, str(tmp_path / "q" / "model.safetensors"))
+    with pytest.raises(LordError, match=f"lacks tensor '{name}.W_q'"):
+        load_compressed(tmp_path / "q")

@@ -123,6 +123,9 @@ def export_merged(path, out, probe_len: int = 32) -> dict:
 
     path, out = Path(path), Path(out)
     base, lord, _ = read_structure(path)
+    if lord.get("quantization"):
+        raise LordError(f"cannot export {path} as a dense model: its layers are HQQ-quantized, and merging would "
+                        "store every weight in float again; export the checkpoint saved before the quantize stage")
     decompositions = lord["decompositions"]
     config = AutoConfig.for_model(base["model_type"], **{k: v for k, v in base.items()
                                                          if k not in ("model_type", "transformers_version")})

@@ -21,10 +21,20 @@ nn.Linear(r, out))`` (keys ``<name>.0.weight``, ``<name>.1.weight``, ``<name>.1.
 gate/up, §3.1) shares one ``A`` at ``<parent>.lord_shared__<member names>.weight`` and each member applies
 its own ``B`` (``<name>.B.weight``, ``<name>.B.bias``); an embedding becomes ``Embedding(vocab, r)`` followed
 by ``Linear(r, d)``.
+
+Quantized checkpoints (``stages=[..., quantize]`` with ``paths.save_dir``): ``lord.quantization`` lists every
+layer stored as HQQ packed weights -- ``{"backend": "hqq", "modules": {name: {"bits", "group_size"}}}`` -- whose
+tensors are HQQ's own safetensors-ready state (``<name>.W_q``, ``<name>.scale``, ``<name>.zero``, ...). Loading
+one needs the ``hqq`` package; the layers are rebuilt from those tensors after transformers has loaded the rest,
+so the model computes exactly what the quantized model that was saved computed. CPU only: HQQ keeps its scales
+outside the module's parameters, and ``.to(device)`` does not move them.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import shutil
 import weakref
 from pathlib import Path
@@ -145,6 +155,89 @@ def shared_name(members) -> str:
 def set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, mod)
+
+
+def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at ``name`` and point every group member that called the old module (a shared ``A``) at it."""
+    old = model.get_submodule(name)
+    set_module(model, name, new)
+    for m in model.modules():
+        if isinstance(m, GroupedLowRankLinear) and m._shared is old:
+            object.__setattr__(m, "_shared", new)
+
+
+# ---------------------------------------------------------------------------------------------- quantized layers
+
+HQQ_HINT = "pip install hqq==0.2.8.post1"
+
+
+@functools.cache
+def quantized_linear_class() -> type:
+    """``hqq``'s ``HQQLinear`` (packed integer weights, dequantized per forward by its PyTorch backend) that also
+    says how many weights it stands for."""
+    try:
+        from hqq.core.quantize import HQQBackend, HQQLinear
+    except ImportError:
+        raise ImportError(f"quantized layers need the hqq package: {HQQ_HINT}") from None
+    HQQLinear.set_backend(HQQBackend.PYTORCH)
+
+    class QuantizedLinear(HQQLinear):
+        def dense_parameter_count(self) -> int:
+            return self.in_features * self.out_features + (self.bias.numel() if self.bias is not None else 0)
+
+    return QuantizedLinear
+
+
+def quantization_entry(model: nn.Module) -> dict | None:
+    """``lord.quantization`` of a model whose layers some quantization replaced by HQQ ones (None when none)."""
+    try:
+        from hqq.core.quantize import HQQLinear
+    except ImportError:
+        return None
+    modules = {name: {"bits": int(m.meta["nbits"]), "group_size": int(m.meta["group_size"])}
+               for name, m in model.named_modules() if isinstance(m, HQQLinear)}
+    return {"backend": "hqq", "modules": modules} if modules else None
+
+
+def quantized_prefixes(config) -> tuple[str, ...]:
+    q = (getattr(config, "lord", None) or {}).get("quantization") or {}
+    return tuple(f"{name}." for name in q.get("modules", {}))
+
+
+def load_quantized(model: nn.Module, quantization: dict, tensors, dtype) -> None:
+    """Replace each layer ``quantization`` lists by an HQQ layer holding its stored state; ``tensors(name)``
+    returns ``{key: tensor}`` of the keys under ``name.``."""
+    from hqq.core.quantize import BaseQuantizeConfig
+
+    cls = quantized_linear_class()
+    for name, q in quantization["modules"].items():
+        layer = cls(None, quant_config=BaseQuantizeConfig(nbits=q["bits"], group_size=q["group_size"]),
+                    compute_dtype=dtype, device="cpu", initialize=False)
+        state = tensors(name)
+        if "W_q" not in state:
+            raise ValueError(f"the weights lack {name}.W_q that config.json's lord.quantization lists: the files do "
+                             "not belong together; re-save the model")
+        layer.load_state_dict(state)
+        replace_linear(model, name, layer)
+
+
+def _stored_tensors(pretrained_model_name_or_path, prefixes: tuple[str, ...], **hub) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefixes`` in a checkpoint's safetensors file(s) (a directory or a hub id)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    index = cached_file(pretrained_model_name_or_path, "model.safetensors.index.json", **hub,
+                        _raise_exceptions_for_missing_entries=False)
+    if index:
+        files = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+        paths = [cached_file(pretrained_model_name_or_path, f, **hub) for f in files]
+    else:
+        paths = [cached_file(pretrained_model_name_or_path, "model.safetensors", **hub)]
+    out = {}
+    for p in paths:
+        with safe_open(str(p), framework="pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)})
+    return out
 
 
 def _untie_if_needed(model: nn.Module, decompositions: list[dict]) -> None:
@@ -276,15 +369,28 @@ class _LordMixin:
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         apply_structure(self, config.lord["decompositions"])
+        # a quantized layer's float weight is not stored and its HQQ state is read after loading (load_quantized)
+        patterns = {"^" + re.escape(p) for p in quantized_prefixes(config)}
+        self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing or ()) | patterns
+        self._keys_to_ignore_on_load_unexpected = set(self._keys_to_ignore_on_load_unexpected or ()) | patterns
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        missing = sorted(info.get("missing_keys", ()))
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              **kwargs)
+        prefixes = quantized_prefixes(model.config)
+        missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefixes))
         if missing:
             raise ValueError(f"the weights lack {len(missing)} tensors that config.json's 'lord' structure implies "
                              f"(first: {missing[:3]}): the files do not belong together; re-save the model")
+        if prefixes:
+            hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            stored = _stored_tensors(pretrained_model_name_or_path, prefixes, **hub)
+            dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+            load_quantized(model, model.config.lord["quantization"],
+                           lambda name: {k[len(name) + 1:]: v for k, v in stored.items() if k.startswith(name + ".")},
+                           dtype)
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):

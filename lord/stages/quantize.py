@@ -2,7 +2,8 @@
 with ``+quantize.bits=``): HQQ weight-only quantization of every linear in the blocks (``lord.quantization``).
 Last among the stages: after ``decompose`` it quantizes the LoRD factors
 (``stages=[calibrate,decompose,quantize]``); with ``method=dense`` the dense model's projections. Records the
-block linears' bytes before and after, and the whole model's bytes in memory and on disk."""
+block linears' bytes before and after, and the whole model's bytes in memory and on disk. With ``paths.save_dir``
+the quantized model is saved as a LoRD checkpoint holding the packed weights (``lord.checkpoint``)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,6 @@ class Quantize(Stage):
             after = [s.name for s in self.later]
             raise LordError(f"stage 'quantize' must be the last stage (the ones after it, {after}, change float "
                             "weights); move it to the end of stages=[...]")
-        if self.cfg.paths.get("save_dir"):
-            raise LordError("paths.save_dir: a quantized model cannot be saved as a LoRD checkpoint yet; drop "
-                            "paths.save_dir, or save without the quantize stage")
         if importlib.util.find_spec("hqq") is None:
             raise LordError("stage 'quantize' needs the hqq package: pip install -r requirements-extras.txt")
 
