@@ -102,7 +102,8 @@ def load_model(name: str, dtype="float32", device: str = "cpu", device_map=None,
 
 def load_config_only(name: str, cache_root=None):
     """The model's transformers config without its weights: shipped with lord for the zoo and the paper's
-    models (no fetch, no network), else from the model directory or the hub."""
+    models (no fetch, no network), a saved LoRD checkpoint's (read by lord, no remote code), else from the
+    model directory or the hub."""
     from transformers import AutoConfig
 
     from lord.params import load_config, paper_model_configs, zoo_model_configs
@@ -112,6 +113,13 @@ def load_config_only(name: str, cache_root=None):
     path = Path(str(name)).expanduser()
     if name in zoo.ZOO:
         path = zoo.fetch(name, cache_root)
+    if path.is_dir() and is_compressed_dir(path):  # lord's own code for its checkpoints: none from the folder
+        from lord.checkpoint import AUTO_MAP, read_structure
+        from lord.hf.modeling_lord import lord_config
+
+        base, lord, _ = read_structure(path)
+        return lord_config(base, {k: v for k, v in lord.items() if k not in ("format_version", "aliases")},
+                           auto_map=AUTO_MAP)
     try:
         if path.is_dir():
             return AutoConfig.from_pretrained(path)

@@ -64,9 +64,14 @@ def with_blocks(config, blocks: int | None):
 
 
 def meta_model(config) -> nn.Module:
+    """The model of ``config`` on the meta device; a LoRD checkpoint's config gives its low-rank model."""
     from transformers import AutoModelForCausalLM
 
+    from lord.hf.modeling_lord import MODEL_TYPE, model_class_for
+
     with torch.device("meta"):
+        if getattr(config, "model_type", None) == MODEL_TYPE:
+            return model_class_for(config)(config)
         return AutoModelForCausalLM.from_config(config)
 
 

@@ -205,3 +205,20 @@ def test_position_errors_split_the_error_between_the_first_position_and_the_rest
             assert x.shape[:2] == (2, 16)
             err = position_errors(ref[m], model.get_submodule(m)(x))
             assert err["rel_err_first"] < 1e-4 and err["rel_err_rest"] < 1e-4
+
+
+def test_hqq_sensitivity_is_deterministic_and_within_the_triangle_bound(tmp_path, monkeypatch):
+    """Quantizing the same matrix twice gives the same weights; a perturbed matrix's quantization is never farther
+    from the original's than the two quantization errors plus the perturbation (triangle inequality)."""
+    pytest.importorskip("hqq")
+    from experiments.benchmarks import hqq_sensitivity
+
+    W = torch.randn(32, 128, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(hqq_sensitivity.dequantized(W, 4, 64, True), hqq_sensitivity.dequantized(W, 4, 64, True))
+    monkeypatch.setattr(common, "OUT_DIR", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["hqq_sensitivity", "--rows", "32", "--cols", "128"])
+    hqq_sensitivity.main()
+    rows = json.loads((tmp_path / "hqq-sensitivity.json").read_text())["rows"]
+    assert len(rows) == 2 * 2 * len(hqq_sensitivity.EPSILONS)
+    for r in rows:  # ||W - W'|| <= eps * max|noise| * ||W|| < 6 eps ||W|| for 4,096 Gaussian draws
+        assert 0 <= r["difference"] <= 2.01 * r["quantization_error"] + 6 * r["epsilon"]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from experiments import records
@@ -110,6 +111,8 @@ def test_main_job_sweep_on_a_real_model_resumes_and_reuses_bases(tmp_path, smoll
         assert r["metrics"]["dense_perplexity"] == pytest.approx(dense)
         assert r["model"]["gguf_file_type"] == "MOSTLY_Q4_1"
         assert r["data"]["validation"]["content_sha256"] and r["environment"]["versions"]["torch"]
+        hw = r["environment"]["hardware"]  # float32 results can depend on the CPU: each result names it
+        assert hw["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "cpu" in hw
         if method != "dense":
             assert r["compression"]["n_targets"] == 30 and r["metrics"]["perplexity"] > dense
     for method in ("lord", "svd"):  # more rank reduction hurts more, for both methods
@@ -180,6 +183,10 @@ def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, s
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card and "| method | whiten |" in card and ref["path"] in card
     assert toy["compression"]["method"] == "toy_whiten"
     assert toy["metrics"]["perplexity"] == pytest.approx(ref["metrics"]["perplexity"], rel=1e-6)
+    # a saved checkpoint is a model the pipeline evaluates (its config read by lord, no remote code)
+    again = run(_compose([*base, f"model.name={tmp_path / 'saved'}", "method=dense"]))
+    assert again["status"] == "ok" and again["metrics"]["perplexity"] == pytest.approx(ref["metrics"]["perplexity"],
+                                                                                        rel=1e-9)
 
 
 def test_rank_errors_are_config_errors_before_weights_load(tmp_path, smollm2, monkeypatch):
