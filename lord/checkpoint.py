@@ -229,23 +229,29 @@ def _check_shapes(path: Path, model, where: str) -> None:
                             "the weights and the structure disagree (re-save the model)")
 
 
+def saved_config(path) -> tuple:
+    """(config, where its structure was read) of a saved directory, built by lord's own code: nothing from the
+    directory runs."""
+    base, lord, where = read_structure(path)
+    lord = {k: v for k, v in lord.items() if k not in ("format_version", "aliases")}
+    return modeling_lord.lord_config(base, lord, auto_map=AUTO_MAP), where
+
+
 def load_compressed(path, dtype=torch.float32, device="cpu", with_tokenizer: bool = True):
     """(model, tokenizer or None) from a directory written by ``save_compressed``."""
     from transformers import AutoTokenizer
 
     path = Path(path)
-    base, lord, where = read_structure(path)
-    lord = {k: v for k, v in lord.items() if k not in ("format_version", "aliases")}
-    if lord.get("quantization") and torch.device(device).type != "cpu":
-        raise LordError(f"{path} holds HQQ-quantized layers, which load on the CPU only here (HQQ keeps its scales "
-                        "outside the module's parameters); load it with device=cpu")
-    if lord.get("quantization"):
+    config, where = saved_config(path)
+    if config.lord.get("quantization"):
         import importlib.util
 
+        if torch.device(device).type != "cpu":
+            raise LordError(f"{path} holds HQQ-quantized layers, which load on the CPU only here (HQQ keeps its "
+                            "scales outside the module's parameters); load it with device=cpu")
         if importlib.util.find_spec("hqq") is None:
             raise LordError(f"{path} holds HQQ-quantized layers: loading it needs the hqq package "
                             f"({modeling_lord.HQQ_HINT}, or pip install -r requirements-extras.txt)")
-    config = modeling_lord.lord_config(base, lord, auto_map=AUTO_MAP)
     model_class = modeling_lord.model_class_for(config)
     with torch.device("meta"):
         skeleton = model_class(config)

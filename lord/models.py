@@ -114,12 +114,9 @@ def load_config_only(name: str, cache_root=None):
     if name in zoo.ZOO:
         path = zoo.fetch(name, cache_root)
     if path.is_dir() and is_compressed_dir(path):  # lord's own code for its checkpoints: none from the folder
-        from lord.checkpoint import AUTO_MAP, read_structure
-        from lord.hf.modeling_lord import lord_config
+        from lord.checkpoint import saved_config
 
-        base, lord, _ = read_structure(path)
-        return lord_config(base, {k: v for k, v in lord.items() if k not in ("format_version", "aliases")},
-                           auto_map=AUTO_MAP)
+        return saved_config(path)[0]
     try:
         if path.is_dir():
             return AutoConfig.from_pretrained(path)
