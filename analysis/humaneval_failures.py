@@ -125,3 +125,33 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
                      c["unstopped"], c["looping"], c["ended by end-of-text"], c["median chars"]])
     t = pd.DataFrame(rows, columns=COLUMNS)
     return t.sort_values(["model", "experiment", "pass@1 %"], ascending=[True, True, False]).reset_index(drop=True)
+
+
+def compare_runs(result_a: str | Path, result_b: str | Path) -> dict:
+    """Task by task, two HumanEval runs' first samples: which tasks both pass, only A, only B; and of the tasks only
+    A passes, how many of B's completions ran on unstopped and how many of those looped."""
+    def first_samples(result):
+        pairs = run_files(result)
+        if not pairs:
+            raise SystemExit(f"{result}: no samples-*.jsonl / results-*.jsonl next to it; give a HumanEval result "
+                             "file whose run kept its samples")
+        samples, verdicts = (_jsonl(p) for p in pairs[0])
+        return {tid: (bool(v["passed"]), samples.get((tid, i))) for (tid, i), v in verdicts.items() if i == 0}
+
+    a, b = first_samples(result_a), first_samples(result_b)
+    tasks = sorted(set(a) & set(b))
+    only_a = [t for t in tasks if a[t][0] and not b[t][0]]
+    b_unstopped = [t for t in only_a if b[t][1] is not None and unstopped(b[t][1])]
+    return {"tasks": len(tasks), "both pass": sum(a[t][0] and b[t][0] for t in tasks), "only A passes": len(only_a),
+            "only B passes": sum(b[t][0] and not a[t][0] for t in tasks),
+            "only A: B unstopped": len(b_unstopped),
+            "only A: B looping": sum(repeated_share(b[t][1]["completion"]) >= LOOP_SHARE for t in b_unstopped)}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m analysis.humaneval_failures RESULT_A.json RESULT_B.json  (two HumanEval "
+                         "result files: tasks each passes that the other fails)")
+    print(json.dumps(compare_runs(sys.argv[1], sys.argv[2]), indent=2))

@@ -516,3 +516,29 @@ def test_humaneval_failure_outcomes_are_read_from_the_samples_next_to_a_result(t
     (folder / "samples-greedy-seed0.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorded))
     r = hf.failures_table(pd.DataFrame([row])).iloc[0]
     assert (r.unstopped, r.looping, r["ended by end-of-text"]) == (2, 1, 1)
+
+
+def test_two_humaneval_runs_compare_task_by_task(tmp_path):
+    """compare_runs: tasks only one run passes, and how the other run's completions on them ended."""
+    import json
+
+    from analysis import humaneval_failures as hf
+
+    loop = "    >>> f(1)\n    True\n" * 10
+
+    def write(name, rows):  # rows: (task, passed, completion, raw)
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "samples-greedy-seed0.jsonl").write_text("".join(
+            json.dumps({"task_id": t, "sample": 0, "completion": c, "raw": raw}) + "\n" for t, _, c, raw in rows))
+        (folder / "results-greedy-seed0.jsonl").write_text("".join(
+            json.dumps({"task_id": t, "sample": 0, "passed": p}) + "\n" for t, p, _, _ in rows))
+        return tmp_path / f"{name}.json"
+
+    ok = ("    return 1\n", "    return 1\n\nif")
+    a = write("a", [("T/0", True, *ok), ("T/1", True, *ok), ("T/2", True, *ok), ("T/3", False, *ok)])
+    b = write("b", [("T/0", True, *ok), ("T/1", False, loop, loop), ("T/2", False, *ok), ("T/3", True, *ok)])
+    assert hf.compare_runs(a, b) == {"tasks": 4, "both pass": 1, "only A passes": 2, "only B passes": 1,
+                                     "only A: B unstopped": 1, "only A: B looping": 1}
+    with pytest.raises(SystemExit, match="no samples"):
+        hf.compare_runs(a, tmp_path / "none.json")
