@@ -1,8 +1,9 @@
 """The trusted side of a verdict: ``python -I -S replay_worker.py``, one per evaluation (see replay.py).
 
-It never runs generated code. Requests arrive as JSON lines on stdin, answers leave as JSON lines on stdout;
-each request is served in a fresh child forked from this clean process (so no test leaves state for the
-next), under a CPU limit and a wall-clock timeout.
+It never runs generated code. Requests arrive as JSON lines on stdin, answers leave as JSON lines on stdout
+(the first line says whether this process made itself non-dumpable); each request is served in a fresh child
+forked from this clean process (so no test leaves state for the next), under a CPU limit and a wall-clock
+timeout — decoding hostile values (plain.decode) happens there too, so it cannot hold the evaluator.
 
 ``record``  For each task, run its ``check`` on the *canonical* solution through a recording wrapper — bound
             both as ``candidate`` and under the entry point's own name, since a test may call either — and
@@ -208,7 +209,20 @@ def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
     return json.loads(b"".join(chunks))
 
 
+def _nondumpable() -> bool:
+    """PR_SET_DUMPABLE 0: no other process of this user can open /proc/<this>/fd (the answer pipe) or /mem. A
+    guard-only execution as the evaluator's user could otherwise write a verdict into this worker's stdout."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
 def main() -> int:
+    sys.stdout.write(json.dumps({"nondumpable": _nondumpable()}) + "\n")  # the first line, before any request
+    sys.stdout.flush()
     for line in sys.stdin:
         request = json.loads(line)
         answer = _in_child(request, request.get("timeout_s", 30.0), int(request.get("cpu_s", 30)))
