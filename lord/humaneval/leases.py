@@ -6,6 +6,11 @@ When the lease ends, every process of that uid is killed, and the uid's keyrings
 keyrings belong to a uid, not to a process, so a key an execution left in its user or persistent keyring would
 be read by the next execution that leases the same uid (the seccomp filter denies the keyring calls; this is
 the second line). Leased uids are reused, lowest first.
+
+As a normal user under guard-only, executions share the evaluator's uid, so neither applies. ``evaluator_guard``
+then makes the evaluator non-dumpable (no execution can open ``/proc/<evaluator>/fd`` — its pipes to the replay
+worker — or ``/proc/<evaluator>/mem``) and a child subreaper: a process an execution leaves behind after killing
+the runner's own reaper is re-parented to the evaluator, and ``sweep_orphans`` kills it after the execution.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,3 +179,97 @@ def readable_by(uid: int | None, interpreter: str, paths: list[str]) -> list[str
     except (OSError, subprocess.SubprocessError):
         return list(paths)  # cannot tell: assume the worst
     return [p for p in done.stdout.splitlines() if p] if done.returncode == 0 else list(paths)
+
+
+# ---------------------------------------------------------------- guard-only as a normal user: the evaluator
+
+PR_SET_CHILD_SUBREAPER, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 36, 3, 4
+_GUARD = {"users": 0, "dumpable": None, "since": 0, "lock": threading.Lock(), "runners": set()}
+
+
+def _prctl(option: int, value: int = 0) -> int:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0),
+                                                   ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+
+def _stat(pid: int | str) -> tuple[int, str, int, int] | None:
+    """(parent, state, session, start time in clock ticks since boot) of a process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(b")") + 2:].split()  # state, ppid, pgrp, session, ... starttime is field 22
+    return int(fields[1]), fields[0].decode(), int(fields[3]), int(fields[19])
+
+
+def _uptime_ticks() -> int:
+    with open("/proc/uptime") as f:
+        return int(float(f.read().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+@contextmanager
+def evaluator_guard(active: bool):
+    """While ``active``: this process is non-dumpable and a child subreaper (restored when the last user leaves)."""
+    if not active:
+        yield
+        return
+    with _GUARD["lock"]:
+        if _GUARD["users"] == 0:
+            _GUARD["dumpable"] = _prctl(PR_GET_DUMPABLE)
+            if _prctl(PR_SET_DUMPABLE, 0) != 0 or _prctl(PR_SET_CHILD_SUBREAPER, 1) != 0:
+                raise LordError("prctl(PR_SET_DUMPABLE / PR_SET_CHILD_SUBREAPER) failed: guard-only cannot protect "
+                                "the evaluator here; use LORD_SANDBOX=namespaces")
+            _GUARD["since"] = _uptime_ticks() - 1
+        _GUARD["users"] += 1
+    try:
+        yield
+    finally:
+        with _GUARD["lock"]:
+            _GUARD["users"] -= 1
+            if _GUARD["users"] == 0:
+                _prctl(PR_SET_CHILD_SUBREAPER, 0)
+                if _GUARD["dumpable"] and _GUARD["dumpable"] > 0:
+                    _prctl(PR_SET_DUMPABLE, _GUARD["dumpable"])
+
+
+def start_runner(start):
+    """``start()`` (a Popen), its process marked as an execution in progress, never an orphan, until
+    ``runner_done``; under the lock the sweep holds, so no sweep sees it unmarked."""
+    with _GUARD["lock"]:
+        proc = start()
+        _GUARD["runners"].add(proc.pid)
+    return proc
+
+
+def runner_done(pid: int) -> None:
+    with _GUARD["lock"]:
+        _GUARD["runners"].discard(pid)
+
+
+def sweep_orphans() -> None:
+    """Kill and reap the processes re-parented to this (subreaper) process since ``evaluator_guard`` began: a
+    child that is not a runner in progress, not in this process's session (the replay worker and any library's
+    helper are) and younger than the guard. Repeated until none is left (a killed one's children come next)."""
+    if not _GUARD["users"]:
+        return
+    me, my_session = os.getpid(), os.getsid(0)
+    for _ in range(100):
+        with _GUARD["lock"]:
+            orphans = []
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit() and int(entry.name) not in _GUARD["runners"]:
+                    st = _stat(entry.name)
+                    if st and st[0] == me and st[2] != my_session and st[3] >= _GUARD["since"]:
+                        orphans.append(int(entry.name))
+            if not orphans:
+                return
+            for pid in orphans:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+    log.warning("orphans of guard-only executions survived 100 rounds of SIGKILL")

@@ -14,11 +14,12 @@ When the tests make other calls than the recorded ones — an answer fed back in
 assertion whose message calls the candidate again — the replay says which call, and a fresh sandbox answers
 exactly the sequence the tests make (up to ``MAX_ROUNDS`` executions; a sample still undecided then fails
 and its row says ``"undecided": true``). Every call a round asks again must get the answer an earlier round
-gave (``changed_answer``): otherwise the rounds would be an oracle, and the sample fails. A task the replay cannot serve at all (its canonical solution
-cannot be recorded: ``replay.replay_coverage``; none of HumanEval's 164) runs as a whole program in the
-sandbox instead, and its rows say ``"verdict_by": "in-sandbox"``. Every row says which isolation ran and
-which protections were active. What a sandbox wrote is read by wire.py (bounded in size, depth, count and
-time); nothing a completion does can end the evaluation, only fail its own sample.
+gave (``changed_answer``): otherwise the rounds would be an oracle, and the sample fails. A task the replay
+cannot serve at all (its canonical solution cannot be recorded: ``replay.replay_coverage``; none of
+HumanEval's 164) runs as a whole program in the sandbox instead, and its rows say ``"verdict_by":
+"in-sandbox"``. Every row says which isolation ran and which protections were active. What a sandbox wrote
+is read by wire.py (bounded in size, depth, count and time); nothing a completion does can end the
+evaluation, only fail its own sample.
 
 Limits per execution: wall clock (the whole sandbox is killed), CPU seconds, address space, file size,
 process count (per execution: its own uid as root, its own user namespace otherwise).
@@ -32,6 +33,7 @@ from contextlib import ExitStack, closing
 
 from lord.errors import LordError
 from lord.humaneval import isolation as iso
+from lord.humaneval import leases
 from lord.humaneval.limits import Limits, RunResult  # noqa: F401 - Limits is imported from here by callers
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ class Judge:
         self.problems, self.limits = problems, limits
         self.isolation = iso.choose(isolation)
         self._stack = ExitStack()
-        self._stack.enter_context(iso.evaluator_nondumpable(self.isolation.protections()["evaluator_nondumpable"]))
+        self._stack.enter_context(leases.evaluator_guard(self.isolation.protections()["evaluator_nondumpable"]))
         self.recorder = self._stack.enter_context(closing(Recorder()))
         self.protections = self.isolation.protections() | {"replay_worker_nondumpable": self.recorder.nondumpable}
         self._active = [name for name, on in self.protections.items() if on]

@@ -24,6 +24,8 @@ succeed, or the runner exits before running anything):
 * ``reaper``: this process becomes a child subreaper and forks; the child runs the completion, and this process
   waits for it (up to ``timeout_s``), then kills every process left under it — a double-forked daemon is
   re-parented here, not to init, so it cannot outlive the execution;
+* ``nondumpable``: no other process of the same uid can open this one's ``/proc/<pid>/fd`` (its result stream)
+  or ``/proc/<pid>/mem``: one execution cannot write into another's answers;
 * ``session_keyring``: join a fresh anonymous session keyring, so the evaluator's is not reachable (asked for
   when there is no seccomp filter to deny the keyring calls);
 * ``landlock``: the kernel's Landlock rules: read only under ``read``, write only under ``write``, no TCP (ABI
@@ -76,7 +78,7 @@ def _drop_to(uid):
 
 # ---------------------------------------------------------------- confinement (guard-only)
 
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_CHILD_SUBREAPER = 38, 22, 2, 36
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE = 38, 22, 2, 36, 4
 LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446  # the same on every architecture
 KEYCTL_JOIN_SESSION_KEYRING = 1
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
@@ -119,7 +121,8 @@ def _landlock(spec):
         if not os.path.isdir(path):  # a file takes only the rights that apply to files
             rights &= FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        rule = ctypes.create_string_buffer(rights.to_bytes(8, sys.byteorder) + fd.to_bytes(4, sys.byteorder, signed=True))
+        rule = ctypes.create_string_buffer(rights.to_bytes(8, sys.byteorder)
+                                           + fd.to_bytes(4, sys.byteorder, signed=True))
         ok = libc.syscall(ctypes.c_long(LANDLOCK_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(1), rule,
                           ctypes.c_uint32(0)) == 0  # LANDLOCK_RULE_PATH_BENEATH; the attribute is packed
         os.close(fd)
@@ -201,6 +204,12 @@ def _reap(child, timeout_s):
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
+def _nondumpable():
+    ctypes, libc = _libc()
+    _check(libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                      ctypes.c_ulong(0)) == 0, "prctl(PR_SET_DUMPABLE)")
+
+
 def _confine(confine):
     if confine.get("session_keyring") is not None:
         _fresh_session_keyring(confine["session_keyring"])
@@ -217,6 +226,8 @@ def main() -> int:
     os.close(0)
     confine = request.get("confine") or {}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if confine.get("nondumpable"):  # before the fork: the reaper and the execution both
+        _nondumpable()
     if confine.get("reaper"):
         import ctypes
 
