@@ -500,3 +500,24 @@ def test_an_exception_while_judging_fails_that_sample_only(monkeypatch):
     verdicts = _judge("guard-only", ["    return 7  # boom\n"])
     assert not verdicts[0]["passed"] and "MemoryError: simulated" in verdicts[0]["outcome"]
     _controls_hold(verdicts)
+
+
+@pytest.mark.skipif(not leases.as_root(), reason="the variant without a user namespace is root's fallback")
+def test_roots_fallback_without_a_user_namespace_holds_too():
+    """Where root cannot start bwrap as the leased uid, bwrap starts as root and the runner drops to the uid: no
+    user namespace, but the same seccomp filter, uid and keyring clearing (and it says so)."""
+    _mode_or_skip("namespaces")
+    fallback = iso._namespace_candidates(iso.choose("namespaces").tool_path, "test")[-1]
+    assert not fallback.user_namespace and iso._probe(fallback) is None
+    assert not fallback.protections()["user_namespace"] and fallback.protections()["seccomp"]
+    nr = seccomp._NUMBERS[seccomp.machine()]
+    probe = SYSCALL + (f"    import os\n    return [os.getuid(), sc({nr['unshare']}, 0x10000000), sc({nr['clone3']}, 0, 0)]"
+                       "\n")
+    outputs, why = run_calls(SEVEN, probe, [plain.encode([[], {}])], FAST, fallback)
+    assert why is None, why
+    uid, unshare, clone3 = plain.decode(outputs[0]["ok"])
+    assert uid in leases.UID_RANGE and unshare == -1 and clone3 == -38
+    token = f"lord-{uuid.uuid4().hex}"
+    run_calls(SEVEN, _key_program(False, token), [plain.encode([[], {}])], FAST, fallback)
+    found, _ = run_calls(SEVEN, _key_program(True, token), [plain.encode([[], {}])], FAST, fallback)
+    assert plain.decode(found[0]["ok"]) != 7

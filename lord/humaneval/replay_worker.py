@@ -173,8 +173,13 @@ def _serve(request: dict) -> dict:
     raise ValueError(f"unknown op {request['op']!r}")
 
 
+MEMORY_MB = 4096  # address space of one replay (the tests on recorded answers; hostile values are decoded here)
+MAX_ANSWER = 64 << 20  # bytes of one replay's answer (a diverging call can carry values computed from answers)
+
+
 def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
-    """Serve ``request`` in a forked child; its answer comes back through a pipe."""
+    """Serve ``request`` in a forked child (CPU, memory and wall clock limited); its answer comes back through a
+    pipe, at most ``MAX_ANSWER`` bytes."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -182,6 +187,7 @@ def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
         code = 0
         try:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+            resource.setrlimit(resource.RLIMIT_AS, (MEMORY_MB << 20, MEMORY_MB << 20))
             sys.setrecursionlimit(10_000)
             answer = json.dumps(_serve(request)).encode()
         except BaseException as e:
@@ -191,18 +197,21 @@ def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
             f.write(answer)
         os._exit(code)
     os.close(w)
-    chunks, deadline = [], time.monotonic() + timeout_s
+    chunks, size, deadline = [], 0, time.monotonic() + timeout_s
     with os.fdopen(r, "rb") as f:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([f], [], [], left)[0]:
+            too_long = size > MAX_ANSWER
+            if too_long or left <= 0 or not select.select([f], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return {"passed": False, "error": f"timed out after {timeout_s:g} s"}
+                return {"passed": False, "error": f"the replay's answer is longer than {MAX_ANSWER} bytes"
+                        if too_long else f"timed out after {timeout_s:g} s"}
             chunk = os.read(f.fileno(), 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
+            size += len(chunk)
     _, status = os.waitpid(pid, 0)
     if not chunks:
         return {"passed": False, "error": f"the replay process died (wait status {status})"}
