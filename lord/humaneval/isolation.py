@@ -354,18 +354,16 @@ def _seccomp_available() -> bool:
 
 
 def _namespace_candidates(bwrap: str, version: str | None) -> list[Isolation]:
-    filters = _seccomp_available()
+    """bwrap as the execution's uid, in a user namespace of its own; as root, then bwrap as root (the fallback)."""
+    common = dict(kind="namespaces", tool="bwrap", tool_version=version, tool_path=bwrap, seccomp=_seccomp_available())
+    own = dict(interpreter=_base_interpreter(), prefix=str(Path(sys.base_prefix).resolve()))
     if not as_root():
-        return [Isolation("namespaces", "bwrap", version, bwrap, _base_interpreter(), False,
-                          str(Path(sys.base_prefix).resolve()), True, filters)]
+        return [Isolation(**common, **own, per_execution_uid=False, user_namespace=True)]
     runnable = _uid_interpreter(leases.UID_RANGE[0])
-    helper = runnable[0] if runnable else None
+    root = dict(common, per_execution_uid=True, keyring_helper=runnable[0] if runnable else None)
     as_uid = [] if runnable is None else [
-        Isolation("namespaces", "bwrap", version, bwrap, runnable[0], True, runnable[1], True, filters,
-                  keyring_helper=helper)]
-    as_root_ = Isolation("namespaces", "bwrap", version, bwrap, _base_interpreter(), True,
-                         str(Path(sys.base_prefix).resolve()), False, filters, keyring_helper=helper)
-    return as_uid + [as_root_]
+        Isolation(**root, interpreter=runnable[0], prefix=runnable[1], user_namespace=True)]
+    return as_uid + [Isolation(**root, **own, user_namespace=False)]
 
 
 def _guard(root: bool) -> Isolation:
@@ -379,7 +377,7 @@ def _guard(root: bool) -> Isolation:
         interpreter, prefix = runnable
     else:
         interpreter, prefix = _base_interpreter(), str(Path(sys.base_prefix).resolve())
-    base = Isolation("guard-only", None, None, None, interpreter, root, prefix, False,
+    base = Isolation("guard-only", None, None, None, interpreter, per_execution_uid=root, prefix=prefix,
                      keyring_helper=interpreter if root else None)
     filters = _seccomp_available()
     abi = landlock_abi()

@@ -127,8 +127,7 @@ def _landlock(spec):
                           ctypes.c_uint32(0)) == 0  # LANDLOCK_RULE_PATH_BENEATH; the attribute is packed
         os.close(fd)
         _check(ok, f"landlock_add_rule({path})")
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                      ctypes.c_ulong(0)) == 0, "prctl(PR_SET_NO_NEW_PRIVS)")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
     _check(libc.syscall(ctypes.c_long(LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0)) == 0,
            "landlock_restrict_self")
     os.close(ruleset)
@@ -143,8 +142,7 @@ def _seccomp(program_hex):
     program = bytes.fromhex(program_hex)
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = SockFprog(len(program) // 8, ctypes.addressof(buf))
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                      ctypes.c_ulong(0)) == 0, "prctl(PR_SET_NO_NEW_PRIVS)")
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
     _check(libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), ctypes.c_ulong(0),
                       ctypes.c_ulong(0)) == 0, "prctl(PR_SET_SECCOMP)")
 
@@ -204,10 +202,10 @@ def _reap(child, timeout_s):
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _nondumpable():
+def _prctl(option, value, name):
     ctypes, libc = _libc()
-    _check(libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                      ctypes.c_ulong(0)) == 0, "prctl(PR_SET_DUMPABLE)")
+    _check(libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0,
+           f"prctl({name})")
 
 
 def _confine(confine):
@@ -227,13 +225,9 @@ def main() -> int:
     confine = request.get("confine") or {}
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if confine.get("nondumpable"):  # before the fork: the reaper and the execution both
-        _nondumpable()
+        _prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
     if confine.get("reaper"):
-        import ctypes
-
-        _check(ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0),
-                                                       ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0,
-               "prctl(PR_SET_CHILD_SUBREAPER)")
+        _prctl(PR_SET_CHILD_SUBREAPER, 1, "PR_SET_CHILD_SUBREAPER")
         child = os.fork()
         if child:
             _reap(child, request["timeout_s"])
