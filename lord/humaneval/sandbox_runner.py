@@ -182,8 +182,14 @@ def _reap(child, timeout_s):
         pass
     if not ready:
         os.kill(child, signal.SIGKILL)
-    _, status = os.waitpid(child, 0)
+    _, status = os.waitpid(child, 0)  # its orphans are this process's children from now on
     while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # none left (the usual case: no scan of /proc needed)
+            break
+        if pid:
+            continue  # reaped one that had ended
         for pid in _children():
             try:
                 os.kill(pid, signal.SIGKILL)
