@@ -135,7 +135,7 @@ def _command() -> str | None:
 def _save(cfg: DictConfig, ctx: RunContext, metrics: dict, out_path: Path) -> None:
     """The compressed model as a Hugging Face checkpoint with a model card (``paths.save_dir``)."""
     from lord.checkpoint import save_compressed
-    from lord.hf.model_card import card_from_source
+    from lord.model_card import card_from_source
 
     measured = {f"{cfg.eval.name}: {k}": v for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from lord.atomic import replaced_directory
 from lord.errors import LordError
 from lord.hf import modeling_lord
-from lord.hf.model_card import write_model_card
+from lord.model_card import write_model_card
 from lord.params import count_parameters
 from lord.structure import Decomposition, decompositions_from_json, decompositions_to_json
 
@@ -89,7 +89,7 @@ def save_compressed(model, path, decompositions: list[Decomposition] | None = No
     """Write the model atomically (into a temporary sibling directory, then renamed into place).
 
     ``decompositions`` defaults to the structure of a model loaded with ``load_compressed``. ``card`` fills the
-    model card (``lord.hf.model_card``: base model, method, metrics, command, licence, ...); ``extra`` is kept
+    model card (``lord.model_card``: base model, method, metrics, command, licence, ...); ``extra`` is kept
     in ``config.json`` under ``lord``."""
     path = Path(path)
     _check_savable(model)

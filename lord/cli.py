@@ -18,7 +18,7 @@ from lord.errors import LordError
 
 
 def _export(args) -> int:
-    from lord.hf.export import export_merged
+    from lord.export import export_merged
 
     if not args.merge:
         raise LordError("lord export needs --merge (the only export there is: a dense checkpoint, W = B·A)")
