@@ -161,8 +161,11 @@ def read_structure(path) -> tuple[dict, dict, str]:
             raise LordError(f"{where} must be an object; re-save the model")
         if "base_model_type" not in config:
             raise LordError(f"{path / CONFIG} lacks 'base_model_type'; re-save the model")
-        config = {**{k: v for k, v in config.items() if k not in ("lord", "base_model_type", "auto_map")},
-                  "model_type": config["base_model_type"]}
+        base_archs = modeling_lord.base_architectures(config)
+        config = {**{k: v for k, v in config.items()
+                     if k not in ("lord", "base_model_type", "auto_map", "architectures", "base_architectures")},
+                  "model_type": config["base_model_type"],
+                  **({"architectures": base_archs} if base_archs else {})}
     elif (path / LEGACY_MANIFEST).is_file():
         where, lord = str(path / LEGACY_MANIFEST), _read_json(path / LEGACY_MANIFEST)
     else:
