@@ -377,3 +377,27 @@ def test_lm_eval_reads_the_checkpoint_and_agrees_with_lords_log_likelihood(tmp_p
     ours = [-evaluate_perplexity(model, torch.tensor([[prefix] + tok(d, add_special_tokens=False).input_ids]),
                                  progress=False)["nll_sum"] for d in docs]
     assert theirs == pytest.approx(ours, rel=1e-5)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoint_and_export_folders_respect_the_umask(tmp_path, umask):
+    """Every folder and file of a checkpoint and of its export has the mode the umask gives a new one (the
+    temporary folder they are written in, and safetensors' files, would otherwise be 0700 and 0600)."""
+    from lord.cli import main
+
+    model, decs = _compressed("qwen2", ["all"], True, "lord")
+    before = os.umask(umask)
+    try:
+        save_compressed(model, tmp_path / "m", decs, tokenizer=_word_tokenizer())
+        written = [tmp_path / "m"]
+        if umask == 0o022:
+            assert main(["export", "--merge", str(tmp_path / "m"), str(tmp_path / "dense")]) == 0
+            written.append(tmp_path / "dense")
+    finally:
+        os.umask(before)
+    for folder in written:
+        paths = [folder, *folder.rglob("*")]
+        assert {p.name for p in paths} >= {"model.safetensors", "config.json", "tokenizer.json"}
+        modes = {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in paths}
+        want = {p.relative_to(tmp_path): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in paths}
+        assert modes == want
