@@ -225,16 +225,25 @@ def test_format_1_directories_still_load(tmp_path, probe_ids):
     ("gpt2", "lord_meanfix", "gpt2"),
     ("starcoder2", "lord_meanfix", "starcoder2"),
 ])
-def test_export_merges_into_a_dense_checkpoint_with_the_same_logits(tmp_path, probe_ids, arch, method, target):
+def test_export_merges_into_a_dense_checkpoint_with_the_same_logits(tmp_path, probe_ids, arch, method, target,
+                                                                    capsys):
     from transformers import AutoModelForCausalLM
 
     from lord.cli import main
 
+    from huggingface_hub import ModelCard
+
     model, decs = _compressed(arch, ["all"], arch != "gpt2", method)
-    save_compressed(model, tmp_path / "m", decs)
+    save_compressed(model, tmp_path / "m", decs, card={"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                       "licence_id": "apache-2.0", "method": method})
     assert main(["export", "--merge", str(tmp_path / "m"), str(tmp_path / "dense")]) == 0
     assert json.loads((tmp_path / "dense" / "config.json").read_text())["model_type"] == target
     assert not (tmp_path / "dense" / "modeling_lord.py").exists()
+    card = ModelCard.load(tmp_path / "dense" / "README.md").data.to_dict()  # its own card, from the source's
+    assert (card["base_model"], card["base_model_relation"], card["license"]) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "finetune", "apache-2.0")
+    assert "merged" in card["tags"] and card["lord"]["merged_from"]["method"] == method
+    assert main(["card", str(tmp_path / "dense")]) == 0 and str(tmp_path) not in (tmp_path / "dense" / "README.md").read_text()
     dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")  # no remote code
     assert all(type(m).__name__ not in ("LowRankLinear", "GroupedLowRankLinear") for m in dense.modules())
     with torch.no_grad():
@@ -254,20 +263,96 @@ def test_export_refuses_a_bias_the_architecture_cannot_hold_in_one_line(tmp_path
     assert main(["export", "--merge", str(tmp_path / "nothing"), str(tmp_path / "dense")]) == 2
 
 
-def test_the_model_card_states_structure_parameters_and_measurements(tmp_path):
-    model, decs = _compressed("llama", ["mlp_down"], False, "lord")
-    n_params = sum(p.numel() for p in model.parameters())
+# an evaluation as a result file holds it (experiments.run passes this to the card); the timings and the local
+# Lib folder must not reach the card
+_PERPLEXITY = {"name": "perplexity", "options": {"name": "perplexity", "n_windows": 8},
+               "metrics": {"perplexity": 7.3163442460521315, "dense_perplexity": 5.763958377216446,
+                           "perplexity_increase_percent": 26.932634957460767, "mean_nll": 1.990110783283312,
+                           "n_tokens": 8184, "n_windows": 8, "nll_sum": 16287.07, "seq_len": 1024, "seconds": 37.3,
+                           "tokens_per_second": 219.6},
+               "data": {"validation": {"name": "stdlib", "split": "validation", "n_files": 324,
+                                       "content_sha256": "f7e99e40e79b58b18178e1c058a0eda07a7cba47244dbfe6feeda95f6a08b644",
+                                       "stdlib_root": "/tmp/Lib311", "validation_percent": 50},
+                        "calibration": None, "seq_len": 1024, "validation_windows": 8, "min_chars": 10240}}
+_HUMANEVAL = {"name": "humaneval", "options": {"name": "humaneval", "preset": "greedy"}, "data": None,
+              "metrics": {"n_tasks": 164, "seeds": [0], "execution_s": 14.4, "generation_s": 13.5,
+                          "preset": {"name": "greedy", "n": 1, "temperature": 0.0, "max_new_tokens": 384},
+                          "pass@1": {"mean": 10.365853658536585, "std": 0.0, "ci_low": 6.1, "ci_high": 15.2,
+                                     "per_seed": [10.365853658536585]},
+                          "per_task": {"HumanEval/0": {"correct": 0, "n": 1}}}}
+
+
+@pytest.mark.parametrize("evaluation", [_PERPLEXITY, _HUMANEVAL], ids=["perplexity", "humaneval"])
+def test_the_model_card_round_trips_through_huggingface_hub_with_its_metrics(tmp_path, evaluation):
+    """The card's header is the Hub's metadata, and huggingface_hub's own parser reads it back: base model and
+    relation, task, language, licence, lord's version and commit, and the measured metric with the data it
+    was measured on (model-index -> eval_results). Labels are for people, timings and local paths are not
+    written, and the dense count is the dense model's (lord_meanfix's added biases are not dense parameters)."""
+    from huggingface_hub import ModelCard
+
+    from lord.environment import git_commit, lord_version
+    from lord.params import count_parameters
+
+    model, decs = _compressed("llama", ["mlp_down", "attn_out"], False, "lord_meanfix")  # Llama: no biases
+    dense = count_parameters(tiny_model("llama"))
+    n_params = count_parameters(model)
     save_compressed(model, tmp_path / "m", decs, card={
         "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "licence": "Apache-2.0", "licence_id": "apache-2.0",
-        "gguf_file_type": "MOSTLY_Q4_1", "method": "lord", "metrics": {"perplexity: perplexity": 12.3456},
-        "command": "python -m experiments.run model=smollm2-135m"})
-    card = (tmp_path / "m" / "README.md").read_text()
-    dense_params = n_params - sum(d.lowrank_params for d in decs) + sum(d.dense_params for d in decs)
-    for text in ("license: apache-2.0", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct", "MOSTLY_Q4_1",
-                 "| method | lord |", "| mlp_down | 2 | 16 |", f"{n_params:,} (dense: {dense_params:,};",
-                 "| perplexity: perplexity | 12.35 |", "`python -m experiments.run model=smollm2-135m`",
-                 "trust_remote_code=True"):
-        assert text in card, text
+        "gguf_file_type": "MOSTLY_Q4_1", "method": "lord_meanfix", "evaluation": evaluation,
+        "command": "python -m experiments.run model=smollm2-135m", "result": "exp/smollm2-135m/lord/x-1234abcd.json",
+        "result_identity": "1234abcd" * 8, "weights": "zoo:smollm2-135m:gguf-sha256:0123"})
+    text = (tmp_path / "m" / "README.md").read_text()
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    data = card.data.to_dict()
+    assert (data["base_model"], data["base_model_relation"]) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "finetune")
+    assert (data["pipeline_tag"], data["library_name"], data["language"], data["license"]) == (
+        "text-generation", "transformers", ["code"], "apache-2.0")
+    assert {"lord", "low-rank", "python"} <= set(data["tags"])
+    assert data["lord"]["version"] == lord_version() and data["lord"]["commit"] == git_commit()
+    assert data["lord"]["result"] == "exp/smollm2-135m/lord/x-1234abcd.json"
+    [result] = card.data.eval_results
+    assert result.task_type == "text-generation"
+    if evaluation is _PERPLEXITY:
+        assert (result.metric_type, result.metric_name) == ("perplexity", "Perplexity")
+        assert result.metric_value == evaluation["metrics"]["perplexity"]
+        assert (result.dataset_type, result.dataset_split) == ("cpython-stdlib", "validation")
+        assert result.dataset_revision == "sha256:" + evaluation["data"]["validation"]["content_sha256"]
+        assert result.dataset_args["windows"] == 8 and result.dataset_args["files"] == 324
+        assert "| Perplexity | 7.31634 |" in text and "perplexity: perplexity" not in text
+    else:
+        assert (result.metric_type, result.dataset_type, result.dataset_split) == ("pass@1", "openai_humaneval", "test")
+        assert result.metric_value == evaluation["metrics"]["pass@1"]["mean"]
+        assert result.dataset_args["tasks"] == 164
+        assert "| HumanEval pass@1 (%) | 10.37 (95 % bootstrap interval over tasks 6.10–15.20) |" in text
+    for absent in ("seconds", "Seconds", "per_second", "/tmp", str(tmp_path), "stdlib_root", "Lib311"):
+        assert absent not in text, absent
+    assert f"| parameters | {n_params:,} (dense: {dense:,}; {100 * (1 - n_params / dense):.2f} % removed) |" in text
+    assert "`python -m experiments.run model=smollm2-135m`" in text and "MOSTLY_Q4_1" in text
+    assert "(`LlamaForCausalLM.from_pretrained(<this folder>)`) cannot be stopped" in text
+
+
+def test_a_malformed_model_index_is_caught(tmp_path, capsys):
+    """huggingface_hub refuses what the Hub would not read: a model-index without the dataset a metric was
+    measured on, or eval results without a model name. lord's writer builds the index through it, so it never
+    writes one; lord card refuses a card that does not parse, in one line."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from lord.cli import main
+
+    model, decs = _compressed("llama", ["mlp_down"], False, "svd")
+    save_compressed(model, tmp_path / "m", decs, card={"evaluation": _PERPLEXITY})
+    ModelCard.load(tmp_path / "m" / "README.md")  # what lord wrote parses
+    text = (tmp_path / "m" / "README.md").read_text()
+    start, end = text.index("    dataset:"), text.index("    metrics:")
+    (tmp_path / "m" / "README.md").write_text(text[:start] + text[end:])  # a result without its dataset
+    with pytest.raises(ValueError, match="Invalid `model_index`"):
+        ModelCard.load(tmp_path / "m" / "README.md")
+    assert main(["card", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "its metadata does not parse" in err
+    with pytest.raises(ValueError, match="requires `model_name`"):
+        ModelCardData(eval_results=[EvalResult(task_type="text-generation", dataset_type="openai_humaneval",
+                                               dataset_name="HumanEval", metric_type="pass@1", metric_value=1.0)])
 
 
 def test_save_refuses_a_model_whose_code_is_not_in_transformers(tmp_path):
@@ -379,7 +464,7 @@ def test_lm_eval_reads_the_checkpoint_and_agrees_with_lords_log_likelihood(tmp_p
     assert theirs == pytest.approx(ours, rel=1e-5)
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
 def test_checkpoint_and_export_folders_respect_the_umask(tmp_path, umask):
     """Every folder and file of a checkpoint and of its export has the mode the umask gives a new one (the
     temporary folder they are written in, and safetensors' files, would otherwise be 0700 and 0600)."""
@@ -397,7 +482,7 @@ def test_checkpoint_and_export_folders_respect_the_umask(tmp_path, umask):
         os.umask(before)
     for folder in written:
         paths = [folder, *folder.rglob("*")]
-        assert {p.name for p in paths} >= {"model.safetensors", "config.json", "tokenizer.json"}
+        assert {p.name for p in paths} >= {"model.safetensors", "config.json", "tokenizer.json", "README.md"}
         modes = {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in paths}
         want = {p.relative_to(tmp_path): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in paths}
         assert modes == want

@@ -343,6 +343,18 @@ def base_architectures(config_dict: dict) -> list[str]:
     return [a for a in names if isinstance(a, str)] if isinstance(names, list) else []
 
 
+def base_config_dict(config_dict: dict) -> dict:
+    """The dense model's config dict of a LoRD config dict: its base ``model_type`` and class names, without
+    the LoRD entries."""
+    archs = base_architectures(config_dict)
+    d = {k: v for k, v in config_dict.items()
+         if k not in ("lord", "base_model_type", "auto_map", "architectures", "base_architectures")}
+    d["model_type"] = config_dict["base_model_type"]
+    if archs:
+        d["architectures"] = archs
+    return d
+
+
 def _with_lord_architectures(config_dict: dict) -> dict:
     """``architectures`` names the LoRD class (never a dense one, which would load the folder with random
     low-rank layers); the base class names move to ``base_architectures``."""
