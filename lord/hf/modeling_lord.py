@@ -6,9 +6,9 @@
 
 loads a compressed model in one call, where lord is not installed. This file imports only the standard library,
 torch, transformers and safetensors wherever transformers' import scan of remote code looks
-(``transformers.dynamic_module_utils.get_imports``); ``hqq`` and ``peft`` are imported inside ``try`` blocks, by
-the functions that need them. It is also the one definition lord itself uses (``lord.modules`` re-exports its
-classes).
+(``transformers.dynamic_module_utils.get_imports``): ``hqq``, which only a quantized checkpoint needs, is
+imported inside ``try`` blocks by the functions that need it, and ``peft`` never. It is also the one definition
+lord itself uses (``lord.modules`` re-exports its classes).
 
 ``config.json`` is the dense model's config with these changes: ``model_type`` is ``"lord"`` (a type
 transformers does not know, so loading without ``trust_remote_code`` -- in a process where lord has not
