@@ -32,7 +32,9 @@ OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # dotted key -> the default under which it changes nothing that runs before it existed did
 ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib",
-              "rank.allocation": "uniform", "data.stdlib_root": None}
+              "rank.allocation": "uniform", "data.stdlib_root": None,
+              "calibration.draw": None,
+              "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]}}
 
 
 def numeric_config(config: dict) -> dict:

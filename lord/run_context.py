@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from lord.cache import CompressionCache
-from lord.corpora import (folder_corpus, stdlib_corpus, stdlib_tests_corpus, take_windows, the_stack_calibration,
-                          the_stack_smol, tokenize_windows)
+from lord.corpora import (draw_windows, folder_corpus, stdlib_corpus, stdlib_tests_corpus, take_windows,
+                          the_stack_calibration, the_stack_smol, tokenize_windows)
 from lord.errors import LordError
 
 DATA_SOURCES = ("stdlib", "the-stack-smol", "folder")
@@ -86,8 +86,28 @@ class RunData:
             all_w = tokenize_windows(corpus, self.tokenizer, seq_len=split_seq_len(self.cfg, split),
                                      min_chars=d.min_chars,
                                      all_windows=d.all_windows, cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
-            self._windows[split] = take_windows(all_w, n, f"{split} windows")
+            draw = self.cfg.calibration.get("draw") if split == "calibration" else None
+            self._windows[split] = (take_windows(all_w, n, f"{split} windows") if draw is None
+                                    else draw_windows(all_w, n, draw, f"{split} windows"))
         return self._windows[split]
+
+    def held_out_calibration(self, n: int, seq_len: int) -> torch.Tensor:
+        """``n`` windows of the calibration split that the calibration windows do not include (the last ones of
+        the split's order), cut to their first ``seq_len`` tokens: data for measuring, never for statistics."""
+        d = self.cfg.data
+        corpus = self.corpora()[0]
+        all_w = tokenize_windows(corpus, self.tokenizer, seq_len=split_seq_len(self.cfg, "calibration"),
+                                 min_chars=d.min_chars, all_windows=d.all_windows,
+                                 cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
+        used = {tuple(w.tolist()) for w in self.windows("calibration")}
+        free = [w for w in all_w if tuple(w.tolist()) not in used]
+        if len(free) < n:
+            raise LordError(f"sensitivity.windows={n}: the calibration corpus has {len(free)} window(s) besides the "
+                            f"{len(used)} calibration windows; lower sensitivity.windows or calibration.n_windows")
+        if seq_len > all_w.shape[1]:
+            raise LordError(f"sensitivity.seq_len={seq_len} is longer than the calibration windows "
+                            f"({all_w.shape[1]} tokens)")
+        return torch.stack(free[-n:])[:, :seq_len]
 
     def describe(self) -> dict | None:
         """What was used (None when the run needed no data)."""
@@ -99,6 +119,7 @@ class RunData:
                 "calibration": cal.describe() if "calibration" in used else None,
                 "seq_len": d.seq_len, "calibration_seq_len": split_seq_len(self.cfg, "calibration"),
                 "min_chars": d.min_chars, "all_windows": d.all_windows,
+                "calibration_draw": self.cfg.calibration.get("draw") if "calibration" in used else None,
                 "validation_windows": used.get("validation"), "calibration_windows": used.get("calibration")}
 
 
