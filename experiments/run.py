@@ -128,21 +128,14 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
 
 
 def _command() -> str | None:
-    """The command line of this run (a sweep job: its own overrides), for the model card: without the ``paths.*``
-    overrides (where files go) and with any other local path replaced by ``<local path>``."""
+    """The command line of this run (a sweep job: its own overrides), as the model card states it."""
     from hydra.core.hydra_config import HydraConfig
+
+    from lord.model_card import card_command
 
     if not HydraConfig.initialized():
         return None
-    kept = []
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.partition("=")
-        if key.lstrip("+~").startswith("paths."):
-            continue
-        if value.startswith(("/", "~", "./", "../")) or (value and Path(value).expanduser().exists()):
-            override = f"{key}=<local path>"
-        kept.append(override)
-    return " ".join(["python -m experiments.run", *kept])
+    return card_command("python -m experiments.run", HydraConfig.get().overrides.task)
 
 
 def _save(cfg: DictConfig, ctx: RunContext, metrics: dict, out_path: Path, identity: dict, dense_params: int) -> None:

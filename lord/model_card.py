@@ -93,6 +93,21 @@ def card_from_source(info: dict) -> dict:
     return card
 
 
+def card_command(program: str, overrides) -> str:
+    """``program`` with its Hydra ``overrides`` as a card states them: without the ``paths.*`` ones (where files
+    go: they change no number) and with any other value that is a path on this machine written
+    ``<local path>``."""
+    kept = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+~").startswith("paths."):
+            continue
+        if value.startswith(("/", "~", "./", "../")) or ("/" in value and Path(value).expanduser().exists()):
+            override = f"{key}=<local path>"
+        kept.append(override)
+    return " ".join([program, *kept])
+
+
 def read_card(directory):
     """The ``ModelCard`` of a folder (parsed by huggingface_hub: a malformed header raises ValueError)."""
     from huggingface_hub import ModelCard
@@ -101,10 +116,15 @@ def read_card(directory):
 
 
 def provenance() -> dict:
-    """The lord version and git commit writing a card."""
-    from lord.environment import git_commit, lord_version
+    """The lord version and git commit writing a card (``-dirty`` with the sha256 of the uncommitted change, as
+    results record it, where the code differs from the commit)."""
+    from lord.environment import git_state, lord_version
 
-    return {"version": lord_version(), "commit": git_commit()}
+    git = git_state() or {}
+    out = {"version": lord_version(), "commit": git.get("commit")}
+    if git.get("dirty"):
+        out.update(commit=f"{git['commit']}-dirty", diff_sha256=git.get("diff_sha256"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- numbers

@@ -331,6 +331,20 @@ def test_the_model_card_round_trips_through_huggingface_hub_with_its_metrics(tmp
     assert "(`LlamaForCausalLM.from_pretrained(<this folder>)`) cannot be stopped" in text
 
 
+def test_the_cards_command_keeps_what_changes_numbers_and_no_local_path(tmp_path, monkeypatch):
+    from lord.model_card import card_command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lord").mkdir()  # a folder named like an override's value: the value stays
+    (tmp_path / "data").mkdir()
+    overrides = ["method=lord", "rank.value=50", f"paths.save_dir={tmp_path}/out", "paths.results_dir=results",
+                 "model.name=Qwen/Qwen2.5-Coder-0.5B", f"data.path={tmp_path}/code", "data.calibration_path=data/",
+                 "+data.stdlib_root=~/Lib"]
+    assert card_command("python -m experiments.run", overrides) == (
+        "python -m experiments.run method=lord rank.value=50 model.name=Qwen/Qwen2.5-Coder-0.5B "
+        "data.path=<local path> data.calibration_path=<local path> +data.stdlib_root=<local path>")
+
+
 def test_a_malformed_model_index_is_caught(tmp_path, capsys):
     """huggingface_hub refuses what the Hub would not read: a model-index without the dataset a metric was
     measured on, or eval results without a model name. lord's writer builds the index through it, so it never
