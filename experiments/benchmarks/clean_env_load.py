@@ -9,7 +9,8 @@ tiny random checkpoint per architecture lord maps (compressed, grouped where the
 in that interpreter, loads each with ``trust_remote_code=True`` and compares its logits with lord's own loader's
 (bit for bit: both processes use the same number of torch threads), expects the quantized one to fail in one
 line naming hqq, and runs ``pipeline("text-generation")`` on the real one, checking that transformers does not
-log "not supported". Writes results/benchmarks/clean-env-load.json.
+log "not supported". Writes results/benchmarks/clean-env-load.json (``bare_environment``: what that interpreter
+holds; ``environment``: this one).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ import torch, transformers
 from transformers import AutoModelForCausalLM, pipeline
 torch.set_num_threads(int(sys.argv[2]))
 root, out = Path(sys.argv[1]), {}
-out["environment"] = {name: importlib.util.find_spec(name) is not None for name in ("lord", "hqq", "peft")}
-out["environment"].update(torch=torch.__version__, transformers=transformers.__version__)
+out["bare_environment"] = {name: importlib.util.find_spec(name) is not None for name in ("lord", "hqq", "peft")}
+out["bare_environment"].update(torch=torch.__version__, transformers=transformers.__version__)
 for name in json.loads((root / "names.json").read_text()):
     ref = torch.load(root / f"{name}.pt")
     model = AutoModelForCausalLM.from_pretrained(root / name, trust_remote_code=True)
@@ -121,7 +122,7 @@ def main() -> int:
     report = json.loads(p.stdout.strip().splitlines()[-1])
     report["real_model"] = args.model
     write("clean-env-load", report)
-    ok = (not any(report["environment"][k] for k in ("lord", "hqq", "peft"))
+    ok = (not any(report["bare_environment"][k] for k in ("lord", "hqq", "peft"))
           and all(report[n]["identical_logits"] for n in names) and not report["quantized"]["loaded"]
           and not report["pipeline"]["not_supported_logged"])
     print("clean environment:", "every check passed" if ok else "a check FAILED", "(results/benchmarks/clean-env-load.json)")
