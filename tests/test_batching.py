@@ -242,3 +242,60 @@ def test_a_shared_sampled_run_killed_mid_task_resumes_to_the_same_bytes(tmp_path
                      share_prefix=False)
     assert _lines(unshared) == _lines(full)
 
+
+# the batch width, chosen from the measured decode cost ----------------------------------------------------------
+def test_the_width_chosen_is_the_narrowest_within_the_tolerance_of_the_best_tokens_per_s():
+    from lord.humaneval.width import WIDTHS, choose_width
+
+    for weights_ms, row_ms in ((150.0, 12.0), (150.0, 1.0), (20.0, 30.0), (500.0, 0.5)):  # t(w) = a + b w
+        curve = {w: weights_ms + row_ms * w for w in WIDTHS}
+        rate = {w: w / ms for w, ms in curve.items()}
+        good = [w for w in WIDTHS if rate[w] >= 0.95 * max(rate.values())]
+        chosen = choose_width(curve)
+        assert chosen == min(good) and chosen in curve
+        assert choose_width({w: 7.3 * ms for w, ms in curve.items()}) == chosen  # only ratios matter
+        assert choose_width(curve, tolerance=0.0) == max(WIDTHS)  # t/w falls all the way: the widest is best
+    # the CPU curve (noisy, still rising at 16 rows) and one that flattens
+    assert choose_width({1: 149, 2: 281, 4: 331, 8: 282, 16: 342}) == 16
+    assert choose_width({1: 149, 8: 282, 16: 342, 32: 600, 64: 1150, 96: 1800}) == 32
+
+
+def test_bad_decode_curves_and_queues_are_refused_in_one_line():
+    from lord.errors import LordError
+    from lord.humaneval.width import choose_width, widths_for
+
+    for curve in ({}, {1: 0.0}, {1: 10.0, 2: float("nan")}):
+        with pytest.raises(LordError, match="positive step times"):
+            choose_width(curve)
+    with pytest.raises(LordError, match="tolerance"):
+        choose_width({1: 1.0}, tolerance=1.5)
+    with pytest.raises(LordError, match="no samples to generate"):
+        widths_for(0)
+    assert widths_for(20) == [1, 2, 4, 8, 16, 20] and widths_for(16) == [1, 2, 4, 8, 16]
+    assert widths_for(1640)[-1] == 96 and widths_for(1) == [1]
+
+
+def test_auto_width_is_measured_once_recorded_and_reused_on_resume(tmp_path, smollm2):
+    from lord.humaneval.evaluate import WIDTH_FILE, evaluate_humaneval
+
+    _, tok, _ = smollm2
+    model = _tiny_float64(len(tok), logit_scale=20).float()
+    kw = dict(preset="code_eval", n=3, limit=2, max_new_tokens=4, batch_size="auto", progress=False)
+    first = evaluate_humaneval(model, tok, tmp_path, **kw)
+    width = first["generation_width"]
+    assert set(width["decode_step_ms_by_rows"]) == {1, 2, 4, 6} and width["queue"] == 6
+    assert width["batch_size"] in width["decode_step_ms_by_rows"] and all(
+        ms > 0 for ms in width["decode_step_ms_by_rows"].values())
+    assert first["per_seed"][0]["generation"]["batch_size"] == width["batch_size"]
+    assert (tmp_path / WIDTH_FILE).is_file()
+    (tmp_path / "samples-code_eval-seed0.jsonl").unlink()
+    again = evaluate_humaneval(model, tok, tmp_path, **kw)
+    assert again["generation_width"] == width | {"reused": True}
+
+
+def test_the_decode_curve_can_be_measured_on_a_sliding_window_cache_too():
+    from conftest import tiny_model
+    from lord.humaneval.width import measure_decode_curve
+
+    curve = measure_decode_curve(tiny_model("starcoder2", sliding_window=8), [1, 3], context=12, steps=2)
+    assert set(curve) == {1, 3} and all(ms > 0 for ms in curve.values())
