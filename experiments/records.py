@@ -17,6 +17,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from lord.architectures import ALL_KINDS, block_label
 from lord.atomic import temp_file
+from lord.environment import REPO
 from lord.errors import LordError
 from lord.evaluations import EVALUATIONS, get_evaluation
 from lord.identity import run_identity, weights_id
@@ -73,10 +74,30 @@ def _one_of(key: str, value, allowed) -> None:
         raise LordError(f"{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
 
 
-def preflight(cfg: DictConfig, stages, evaluation) -> tuple[RunData, dict]:
+PUBLISHED = REPO / "results" / "published"
+
+
+def check_provenance(cfg: DictConfig, git: dict | None) -> None:
+    """``results/published`` takes results of committed code only (``paths.allow_dirty=true`` overrides, and the
+    result records it): a published number must be re-measurable from a commit."""
+    folder = Path(cfg.paths.results_dir).resolve()
+    if git is None or not git["dirty"] or cfg.paths.get("allow_dirty"):
+        return
+    if folder == PUBLISHED or PUBLISHED in folder.parents:
+        files = git["changed_files"]
+        raise LordError(f"paths.results_dir={cfg.paths.results_dir} is the published results folder, but the code "
+                        f"differs from commit {git['commit'][:12]} ({len(files)} file(s): "
+                        f"{', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); commit first, or write "
+                        "elsewhere (the default results/), or set paths.allow_dirty=true to publish anyway "
+                        "(recorded in the result)")
+
+
+def preflight(cfg: DictConfig, stages, evaluation, git: dict | None = None) -> tuple[RunData, dict]:
     """What needs the model's config (on the meta device: no weights) and the data, but no weights:
-    the selection and ranks, that the results folder is writable, that the data yields the windows asked
-    for, and the run's identity. Returns (the run's data, its identity)."""
+    the selection and ranks, that the results folder is writable (and, for the published folder, that the
+    code is committed: ``git``, the checkout's ``lord.environment.git_state``), that the data yields the windows
+    asked for, and the run's identity. Returns (the run's data, its identity)."""
+    check_provenance(cfg, git)
     _check_writable(Path(cfg.paths.results_dir) / str(cfg.experiment_name))
     weightless = meta_model(load_config_only(cfg.model.name, cfg.paths.cache_dir))
     for stage in stages:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import records
 from experiments.cli import CONF, guarded
 from lord.cache import CompressionCache
-from lord.environment import environment, pick_device
+from lord.environment import environment, git_state, pick_device
 from lord.errors import LordError
 from lord.memory import PeakMemory
 from lord.atomic import clean_leftovers, read_json, write_json_atomic
@@ -42,7 +42,8 @@ def run(cfg: DictConfig) -> dict:
     """Run one configuration and return its result (also written to its result file). A config error raises
     ``LordError`` before anything is written."""
     stages, evaluation = records.validate(cfg)
-    data, identity = records.preflight(cfg, stages, evaluation)
+    git = git_state()
+    data, identity = records.preflight(cfg, stages, evaluation, git)
     out_path = records.result_path(cfg, evaluation, identity)
     clean_leftovers(out_path.parent)
     clean_leftovers(cfg.paths.cache_dir)
@@ -58,7 +59,9 @@ def run(cfg: DictConfig) -> dict:
         return {**previous, "path": str(out_path), "outcome": "skipped"}
     result = {"schema": "lord.result/1", "experiment": cfg.experiment_name, "profile": cfg.get("profile_name"),
               "identity": identity, "config": OmegaConf.to_container(cfg, resolve=True),
-              "environment": environment(), "timings": {}}
+              "environment": environment(git), "timings": {}}
+    if git is not None and git["dirty"] and cfg.paths.get("allow_dirty"):
+        result["environment"]["git"]["allow_dirty"] = True  # published from uncommitted code, on purpose
     logger = _start_logger(cfg, out_path)
     try:
         result.update(_execute(cfg, stages, evaluation, data, out_path, result["timings"]))

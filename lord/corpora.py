@@ -293,6 +293,15 @@ def take_windows(windows: torch.Tensor, n: int | None, what: str = "windows") ->
     return windows[:n]
 
 
+def draw_windows(windows: torch.Tensor, n: int | None, seed: int, what: str = "windows") -> torch.Tensor:
+    """``n`` of ``windows`` chosen at random (without replacement) by a generator seeded with ``seed``, in the
+    order drawn; the same (windows, n, seed) always gives the same selection."""
+    n = len(windows) if n is None else n
+    take_windows(windows, n, what)  # the same one-line errors as the fixed selection
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(int(seed)))
+    return windows[order[:n]]
+
+
 def batches(windows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     if batch_size <= 0:
         raise LordError(f"batch_size must be positive, got {batch_size}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -13,15 +14,51 @@ import torch
 PACKAGES = ("torch", "transformers", "datasets", "hydra-core", "wandb", "safetensors", "gguf", "numpy", "pandas")
 
 
-def git_commit(repo: Path | None = None) -> str | None:
-    repo = repo or Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
+# what a result's numbers can depend on in a checkout: the code, the configs and the pins (not results/, docs/, tests/)
+CODE_PATHS = ("lord", "experiments", "analysis", "conf", "hydra_plugins", "requirements.txt",
+              "requirements-extras.txt", "pyproject.toml")
+MAX_STORED_DIFF = 100_000  # characters of the uncommitted change kept in a result (always hashed)
+
+
+def _git(repo: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(repo: Path | None = None) -> dict | None:
+    """The commit of the checkout lord runs from and what differs from it in the code (``CODE_PATHS``):
+    ``dirty``, the changed and untracked files, the sha256 of the change (the diff against HEAD plus every
+    untracked file's name and bytes) and the change itself when it is small. None outside a git checkout."""
+    repo = repo or REPO
+    commit = _git(repo, "rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = _git(repo, "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS) or ""
+    files = sorted(line[3:] for line in status.splitlines() if line.strip())
+    state = {"commit": commit.strip(), "dirty": bool(files), "changed_files": files, "diff_sha256": None,
+             "diff": None}
+    if files:
+        diff = _git(repo, "diff", "HEAD", "--binary", "--", *CODE_PATHS) or ""
+        untracked = (_git(repo, "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS) or "").split()
+        h = hashlib.sha256(diff.encode())
+        for name in sorted(untracked):
+            try:
+                h.update(b"\0untracked\0" + name.encode() + b"\0" + (repo / name).read_bytes())
+            except OSError:
+                h.update(b"\0unreadable\0" + name.encode())
+        state["diff_sha256"] = h.hexdigest()
+        state["diff"] = diff if len(diff) <= MAX_STORED_DIFF else None
+    return state
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    """HEAD's commit, with ``-dirty`` when the code differs from it (``git_state``)."""
+    state = git_state(repo)
+    return None if state is None else state["commit"] + ("-dirty" if state["dirty"] else "")
 
 
 def versions() -> dict:
@@ -57,8 +94,11 @@ def hardware() -> dict:
     return hw
 
 
-def environment() -> dict:
-    return {"versions": versions(), "git_commit": git_commit(), "hardware": hardware()}
+def environment(git: dict | None = None) -> dict:
+    """Versions, hardware and the code's provenance (``git``: a ``git_state`` already taken, else taken now)."""
+    git = git if git is not None else git_state()
+    commit = None if git is None else git["commit"] + ("-dirty" if git["dirty"] else "")
+    return {"versions": versions(), "git_commit": commit, "git": git, "hardware": hardware()}
 
 
 def pick_device(device: str) -> str:

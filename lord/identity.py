@@ -43,7 +43,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 #     its environment, and the identity of an auto run is the same on every machine. The greedy preset keeps 16
 #     (its published runs' value); the sampled presets, with no published runs, default to auto.
 ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib",
-              "rank.allocation": "uniform", "data.stdlib_root": None, "eval.share_prefix": True}
+              "rank.allocation": "uniform", "data.stdlib_root": None,
+              "calibration.draw": None, "eval.share_prefix": True}
 
 
 def numeric_config(config: dict) -> dict:

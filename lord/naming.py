@@ -2,7 +2,8 @@
 
 ``setting_tag`` is what the result folder appends to the method name: ``-sequential``, ``-skip<k>`` (statistics
 without the first k positions), ``-cal<n>`` (n calibration windows instead of ``budget.calibration_windows``),
-``-len<L>`` (calibration windows of L tokens), ``-<corpus>`` (another calibration corpus), ``+<stage>`` (each
+``-len<L>`` (calibration windows of L tokens), ``-<corpus>`` (another calibration corpus), ``-draw<k>``
+(calibration windows drawn at random with seed k), ``+<stage>`` (each
 stage besides calibrate and decompose, with its settings: ``+quantize4bit``); "" for the profile's own
 calibration and stages. Analysis keeps runs whose ``intervention_tag`` differs apart as different settings.
 """
@@ -26,6 +27,7 @@ def setting_tag(cfg) -> str:
     tag += f"-len{c['seq_len']}" if _get(c, "seq_len") is not None else ""
     corpus = _get(data, "calibration_corpus")
     tag += f"-{corpus}" if corpus not in (None, "stdlib") else ""
+    tag += f"-draw{c['draw']}" if _get(c, "draw") is not None else ""
     return tag + stages_tag(cfg)
 
 

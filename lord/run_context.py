@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from lord.cache import CompressionCache
-from lord.corpora import (folder_corpus, stdlib_corpus, stdlib_tests_corpus, take_windows, the_stack_calibration,
-                          the_stack_smol, tokenize_windows)
+from lord.corpora import (draw_windows, folder_corpus, stdlib_corpus, stdlib_tests_corpus, take_windows,
+                          the_stack_calibration, the_stack_smol, tokenize_windows)
 from lord.errors import LordError
 
 DATA_SOURCES = ("stdlib", "the-stack-smol", "folder")
@@ -86,7 +86,9 @@ class RunData:
             all_w = tokenize_windows(corpus, self.tokenizer, seq_len=split_seq_len(self.cfg, split),
                                      min_chars=d.min_chars,
                                      all_windows=d.all_windows, cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
-            self._windows[split] = take_windows(all_w, n, f"{split} windows")
+            draw = self.cfg.calibration.get("draw") if split == "calibration" else None
+            self._windows[split] = (take_windows(all_w, n, f"{split} windows") if draw is None
+                                    else draw_windows(all_w, n, draw, f"{split} windows"))
         return self._windows[split]
 
     def describe(self) -> dict | None:
@@ -99,6 +101,7 @@ class RunData:
                 "calibration": cal.describe() if "calibration" in used else None,
                 "seq_len": d.seq_len, "calibration_seq_len": split_seq_len(self.cfg, "calibration"),
                 "min_chars": d.min_chars, "all_windows": d.all_windows,
+                "calibration_draw": self.cfg.calibration.get("draw") if "calibration" in used else None,
                 "validation_windows": used.get("validation"), "calibration_windows": used.get("calibration")}
 
 

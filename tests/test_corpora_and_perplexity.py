@@ -157,6 +157,36 @@ def test_perplexity_matches_a_straightforward_computation():
     assert not math.isclose(got["perplexity"], sum(per_window) / 5, rel_tol=1e-6)
 
 
+def test_per_window_and_per_block_nll_are_the_tokens_own():
+    """Each window's NLL is its own tokens' (not a share of the batch's), and its blocks partition it: what the
+    paired bootstrap of analysis.intervals resamples."""
+    model = tiny_model("llama")
+    windows = torch.randint(0, VOCAB, (5, 24), generator=torch.Generator().manual_seed(0))
+    got = evaluate_perplexity(model, windows, batch_size=2, chunk_tokens=7, progress=False, block_tokens=10)
+    with torch.no_grad():
+        token_nll = F.cross_entropy(model(windows).logits[:, :-1].transpose(1, 2).double(), windows[:, 1:],
+                                    reduction="none")  # (5, 23)
+    assert len(got["window_nll"]) == 5 and got["block_tokens"] == 10
+    for i in range(5):
+        assert math.isclose(got["window_nll"][i], token_nll[i].sum().item(), rel_tol=1e-5)
+        blocks = got["block_nll"][i]
+        assert len(blocks) == 3  # 23 predicted tokens in blocks of 10: 10, 10, 3
+        assert math.isclose(blocks[2], token_nll[i, 20:].sum().item(), rel_tol=1e-5)
+        assert math.isclose(sum(blocks), got["window_nll"][i], rel_tol=1e-9)
+    assert math.isclose(sum(got["window_nll"]), got["nll_sum"], rel_tol=1e-6)
+
+
+def test_calibration_draws_are_seeded_and_distinct():
+    from lord.corpora import draw_windows
+
+    pool = torch.arange(40).view(20, 2)
+    a, b, c = (draw_windows(pool, 6, s) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(set(a[:, 0].tolist())) == 6  # without replacement
+    with pytest.raises(LordError, match="asked for 21"):
+        draw_windows(pool, 21, 0)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "codegen", "gpt_bigcode", "qwen2"])
 def test_perplexity_uses_the_models_own_head(arch):
     """Covers heads with a bias (CodeGen) and tied heads (GPT-2)."""

@@ -133,6 +133,7 @@ BAD = [
     (["eval=humaneval_code_eval", "eval.share_prefix=maybe"], "eval.share_prefix='maybe' must be true or false"),
     (["layers=mlp_down", "rank.value=10"], "adds parameters (parity rank 418); lower the rank or set force=true"),
     (["paths.results_dir=/proc/version/results"], "is not writable"),
+    (["calibration.draw=-1"], "calibration.draw=-1 must be null (the first n_windows windows) or a seed >= 0"),
 ]
 
 
@@ -351,3 +352,73 @@ def test_a_sweep_killed_with_kill_9_resumes_without_losing_or_recomputing(tmp_pa
     results = [json.loads(f.read_text()) for f in tmp_path.rglob("*.json")]
     assert len(results) == 3 and all(r["status"] == "ok" for r in results)
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith((".tmp-", ".model-", ".fetch-"))]
+
+
+# 4. provenance: what code produced a result, and published results from committed code only ---------------
+def _git_repo(path: Path) -> Path:
+    def git(*a):
+        subprocess.run(["git", "-C", str(path), *a], check=True, capture_output=True)
+    (path / "lord").mkdir(parents=True)
+    (path / "lord" / "a.py").write_text("x = 1\n")
+    (path / "results").mkdir()
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    return path
+
+
+def test_git_state_names_and_hashes_the_uncommitted_change(tmp_path):
+    from lord.environment import git_state
+
+    repo = _git_repo(tmp_path / "repo")
+    clean = git_state(repo)
+    assert clean["dirty"] is False and clean["diff_sha256"] is None and len(clean["commit"]) == 40
+    (repo / "results" / "r.json").write_text("{}")  # results are not code
+    assert git_state(repo)["dirty"] is False
+    (repo / "lord" / "a.py").write_text("x = 2\n")
+    one = git_state(repo)
+    assert one["dirty"] and one["changed_files"] == ["lord/a.py"] and "+x = 2" in one["diff"]
+    (repo / "lord" / "a.py").write_text("x = 3\n")
+    two = git_state(repo)
+    assert two["diff_sha256"] != one["diff_sha256"]
+    (repo / "lord" / "new.py").write_text("y = 1\n")  # an untracked module changes what runs
+    three = git_state(repo)
+    assert "lord/new.py" in three["changed_files"] and three["diff_sha256"] != two["diff_sha256"]
+    assert git_state(tmp_path / "not-a-repo") is None
+
+
+def test_a_dirty_tree_cannot_write_published_results_unless_told(tmp_path, monkeypatch):
+    import experiments.records as records
+    import experiments.run as run_mod
+
+    monkeypatch.setattr(run_mod, "load_model", lambda *a, **k: pytest.fail("weights were loaded"))
+    published = tmp_path / "results" / "published"
+    monkeypatch.setattr(records, "PUBLISHED", published)
+    dirty = {"commit": "c" * 40, "dirty": True, "changed_files": ["lord/a.py"], "diff_sha256": "d" * 64,
+             "diff": "+x"}
+    monkeypatch.setattr(run_mod, "git_state", lambda: dirty)
+    with pytest.raises(LordError) as e:
+        run(_compose([*QUICK, f"paths.results_dir={published}"]))
+    assert "differs from commit cccccccccccc (1 file(s): lord/a.py)" in str(e.value) and "\n" not in str(e.value)
+    assert "paths.allow_dirty=true" in str(e.value) and not list(tmp_path.rglob("*.json"))
+    # elsewhere a dirty tree runs (and records what it was); a clean tree may publish
+    records.check_provenance(_compose([*QUICK, f"paths.results_dir={tmp_path / 'results'}"]), dirty)
+    records.check_provenance(_compose([*QUICK, f"paths.results_dir={published}"]), {**dirty, "dirty": False})
+    records.check_provenance(_compose([*QUICK, f"paths.results_dir={published}", "paths.allow_dirty=true"]), dirty)
+
+
+def test_a_result_records_its_provenance_and_a_draw_is_a_new_run(tmp_path, smollm2):
+    """A dirty run elsewhere records the change's hash; calibration.draw (an added key) leaves the default
+    selection's identity alone and names its own folder."""
+    base = [*QUICK, "method=lord", "rank.value=50", f"paths.results_dir={tmp_path}", "eval.n_windows=2"]
+    r0 = run(_compose(base))
+    git = r0["environment"]["git"]
+    assert set(git) >= {"commit", "dirty", "changed_files", "diff_sha256"}
+    assert r0["environment"]["git_commit"] == git["commit"] + ("-dirty" if git["dirty"] else "")
+    assert len(r0["metrics"]["window_nll"]) == 2 == len(r0["metrics"]["dense_window_nll"])
+    cfg = r0["identity"]["inputs"]["config"]
+    assert "draw" not in cfg["calibration"]  # the default is left out of the identity
+    r1 = run(_compose([*base, "calibration.draw=1"]))
+    assert r1["identity"]["id"] != r0["identity"]["id"] and "lord-draw1" in r1["path"]
+    assert r1["data"]["calibration_draw"] == 1
+    assert r1["metrics"]["perplexity"] != r0["metrics"]["perplexity"]

@@ -1,5 +1,9 @@
 """``perplexity``: corpus-level perplexity on the validation windows; the dense value is the baseline,
-cached on disk per (model, validation windows, batch size)."""
+cached on disk per (model, validation windows, batch size).
+
+A result holds the NLL of every validation window and block (``lord.perplexity``) for the compressed model and,
+as ``dense_window_nll`` / ``dense_block_nll``, for the dense one on the same tokens: everything a paired
+interval on the perplexity increase needs (``analysis.intervals``)."""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ class Perplexity(Evaluation):
         val = ctx.data.windows("validation")
         f = ctx.cache.root / "dense" / f"{content_key(ctx.cache.model_key, tensor_hash(val), self.options.batch_size)}.json"
         dense = read_json(f)
-        if dense is None:
+        if dense is None or "window_nll" not in dense:  # cached before per-window NLL was recorded
             dense = self._run(ctx)
             write_json_atomic(f, dense)
         return dense
@@ -39,6 +43,8 @@ class Perplexity(Evaluation):
     def measure(self, ctx, baseline) -> dict:
         m = dict(self._run(ctx) if ctx.changed else baseline)
         m["dense_perplexity"] = baseline["perplexity"]
+        m["dense_window_nll"] = baseline["window_nll"]
+        m["dense_block_nll"] = baseline["block_nll"]
         m["perplexity_increase_percent"] = 100 * (m["perplexity"] / baseline["perplexity"] - 1)
         return m
 

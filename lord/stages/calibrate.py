@@ -35,6 +35,10 @@ class Calibrate(Stage):
         if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2):
             raise LordError(f"calibration.seq_len={seq_len!r} must be null (data.seq_len) or an integer >= 2")
         check_skip_first("calibration.skip_first", c.skip_first, seq_len or self.cfg.data.get("seq_len"))
+        draw = c.get("draw")
+        if draw is not None and (isinstance(draw, bool) or not isinstance(draw, int) or draw < 0):
+            raise LordError(f"calibration.draw={draw!r} must be null (the first n_windows windows) or a seed >= 0, "
+                            "e.g. calibration.draw=1")
         corpus = self.cfg.data.get("calibration_corpus")
         if corpus is not None and self.cfg.data.name == "stdlib" and corpus not in STDLIB_CALIBRATION_CORPORA:
             raise LordError(f"data.calibration_corpus={corpus!r} is unknown; allowed: "
@@ -56,4 +60,4 @@ class Calibrate(Stage):
                                     reuse_bases=bool(c.reuse_bases) and c.mode == "oneshot",
                                     skip_first=c.skip_first)
         return {"mode": c.mode, "windows": None if batches is None else sum(len(b) for b in batches),
-                "skip_first": c.skip_first}
+                "skip_first": c.skip_first, "draw": c.get("draw")}

@@ -25,6 +25,12 @@ def noise_settings(cfg) -> tuple[float, int]:
 
 @STAGES.register("quant_noise")
 class QuantNoise(Stage):
+    @classmethod
+    def tag(cls, cfg) -> str:
+        """``+quant_noise`` at the defaults (scale 1, seed 0), else ``+quant_noise-x<scale>-seed<seed>``."""
+        scale, seed = noise_settings(cfg)
+        return (f"-x{scale:g}" if scale != 1.0 else "") + (f"-seed{seed}" if seed else "")
+
     def check_config(self) -> None:
         scale, seed = noise_settings(self.cfg)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
