@@ -227,9 +227,10 @@ def test_hqq_sensitivity_is_deterministic_and_within_the_triangle_bound(tmp_path
 def test_humaneval_throughput_sampled_mode_runs_its_three_modes_into_one_json(tmp_path, monkeypatch, smollm2):
     """One sample at a time, continuous, continuous with shared prefills: in float64 the same samples (no
     near-tie for rounding to flip), with one prefill per task when shared."""
+    from transformers import AutoConfig
+
     from experiments.benchmarks import humaneval_throughput
     from lord.models import random_model
-    from transformers import AutoConfig
 
     _, tok, _ = smollm2
     tiny = random_model(AutoConfig.for_model("llama", **{**TINY_CONFIGS["llama"], "vocab_size": len(tok)}),
