@@ -122,6 +122,10 @@ class CompressionCache:
     def store_channel_statistics(self, key: str, stats: dict[str, ChannelAbsMean]) -> None:
         save_channel_statistics(stats, self._channels_file(key))
 
+    def curvature_file(self, key: str, output: str) -> Path:
+        """K-FAC factors (``lord.curvature``) of the selection whose statistics key is ``key``."""
+        return self.root / "stats" / f"{key}.curvature-{output}.safetensors"
+
     # bases ------------------------------------------------------------------------------------------------
     def bases_dir(self, statistics_key: str | None, basis_key: str) -> Path:
         return self.root / "bases" / content_key(self.model_key, statistics_key, basis_key)
@@ -134,7 +138,7 @@ class CompressionCache:
             return None
         try:
             t = load_file(str(f))
-            return Basis(t["Q"], t["spectrum"], t.get("mean_z"))
+            return Basis(t["Q"], t["spectrum"], t.get("mean_z"), t.get("dual"))
         except Exception as e:  # a truncated or foreign file: recompute it
             log.warning("basis cache file %s is unreadable (%s: %s); recomputing it", f, type(e).__name__, e)
             f.unlink(missing_ok=True)
@@ -145,6 +149,8 @@ class CompressionCache:
         tensors = {"Q": basis.Q.cpu().contiguous(), "spectrum": basis.spectrum.cpu().contiguous()}
         if basis.mean_z is not None:
             tensors["mean_z"] = basis.mean_z.cpu().contiguous()
+        if basis.dual is not None:
+            tensors["dual"] = basis.dual.cpu().contiguous()
         tmp = temp_file(folder, ".safetensors")
         try:
             save_file(tensors, tmp)

@@ -39,7 +39,7 @@ from lord.ranks import RankSpec
 from lord.structure import Decomposition, Planned, dense_W_b, plan_targets, set_module, write_factors
 
 CALIBRATION_MODES = ("oneshot", "sequential")
-STATISTICS = ("moments", "channel_abs_mean")  # what a method's basis can read (Method.statistic)
+STATISTICS = ("moments", "channel_abs_mean", "curvature")  # what a method's basis can read (Method.statistic)
 log = logging.getLogger(__name__)
 
 
@@ -87,11 +87,15 @@ class Compressor:
         self._statistics_key: str | None = None
         self._channels: dict[str, ChannelAbsMean] | None = None  # mean |x| per input channel (ASVD)
         self._channels_key: str | None = None
+        self._curvature: dict[str, dict] = {}  # K-FAC factors (kfac) per output form: "full", "diagonal", ...
+        self._curvature_key: dict[str, str | None] = {}
         self._bases: dict[str, dict[str, Basis]] = {}  # in-memory reuse: basis key -> target name -> basis
         self._stored: set[tuple[str, str]] = set()  # (basis key, target) this Compressor wrote to the cache
         self._originals: dict[str, nn.Module] = {}  # dense modules replaced by the last apply
         self._added: list[tuple[str, str]] = []  # (parent, attribute) of shared bottlenecks added by it
         self.events: dict = {}  # what the last calls did (statistics/bases from cache), for run records
+        # allocation 'measured': {"windows": held-out calibration windows, "grid": removal shares} (lord.sensitivity)
+        self.sensitivity: dict | None = None
 
     # statistics --------------------------------------------------------------------------------------------
     @property
@@ -138,15 +142,48 @@ class Compressor:
             self._channels_key = key
         return self._channels
 
+    def curvature(self, output: str) -> dict:
+        """K-FAC factors of every target (``lord.curvature``; methods whose ``statistic`` is "curvature"): from the
+        cache, or one forward and backward pass over the calibration windows."""
+        from lord.curvature import collect_curvature, load_curvature, save_curvature
+
+        if output not in self._curvature:
+            if self.batches is None:
+                raise LordError("curvature statistics are needed: pass calibration batches")
+            key = f = None
+            if self.cache is not None:
+                windows = torch.cat(list(self.batches))
+                key = self.cache.statistics_key(windows, [t.name for t in self.targets], self.skip_first)
+                f = self.cache.curvature_file(key, output)
+            stats = None
+            if f is not None and f.is_file():
+                try:
+                    stats = load_curvature(f, device=self._device())
+                except LordError as e:
+                    log.warning("%s; recomputing it", e)
+                    f.unlink(missing_ok=True)
+            self.events["curvature_from_cache"] = stats is not None
+            if stats is None:
+                stats = collect_curvature(self.model, self.targets, self.batches, output, self.progress,
+                                          self.skip_first)
+                if f is not None:
+                    save_curvature(stats, f)
+            self._curvature[output], self._curvature_key[output] = stats, None if key is None else f"{key}|{output}"
+        return self._curvature[output]
+
     def statistics_for(self, method: Method) -> dict | None:
-        """What ``method``'s bases read: moments, channel statistics, or nothing (data-free)."""
+        """What ``method``'s bases read: moments, channel statistics, curvature, or nothing (data-free)."""
         if not method.needs_statistics:
             return None
+        if _statistic(method) == "curvature":
+            return self.curvature(method.output_form)
         return self.channel_statistics if _reads_channels(method) else self.statistics
 
     def _statistics_key_for(self, method: Method) -> str | None:
         if not method.needs_statistics:
             return None
+        if _statistic(method) == "curvature":
+            return self._curvature_key.get(method.output_form)
         return self._channels_key if _reads_channels(method) else self._statistics_key
 
     def _check_rank(self, stats: dict[str, Moments]) -> None:
@@ -194,7 +231,7 @@ class Compressor:
                     self.events["bases_from_cache"] = self.events.get("bases_from_cache", 0) + 1
                 return cached
         b = self._compute_basis(method, target, statistics)
-        b = Basis(b.Q.to(torch.float32), b.spectrum, b.mean_z)
+        b = b.with_dtype(torch.float32)
         if folder is not None:
             self.cache.store_basis(folder, target.name, b)
             self._stored.add((method.basis_key(), target.name))
@@ -210,6 +247,10 @@ class Compressor:
 
     def _statistic_of(self, method: Method, target: Target, statistics):
         """(the statistic ``target``'s basis reads under ``method``, its side)."""
+        if _statistic(method) == "curvature":
+            from lord.curvature import curvature_for
+
+            return curvature_for(statistics, target, method.output_form), "both"
         if _reads_channels(method):
             key, side = channel_key(target), "input"
         else:
@@ -260,13 +301,16 @@ class Compressor:
         check_budget(self._candidates(get_method(method)), rank.value, rank.round_to)
 
     def allocate(self, method, rank: RankSpec) -> dict[str, int | None]:
-        """Each target's rank (None: dense) for ``rank.unit=budget``, from the method's spectra (its bases)."""
-        from lord.allocation import allocate
+        """Each target's rank (None: dense) for ``rank.unit=budget``, from the method's spectra (its bases), and
+        for a criterion that needs them (``measured``) from measured sensitivities (``lord.sensitivity``)."""
+        from lord.allocation import ALLOCATORS, allocate
 
         method = get_method(method)
         stats = self.statistics_for(method)
         spectra = {t.name: self.basis(method, t, stats).spectrum for t in self.targets}
         candidates = self._candidates(method, spectra)
+        if getattr(ALLOCATORS.get(rank.allocation), "needs_measurement", False):
+            candidates = self._measured(method, candidates, rank.round_to)
         ranks = allocate(candidates, rank.value, rank.allocation, rank.round_to)
         dense = sum(c.dense_params for c in candidates)
         kept = sum(c.kept(ranks[c.name]) for c in candidates)
@@ -274,6 +318,26 @@ class Compressor:
                                      "removed_percent": 100 * (dense - kept) / dense, "selection_params": dense,
                                      "dense_targets": sorted(n for n, r in ranks.items() if r is None)}
         return ranks
+
+    def _measured(self, method: Method, candidates: list, step: int) -> list:
+        """``candidates`` with their measured cost per rank option (``sensitivity``: the held-out windows and the
+        options, set by whoever runs the allocation, e.g. stage ``decompose``)."""
+        from dataclasses import replace as with_costs
+
+        from lord.sensitivity import measure_sensitivities, table_key
+
+        if self.sensitivity is None:
+            raise LordError("allocation 'measured' needs held-out calibration windows: set Compressor.sensitivity "
+                            "(stage decompose does, from the sensitivity config)")
+        windows, grid = self.sensitivity["windows"], self.sensitivity["grid"]
+        table_file = None
+        if self.cache is not None:
+            key = table_key(self, method, self._statistics_key_for(method), windows, grid, step)
+            table_file = self.cache.root / "sensitivity" / f"{key}.json"
+        table, record = measure_sensitivities(self, method, candidates, windows, grid, step, table_file,
+                                              self.progress)
+        self.events["sensitivity"] = record
+        return [with_costs(c, costs=table[c.name]) for c in candidates]
 
     def apply(self, method, rank: RankSpec, calibration: str = "oneshot") -> dict:
         """Compress the model in place (from its dense state) and return a report of what was replaced."""
@@ -284,22 +348,31 @@ class Compressor:
         planned = self.plan(method, rank)
         if not method.decomposes:
             return _report(method, calibration, [])
-        for t, _ in planned:
-            for m in t.members:
-                self._originals[m] = self.model.get_submodule(m)
-        for t, d in planned:
-            if len(d.members) > 1:
-                self._added.append((d.members[0].rsplit(".", 1)[0], shared_name(d.members)))
         if calibration == "sequential" and method.needs_statistics:
             check_sequential(method, rank)
+            self._remember(planned)
             self._apply_sequential(method, planned)
         else:
-            stats = self.statistics_for(method)
-            for t, d in progress_bar(planned, desc=f"{method.name} decomposition", unit="layer",
-                                     disable=not self.progress):
-                self._apply_one(method, t, d, self.basis(method, t, stats))
+            self.swap_in(method, planned)
         return _report(method, calibration, [d for _, d in planned],
                        sum(self._dense_params(t) for t, _ in planned))
+
+    def _remember(self, planned: list[Planned]) -> None:
+        """Keep the dense modules (and the shared bottlenecks to remove) of ``planned`` for ``restore``."""
+        for t, d in planned:
+            for m in t.members:
+                self._originals.setdefault(m, self.model.get_submodule(m))
+            if len(d.members) > 1:
+                self._added.append((d.members[0].rsplit(".", 1)[0], shared_name(d.members)))
+
+    def swap_in(self, method: Method, planned: list[Planned], bases: dict[str, Basis] | None = None) -> None:
+        """Decompose the ``planned`` targets (others stay as they are) with their bases (``bases``, or the
+        Compressor's); ``restore`` undoes it."""
+        self._remember(planned)
+        stats = None if bases is not None else self.statistics_for(method)
+        for t, d in progress_bar(planned, desc=f"{method.name} decomposition", unit="layer",
+                                 disable=not self.progress or len(planned) == 1):
+            self._apply_one(method, t, d, bases[t.name] if bases is not None else self.basis(method, t, stats))
 
     def _apply_one(self, method: Method, t: Target, d: Decomposition, basis: Basis) -> None:
         W, b = dense_W_b(self.model, t.members)
@@ -348,18 +421,22 @@ class Compressor:
             run_targets(post, self.calibrate([p.target for p in post]))
 
 
-def _reads_channels(method: Method) -> bool:
+def _statistic(method: Method) -> str:
     if method.statistic not in STATISTICS:
         raise LordError(f"method {method.name!r} reads statistic {method.statistic!r}; known: {', '.join(STATISTICS)}")
-    return method.statistic == "channel_abs_mean"
+    return method.statistic
+
+
+def _reads_channels(method: Method) -> bool:
+    return _statistic(method) == "channel_abs_mean"
 
 
 def check_sequential(method: Method, rank: RankSpec) -> None:
     """Sequential calibration (Alg. 1) gathers moments block by block; methods reading other statistics, and
     budgets (allocated from every block's spectra at once), run oneshot."""
-    if method.needs_statistics and _reads_channels(method):
-        raise LordError(f"method {method.name!r} reads channel statistics, which sequential calibration does not "
-                        "gather; use calibration.mode=oneshot")
+    if method.needs_statistics and _statistic(method) != "moments":
+        raise LordError(f"method {method.name!r} reads {method.statistic} statistics, which sequential calibration "
+                        "does not gather; use calibration.mode=oneshot")
     if rank.unit == "budget":
         raise LordError("rank.unit=budget allocates ranks from the oneshot statistics of every block; use "
                         "calibration.mode=oneshot")

@@ -44,7 +44,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 #     (its published runs' value); the sampled presets, with no published runs, default to auto.
 ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib",
               "rank.allocation": "uniform", "data.stdlib_root": None,
-              "calibration.draw": None, "eval.share_prefix": True}
+              "calibration.draw": None,
+              "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]},
+              "eval.share_prefix": True}
 
 
 def numeric_config(config: dict) -> dict:

@@ -22,6 +22,21 @@ one pass of the compressed block gives ``z`` on the same tokens; every target of
 pass of the refitted block advances the compressed states. Targets of one block are refitted together, so a
 later one of them (``o_proj`` after q/k/v) is fitted on inputs from the block's earlier targets before their
 refit. Embedding and LM-head targets are not refitted.
+
+``fit="both"`` (stage ``anchor``, the AA-SVD / SAES-SVD idea) chooses the whole rank-r map, not only ``B``:
+
+    minimise  E || y - (W' x~ + c) ||^2 + lam ||W'||_F^2   over rank-r W'
+
+whose solution is the full-rank least-squares map ``W* = Cov(y, x~) K^-1`` (``K = Cov(x~) + lam I``; second moments
+when the layer has no bias) truncated in the metric ``K``: ``W' = U_r U_r^T W*`` with ``U`` the left singular
+vectors of ``W* L``, ``L L^T = K``. With ``x~ = x`` (no compressed block before it) and ``lam = 0`` this is
+``whiten`` fitted to the layer's own outputs (tested). ``A = U_r^T W*`` and ``B = U_r`` replace the factors;
+the ranks stay those of ``decompose``.
+
+Held-out tokens (``holdout``, a share of the calibration batches, the last ones): each candidate ridge of
+``ridges`` is fitted on the other batches and scored on those; the one with the lowest held-out objective is
+refitted on all batches. The record keeps, per layer, the held-out objective of the factors before and of the
+chosen fit, so a fit that only memorises its tokens shows there.
 """
 
 from __future__ import annotations
@@ -60,6 +75,15 @@ class PairMoments:
             self.yy += float(yc.double().square().sum())
         self.n += y.shape[0]
 
+    def __iadd__(self, other: "PairMoments") -> "PairMoments":
+        self.zz += other.zz
+        self.yz += other.yz
+        self.z += other.z
+        self.y += other.y
+        self.yy += other.yy
+        self.n += other.n
+        return self
+
     def objective(self, B: torch.Tensor, c: torch.Tensor) -> float:
         """``E || y - (B z + c) ||^2`` from the sums alone."""
         n = self.n
@@ -81,6 +105,25 @@ class PairMoments:
         c = torch.where(has_bias.to(Mzz.device), ybar - B_c @ zbar, torch.zeros_like(ybar))
         return B, c, lam
 
+    def solve_low_rank(self, has_bias: torch.Tensor, ridge: float, rank: int):
+        """(A, B, c, lam): the rank-``rank`` minimiser of the ridge objective over ``W' = B A`` (``z`` = the layer's
+        input); centred (an intercept) when every row has a bias, else uncentred with an intercept added after the
+        fit for the rows that have one."""
+        n, d = self.n, self.zz.shape[0]
+        Mzz, Myz, zbar, ybar = self.zz / n, self.yz / n, self.z / n, self.y / n
+        centred = bool(has_bias.all())
+        Czz = Mzz - torch.outer(zbar, zbar) if centred else Mzz
+        Cyz = Myz - torch.outer(ybar, zbar) if centred else Myz
+        Czz = (Czz + Czz.T) / 2
+        lam = ridge * float(torch.trace(Czz)) / d
+        vals, vecs = torch.linalg.eigh(Czz + lam * torch.eye(d, dtype=torch.float64, device=Czz.device))
+        vals = vals.clamp_min(float(vals.max()) * 1e-12)
+        W_full = ((Cyz @ vecs) / vals) @ vecs.T  # Cyz K^-1
+        U = torch.linalg.svd(W_full @ (vecs * vals.sqrt()), full_matrices=False)[0][:, :rank]
+        A, B = U.T @ W_full, U
+        c = torch.where(has_bias.to(Mzz.device), ybar - B @ (A @ zbar), torch.zeros_like(ybar))
+        return A, B, c, lam
+
 
 def _factors(model: nn.Module, members) -> tuple[torch.Tensor, list[nn.Linear]]:
     """(A, the members' B linears) of a decomposed target."""
@@ -90,9 +133,15 @@ def _factors(model: nn.Module, members) -> tuple[torch.Tensor, list[nn.Linear]]:
     return mods[0]._shared.weight, [m.B for m in mods]
 
 
-def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True) -> dict:
+def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True,
+          fit: str = "B", holdout: float = 0.0, ridges=None) -> dict:
     """Refit every block target of ``decompositions`` (already applied by ``compressor``) in place; returns a
-    record: per layer, the objective before and after (and the ridge term's lam)."""
+    record: per layer, the objective before and after (and the ridge term's lam).
+
+    ``fit``: "B" (``B`` and bias, ``A`` fixed) or "both" (the whole rank-r map). ``holdout`` > 0 keeps that share
+    of the batches (the last ones) out of each candidate fit of ``ridges`` (default: ``[ridge]``) to choose it."""
+    if fit not in ("B", "both"):
+        raise ValueError(f"fit must be 'B' or 'both', got {fit!r}")
     arch = architecture_for(model, compressor.architecture)
     blocks = model.get_submodule(arch.blocks)
     device = next(model.parameters()).device
@@ -105,42 +154,87 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
         return {"targets": [], "skipped": skipped}
     compressed = _block_inputs(model, blocks[0], batches, device)
     dense = list(compressed)
+    held_from = len(batches) - (round(holdout * len(batches)) if holdout else 0)
+    if held_from < 1:
+        raise ValueError(f"holdout {holdout} leaves no calibration batch to fit on ({len(batches)} batches)")
+    candidates = list(ridges) if ridges else [ridge]
     layers = []
-    for i in progress_bar(range(max(by_block) + 1), desc="refit", unit="block", disable=not progress):
+    for i in progress_bar(range(max(by_block) + 1), desc="refit" if fit == "B" else "anchored fit", unit="block",
+                          disable=not progress):
         if i not in by_block:
             _advance(blocks[i], compressed)
             _advance_dense(model, blocks[i], [], compressor, dense)
             continue
         targets = by_block[i]
-        acc = {d.name: PairMoments(sum(d.d_outs), d.rank, device) for d in targets}
+        dims = {d.name: d.rank if fit == "B" else d.d_in for d in targets}
+        acc = {d.name: [PairMoments(sum(d.d_outs), dims[d.name], device) for _ in range(2)] for d in targets}
         for j in range(len(compressed)):
             ys = _dense_outputs(model, blocks[i], targets, compressor, dense, j)
-            zs = _compressed_codes(model, blocks[i], targets, compressed, j)
+            zs = (_compressed_codes if fit == "B" else _compressed_inputs)(model, blocks[i], targets, compressed, j)
             for d in targets:
-                acc[d.name].update(ys[d.name], zs[d.name])
+                acc[d.name][j >= held_from].update(ys[d.name], zs[d.name])
         for d in targets:
-            A, Bs = _factors(model, d.members)
-            B0 = torch.cat([b.weight.detach().double() for b in Bs]).to(device)
-            c0 = torch.cat([b.bias.detach().double() if b.bias is not None else
-                            torch.zeros(b.out_features, dtype=torch.float64, device=device) for b in Bs])
-            has_bias = torch.cat([torch.full((b.out_features,), b.bias is not None) for b in Bs])
-            m = acc[d.name]
-            B, c, lam = m.solve(has_bias, ridge)
-            ridge_term = lambda M: lam * float(M.square().sum())  # noqa: E731
-            before, after = m.objective(B0, c0), m.objective(B, c)
-            layers.append({"name": d.name, "block": i, "tokens": m.n, "objective_before": before,
-                           "objective_after": after, "ridge_objective_before": before + ridge_term(B0),
-                           "ridge_objective_after": after + ridge_term(B), "lam": lam})
-            row = 0
-            with torch.no_grad():
-                for b in Bs:
-                    b.weight.copy_(B[row:row + b.out_features].to(b.weight.dtype))
-                    if b.bias is not None:
-                        b.bias.copy_(c[row:row + b.out_features].to(b.bias.dtype))
-                    row += b.out_features
+            layers.append(_refit_target(model, d, i, *acc[d.name], fit, candidates, device))
         _advance(blocks[i], compressed)
         _advance_dense(model, blocks[i], targets, compressor, dense)
-    return {"targets": layers, "skipped": skipped, "ridge": ridge}
+    return {"targets": layers, "skipped": skipped, "ridge": ridge, "fit": fit, "holdout": holdout,
+            "ridges": candidates, "held_out_batches": len(batches) - held_from}
+
+
+def _current(model, d, device):
+    """(W' as the layer computes it now, c, has_bias, A, the members' B linears) of a decomposed target."""
+    A, Bs = _factors(model, d.members)
+    B0 = torch.cat([b.weight.detach().double() for b in Bs]).to(device)
+    c0 = torch.cat([b.bias.detach().double() if b.bias is not None else
+                    torch.zeros(b.out_features, dtype=torch.float64, device=device) for b in Bs])
+    has_bias = torch.cat([torch.full((b.out_features,), b.bias is not None) for b in Bs])
+    return B0, c0, has_bias, A, Bs
+
+
+def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments, fit: str, ridges, device) -> dict:
+    """Choose the ridge on the held-out moments (when there are any), fit on all, write the factors; the record."""
+    B0, c0, has_bias, A, Bs = _current(model, d, device)
+    if fit == "both":  # the objective's z is the layer's input: the map in place is B0 A
+        B0 = B0 @ A.detach().double().to(device)
+
+    def solve(m, lam_rel):
+        if fit == "B":
+            B, c, lam = m.solve(has_bias, lam_rel)
+            return None, B, c, lam
+        return m.solve_low_rank(has_bias, lam_rel, d.rank)
+
+    def mapped(A_, B_):
+        return B_ if A_ is None else B_ @ A_
+
+    held = None
+    if held_m.n:
+        scores = []
+        for lam_rel in ridges:
+            A_, B_, c_, _ = solve(fit_m, lam_rel)
+            scores.append((held_m.objective(mapped(A_, B_), c_), lam_rel))
+        held_after, chosen = min(scores)
+        held = {"held_out_tokens": held_m.n, "held_out_before": held_m.objective(B0, c0),
+                "held_out_after": held_after, "held_out_by_ridge": [s for s, _ in scores]}
+    else:
+        chosen = ridges[0]
+    fit_m += held_m
+    A_new, B, c, lam = solve(fit_m, chosen)
+    W = mapped(A_new, B)
+    ridge_term = lambda M: lam * float(M.square().sum())  # noqa: E731
+    before, after = fit_m.objective(B0, c0), fit_m.objective(W, c)
+    record = {"name": d.name, "block": block, "tokens": fit_m.n, "objective_before": before, "objective_after": after,
+              "ridge_objective_before": before + ridge_term(B0), "ridge_objective_after": after + ridge_term(W),
+              "lam": lam, "ridge": chosen, **(held or {})}
+    row = 0
+    with torch.no_grad():
+        if A_new is not None:
+            A.copy_(A_new.to(A.dtype))
+        for b in Bs:
+            b.weight.copy_(B[row:row + b.out_features].to(b.weight.dtype))
+            if b.bias is not None:
+                b.bias.copy_(c[row:row + b.out_features].to(b.bias.dtype))
+            row += b.out_features
+    return record
 
 
 def _swap_in_dense(model, targets, compressor) -> dict:
@@ -180,6 +274,18 @@ def _dense_outputs(model, block, targets, compressor, states, j) -> dict[str, to
         _run_hooked(block, states[j:j + 1], handles)
     _run_dense(model, block, targets, compressor, run)
     return {d.name: torch.cat([outs[d.name][m] for m in d.members], dim=-1) for d in targets}
+
+
+def _compressed_inputs(model, block, targets, states, j) -> dict[str, torch.Tensor]:
+    """Each target's input ``x~`` on batch ``j`` of the compressed states."""
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for d in targets:
+        def hook(_mod, args, _out, d=d):
+            inputs[d.name] = args[0].detach()
+        handles.append(model.get_submodule(d.members[0]).register_forward_hook(hook))
+    _run_hooked(block, states[j:j + 1], handles)
+    return inputs
 
 
 def _compressed_codes(model, block, targets, states, j) -> dict[str, torch.Tensor]:

@@ -91,6 +91,24 @@ class RunData:
                                     else draw_windows(all_w, n, draw, f"{split} windows"))
         return self._windows[split]
 
+    def held_out_calibration(self, n: int, seq_len: int) -> torch.Tensor:
+        """``n`` windows of the calibration split that the calibration windows do not include (the last ones of
+        the split's order), cut to their first ``seq_len`` tokens: data for measuring, never for statistics."""
+        d = self.cfg.data
+        corpus = self.corpora()[0]
+        all_w = tokenize_windows(corpus, self.tokenizer, seq_len=split_seq_len(self.cfg, "calibration"),
+                                 min_chars=d.min_chars, all_windows=d.all_windows,
+                                 cache_dir=Path(self.cfg.paths.cache_dir) / "windows")
+        used = {tuple(w.tolist()) for w in self.windows("calibration")}
+        free = [w for w in all_w if tuple(w.tolist()) not in used]
+        if len(free) < n:
+            raise LordError(f"sensitivity.windows={n}: the calibration corpus has {len(free)} window(s) besides the "
+                            f"{len(used)} calibration windows; lower sensitivity.windows or calibration.n_windows")
+        if seq_len > all_w.shape[1]:
+            raise LordError(f"sensitivity.seq_len={seq_len} is longer than the calibration windows "
+                            f"({all_w.shape[1]} tokens)")
+        return torch.stack(free[-n:])[:, :seq_len]
+
     def describe(self) -> dict | None:
         """What was used (None when the run needed no data)."""
         if not self._windows:

@@ -26,8 +26,11 @@ def _candidates(seed: int, n: int = 12) -> list[Candidate]:
         d_min = min(d_out, d_in)
         decay = rng.uniform(0.01, 0.3)
         spectrum = torch.exp(-decay * torch.arange(d_min, dtype=torch.float64)) * 10 ** rng.uniform(1, 5)
-        out.append(Candidate(f"t{i}", rng.choice(["mlp_down", "attn_out"]), d_out * d_in + bias, d_in + d_out, bias,
-                             d_min, spectrum, per_vector=True))
+        c = Candidate(f"t{i}", rng.choice(["mlp_down", "attn_out"]), d_out * d_in + bias, d_in + d_out, bias,
+                      d_min, spectrum, per_vector=True)
+        # a 'measured' cost per rank: the truncation loss, noisy (what a KL table looks like to the solver)
+        c.costs = {r: c.loss(r) * rng.uniform(0.5, 2) for r in range(1, d_min + 1)}
+        out.append(c)
     return out
 
 
@@ -85,6 +88,7 @@ def test_a_budget_larger_than_the_selection_can_remove_is_one_clear_error():
 def _budget_run(model, batches, method, criterion, percent=25):
     dense = sum(p.numel() for p in model.parameters())
     c = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False)
+    c.sensitivity = {"windows": calib_batches(seed=9, n=1, batch=2, seq=16)[0], "grid": [20, 40, 60]}  # 'measured' 
     report = c.apply(method, RankSpec("budget", percent, allocation=criterion))
     alloc = c.events["allocation"]
     after = sum(p.numel() for p in model.parameters())
@@ -129,3 +133,77 @@ def test_asvd_runs_oneshot_only_and_its_channel_statistics_are_cached(tmp_path):
     with pytest.raises(LordError, match="oneshot"):
         Compressor(tiny_model("llama"), batches=calib_batches(), progress=False).apply(
             "asvd", RankSpec("reduction", 50), calibration="sequential")
+
+
+def _brute_force(items, allowed):
+    import itertools
+
+    best = None
+    for choice in itertools.product(*[range(len(o)) for o in items]):
+        kept = sum(items[i][o][0] for i, o in enumerate(choice))
+        cost = sum(items[i][o][1] for i, o in enumerate(choice))
+        if kept <= allowed and (best is None or cost < best[0] - 1e-12):
+            best = (cost, choice)
+    return best
+
+
+def test_the_integer_program_finds_the_brute_force_optimum_and_never_exceeds_the_budget():
+    from lord.allocation.knapsack import solve_choice
+
+    rng = random.Random(3)
+    for trial in range(25):
+        items = [[(rng.randint(1, 60), rng.uniform(0, 10)) for _ in range(rng.randint(1, 4))] for _ in range(5)]
+        least = sum(min(k for k, _ in o) for o in items)
+        allowed = rng.randint(least, least + 120)
+        chosen = solve_choice(items, allowed)
+        assert sum(items[i][o][0] for i, o in enumerate(chosen)) <= allowed
+        cost = sum(items[i][o][1] for i, o in enumerate(chosen))
+        assert cost == pytest.approx(_brute_force(items, allowed)[0], abs=1e-6), trial
+    with pytest.raises(LordError, match="no choice of options fits the budget"):
+        solve_choice([[(5, 1.0)], [(7, 0.0)]], 11)
+
+
+def test_the_sensitivity_table_is_measured_once_and_is_the_full_models_kl():
+    """Each entry is the KL of the whole model with only that matrix at that rank (the block-runner shortcut
+    changes nothing); a second allocation, another budget, reads the cached table: no forward pass."""
+    import torch.nn.functional as F
+
+    from lord.cache import CompressionCache
+    from lord.structure import Planned
+
+    model = tiny_model("qwen2", initializer_range=0.5)
+    windows = calib_batches(seed=9, n=1, batch=2, seq=16)[0]
+    cache_root = __import__("tempfile").mkdtemp()
+    cache = CompressionCache(cache_root, "tiny")
+
+    def compressor():
+        c = Compressor(model, kinds=["all"], batches=calib_batches(n=4), cache=cache, reuse_bases=True,
+                       progress=False)
+        c.sensitivity = {"windows": windows, "grid": [25, 50]}
+        return c
+
+    c = compressor()
+    c.apply("whiten", RankSpec("budget", 20, allocation="measured"))
+    first = c.events["sensitivity"]
+    assert first["from_cache"] == 0 and first["forward_passes"] > 1 and first["total"]["seconds"] > 0
+    c.restore()
+    # one entry against the whole model
+    from lord.methods import get_method
+    from lord.sensitivity import measure_sensitivities
+
+    method = get_method("whiten")
+    cands = c._candidates(method, {t.name: c.basis(method, t, c.statistics_for(method)).spectrum for t in c.targets})
+    table, _ = measure_sensitivities(c, method, cands, windows, [25, 50], 1, None, progress=False)
+    with torch.no_grad():
+        dense = F.log_softmax(model(input_ids=windows).logits.float(), -1)
+    t, shape = c._shapes(method)[-3]
+    r = sorted(table[t.name])[0]
+    c.swap_in(method, [Planned(t, __import__("dataclasses").replace(shape, rank=r))])
+    with torch.no_grad():
+        lp = F.log_softmax(model(input_ids=windows).logits.float(), -1)
+    c.restore()
+    assert float((dense.exp() * (dense - lp)).sum(-1).mean()) == pytest.approx(table[t.name][r], rel=1e-4, abs=1e-9)
+    second = compressor()
+    second.apply("whiten", RankSpec("budget", 30, allocation="measured"))
+    assert second.events["sensitivity"]["from_cache"] == second.events["sensitivity"]["targets"]
+    assert second.events["sensitivity"]["forward_passes"] == 0

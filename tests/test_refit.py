@@ -59,3 +59,38 @@ def test_refit_never_increases_its_objective_and_the_model_still_runs(arch):
     assert any(t["objective_after"] < 0.99 * t["objective_before"] for t in later)
     ids = torch.randint(0, 97, (1, 16))
     assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_the_anchored_fit_on_the_dense_inputs_is_whiten_on_its_own_outputs():
+    """Block 0's MLP-down sees the dense model's inputs (x~ = x): the whole rank-r least-squares map of its
+    outputs is whiten's (Eckart-Young in the metric E[x x^T]) on the same tokens."""
+    model = tiny_model("llama")
+    batches = calib_batches()
+    c = Compressor(model, kinds=["mlp_down"], layers=[0], batches=batches, progress=False)
+    name = c.targets[0].members[0]
+    c.apply("whiten", RankSpec("rank", 5))
+    mod = model.get_submodule(name)
+    whiten = (mod[1].weight @ mod[0].weight).double()
+    report = c.apply("svd", RankSpec("rank", 5))  # other starting factors: the fit replaces both
+    record = refit(model, c, report["decompositions"], batches, ridge=0.0, fit="both", progress=False)
+    mod = model.get_submodule(name)
+    anchored = (mod[1].weight @ mod[0].weight).double()
+    torch.testing.assert_close(anchored, whiten, rtol=1e-4, atol=1e-5 * float(whiten.abs().max()))
+    layer = record["targets"][0]
+    assert record["fit"] == "both" and layer["objective_after"] < layer["objective_before"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_anchored_fit_lowers_its_ridge_objective_and_chooses_the_ridge_on_held_out_batches(arch):
+    model = tiny_model(arch)
+    batches = calib_batches(n=4)
+    c = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False)
+    report = c.apply("whiten", RankSpec("reduction", 50, force=True))
+    record = refit(model, c, report["decompositions"], batches, fit="both", holdout=0.25, ridges=[1e-6, 1e-2, 1.0],
+                   progress=False)
+    assert record["held_out_batches"] == 1 and len(record["targets"]) == len(report["decompositions"])
+    for layer in record["targets"]:
+        assert layer["ridge_objective_after"] <= layer["ridge_objective_before"] * (1 + 1e-9) + 1e-12
+        assert layer["held_out_after"] == min(layer["held_out_by_ridge"])
+        assert layer["ridge"] == [1e-6, 1e-2, 1.0][layer["held_out_by_ridge"].index(layer["held_out_after"])]
+    assert torch.isfinite(model(input_ids=torch.randint(0, 97, (1, 16))).logits).all()

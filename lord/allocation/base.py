@@ -43,6 +43,7 @@ class Candidate:
     d_min: int
     spectrum: torch.Tensor  # truncation loss per basis column, most important first (float64)
     per_vector: bool = False  # the spectrum is a mean over calibration vectors (moments), not a total
+    costs: dict | None = None  # rank -> measured cost (allocation 'measured': lord.sensitivity), else None
 
     def __post_init__(self):
         s = self.spectrum.detach().to(torch.float64).cpu().clamp_min(0)

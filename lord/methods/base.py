@@ -33,9 +33,14 @@ METHODS: Registry["Method"] = Registry("method", "lord.methods")
 
 @dataclass
 class Basis:
-    Q: torch.Tensor  # (d_out, k), orthonormal columns, most important first
+    Q: torch.Tensor  # (d_out, k), orthonormal columns, most important first (B = Q_r)
     spectrum: torch.Tensor  # (k,) variance captured by each column (eigenvalues / squared singular values)
     mean_z: torch.Tensor | None  # (d_out,) mean of bias-free outputs W x on the calibration data
+    # (d_out, k) with dual^T Q = I, when the projection is oblique (kfac): A = dual_r^T W; None: A = Q_r^T W
+    dual: torch.Tensor | None = None
+
+    def with_dtype(self, dtype) -> "Basis":
+        return Basis(self.Q.to(dtype), self.spectrum, self.mean_z, None if self.dual is None else self.dual.to(dtype))
 
 
 @dataclass
@@ -49,8 +54,9 @@ class Method:
     name: ClassVar[str]
     config_class: ClassVar[type] = MethodConfig
     needs_statistics: ClassVar[bool] = True  # False: data-free (no calibration pass)
-    # what ``basis`` reads: "moments" (lord.calibration.Moments of the smaller side) or "channel_abs_mean"
-    # (lord.calibration.ChannelAbsMean of the input channels, side "input")
+    # what ``basis`` reads: "moments" (lord.calibration.Moments of the smaller side), "channel_abs_mean"
+    # (lord.calibration.ChannelAbsMean of the input channels, side "input") or "curvature" (lord.curvature.Curvature:
+    # input second moment and output-gradient second moment, side "both")
     statistic: ClassVar[str] = "moments"
     keeps_mean: ClassVar[bool] = False  # True: every member gets an output bias, even where the layer had none
     decomposes: ClassVar[bool] = True  # False only for ``dense`` (the model is left as it is)
@@ -87,7 +93,8 @@ class Method:
         Qr = basis.Q[:, :rank].to(torch.float64)
         W = W.detach().to(torch.float64).to(Qr.device)
         b = None if b is None else b.detach().to(torch.float64).to(Qr.device)
-        return Qr.T @ W, Qr, self.output_bias(basis, Qr, b)
+        left = Qr if basis.dual is None else basis.dual[:, :rank].to(torch.float64).to(Qr.device)
+        return left.T @ W, Qr, self.output_bias(basis, Qr, b)
 
 
 def _sym_sqrt_factor(C: torch.Tensor) -> torch.Tensor:

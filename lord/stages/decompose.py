@@ -52,6 +52,8 @@ class Decompose(Stage):
         compressor = Compressor(model, **layer_selection(self.cfg), progress=False)
         if self.rank.unit == "budget":
             compressor.check_budget(self.method, self.rank)
+            if needs_measurement(self.rank.allocation):
+                sensitivity_settings(self.cfg)
         else:
             compressor.plan(self.method, self.rank)
 
@@ -60,6 +62,9 @@ class Decompose(Stage):
             return None
         c = ctx.compressor
         t = time.perf_counter()
+        if self.rank.unit == "budget" and needs_measurement(self.rank.allocation):
+            s = sensitivity_settings(self.cfg)
+            c.sensitivity = {"windows": ctx.data.held_out_calibration(s["windows"], s["seq_len"]), "grid": s["grid"]}
         report = c.apply(self.method, self.rank, self.cfg.calibration.mode)
         decs = report["decompositions"]
         ctx.decompositions += decs
@@ -77,7 +82,31 @@ class Decompose(Stage):
         }
         if self.rank.unit == "budget":  # the criterion, the share of the selection's parameters removed, dense targets
             record["allocation"] = c.events.get("allocation")
+            if c.events.get("sensitivity"):  # what measuring the sensitivity table cost
+                record["allocation"]["sensitivity"] = c.events["sensitivity"]
         return record
+
+
+def needs_measurement(allocation: str) -> bool:
+    from lord.allocation import ALLOCATORS
+
+    return bool(getattr(ALLOCATORS.get(allocation), "needs_measurement", False))
+
+
+def sensitivity_settings(cfg) -> dict:
+    """``sensitivity`` (allocation 'measured': lord.sensitivity), checked in one line."""
+    from lord.identity import ADDED_KEYS
+
+    s = {**ADDED_KEYS["sensitivity"], **dict(cfg.get("sensitivity") or {})}
+    for key in ("windows", "seq_len"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "seq_len" else 1):
+            raise LordError(f"sensitivity.{key}={v!r} must be an integer >= {2 if key == 'seq_len' else 1}")
+    grid = list(s["grid"])
+    if not grid or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 100 for f in grid):
+        raise LordError(f"sensitivity.grid={grid!r} must be a non-empty list of % of a matrix's parameters removed, "
+                        "each in (0, 100), e.g. [10,30,50]")
+    return {**s, "grid": sorted(grid)}
 
 
 def planned_decompositions(earlier, cfg, model) -> list | None:

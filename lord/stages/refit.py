@@ -1,4 +1,5 @@
-"""``refit`` (key ``refit.ridge``, default 1e-6; set it in a preset or with ``+refit.ridge=``): after
+"""``refit`` (key ``refit.ridge``, default 1e-6; set it in a preset or with ``+refit.ridge=``; ``refit.ridges`` and
+``refit.holdout`` choose it per layer on held-out calibration batches, as stage ``anchor`` does): after
 ``decompose``, refit every decomposed layer's ``B`` and bias on the compressed model's own inputs, ``A`` fixed
 (``lord.refit``). Run it as ``stages=[calibrate,decompose,refit]``; it reads the calibration windows again and
 keeps the hidden states of both the dense and the compressed model (two forward passes, and one more of the
@@ -29,10 +30,11 @@ class Refit(Stage):
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
             raise LordError(f"refit.ridge={ridge!r} must be a number >= 0 (a ridge term relative to the mean "
                             "eigenvalue of E[z z^T])")
-        names = [s.name for s in self.earlier]
-        if "decompose" not in names:
-            raise LordError("stage 'refit' refits decomposed layers: put it after 'decompose' "
-                            "(stages=[calibrate,decompose,refit])")
+        from lord.stages.anchor import check_after_decompose, check_held_out_batches, fit_settings
+
+        check_after_decompose(self)
+        _, holdout = fit_settings(self.cfg, "refit", None, 0.0)
+        check_held_out_batches(self.cfg, "refit", holdout)
 
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
@@ -42,7 +44,11 @@ class Refit(Stage):
         c = self.cfg.calibration
         batches = list(ctx.data.windows("calibration").split(c.batch_size))
         t = time.perf_counter()
-        record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge_setting(self.cfg))
+        from lord.stages.anchor import fit_settings
+
+        ridges, holdout = fit_settings(self.cfg, "refit", None, 0.0)
+        record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge_setting(self.cfg),
+                       holdout=holdout, ridges=ridges)
         layers = record["targets"]
         worse = [r["name"] for r in layers if r["ridge_objective_after"] > r["ridge_objective_before"] * (1 + 1e-9)]
         if worse:  # the maths says it cannot happen; say so loudly if float arithmetic ever makes it

@@ -1,0 +1,91 @@
+"""``kfac``: the rank-r ``W'`` that least raises the loss under the K-FAC curvature (two-sided whitening).
+
+With the layer's input second moment ``A = E[x x^T]`` and the second moment of the loss's gradient at its output
+``G = E[g g^T]`` (``lord.curvature``), changing ``W`` by ``D`` raises the loss by about ``1/2 tr(G D A D^T)`` per
+token. Over rank-r ``W'`` that is ``||G^1/2 (W - W') A^1/2||_F^2``, minimised by
+
+    W' = G^-1/2 SVD_r(G^1/2 W A^1/2) A^-1/2 = G^-1/2 U_r U_r^T G^1/2 W,     U: left singular vectors of G^1/2 W L,
+
+with ``L L^T = A`` (no inverse of ``A`` is formed). So ``B = G^-1/2 U_r`` and ``A_factor = (G^1/2 U_r)^T W``: an
+oblique projection (``Basis.dual`` holds ``G^1/2 U``); every rank is a slice of one basis, as for the other methods.
+The spectrum ``S^2`` is, per dropped column, twice the loss increase the curvature predicts per token: a
+truncation loss in the loss's own units, comparable across layers.
+
+``G`` is damped before its root is taken: ``G + damping * mean(diag G) * I`` (directions the loss never moves
+would otherwise get an infinite ``G^-1/2``). With ``G = I`` (``output_metric=identity``) the method is ``whiten``
+exactly (tested). ``output_metric=diagonal`` keeps only ``diag(G)``. A group's members keep one ``G`` each (block
+diagonal). The layer's bias is kept as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lord.curvature import OUTPUT_FORMS
+from lord.errors import LordError
+from lord.methods.base import METHODS, Basis, Method, MethodConfig, _sym_sqrt_factor
+
+
+@dataclass
+class KfacConfig(MethodConfig):
+    output_metric: str = "full"  # full | diagonal | identity (lord.curvature.OUTPUT_FORMS)
+    damping: float = 0.01  # relative to the mean diagonal entry of G
+
+
+def _root_pair(g, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G^1/2, G^-1/2) of the damped ``G`` of a ``lord.curvature.SecondMoment``, float64: symmetric matrices, or
+    vectors (the diagonal) when only ``diag(G)`` was kept."""
+    m = g.sum.to(torch.float64) / max(g.n, 1)
+    diag = m if g.diagonal else torch.diagonal(m)
+    shift = damping * float(diag.mean().clamp_min(0)) or 1e-12
+    if g.diagonal:
+        d = m.clamp_min(0) + shift
+        return d.sqrt(), d.rsqrt()
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2 + shift * torch.eye(m.shape[0], dtype=m.dtype, device=m.device))
+    vals = vals.clamp_min(shift)
+    return (vecs * vals.sqrt()) @ vecs.T, (vecs * vals.rsqrt()) @ vecs.T
+
+
+def _blockwise(blocks: list[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """``block_diag(*blocks) @ X`` without forming the block-diagonal matrix (a 1-D block is a diagonal)."""
+    out, row = [], 0
+    for b in blocks:
+        x = X[row:row + b.shape[0]]
+        out.append(b[:, None] * x if b.dim() == 1 else b @ x)
+        row += b.shape[0]
+    return torch.cat(out)
+
+
+@METHODS.register("kfac")
+class Kfac(Method):
+    config_class = KfacConfig
+    statistic = "curvature"
+
+    def __init__(self, config: KfacConfig | None = None):
+        super().__init__(config)
+        c = self.config
+        if c.output_metric not in OUTPUT_FORMS:
+            raise LordError(f"method.output_metric={c.output_metric!r} is unknown; allowed: {', '.join(OUTPUT_FORMS)}")
+        if isinstance(c.damping, bool) or not isinstance(c.damping, (int, float)) or not c.damping > 0:
+            raise LordError(f"method.damping={c.damping!r} must be a number > 0 (relative to the mean of diag G)")
+
+    @property
+    def output_form(self) -> str:
+        """Which K-FAC output factor the statistics must hold (``lord.curvature.collect_curvature``'s ``output``)."""
+        return self.config.output_metric
+
+    def basis(self, W, curvature, side) -> Basis:
+        if curvature is None:
+            raise LordError("method 'kfac' needs calibration data (a forward and backward pass)")
+        W = W.detach().to(torch.float64).to(curvature.A.sum.device)
+        L = _sym_sqrt_factor(curvature.A.matrix())
+        if curvature.G is None:
+            U, S, _ = torch.linalg.svd(W @ L, full_matrices=False)
+            return Basis(U, S**2, None)
+        roots = [_root_pair(g, self.config.damping) for g in curvature.G]
+        U, S, _ = torch.linalg.svd(_blockwise([r for r, _ in roots], W) @ L, full_matrices=False)
+        Q = _blockwise([inv for _, inv in roots], U)  # G^-1/2 U
+        dual = _blockwise([r for r, _ in roots], U)  # G^1/2 U: dual^T Q = U^T U = I
+        return Basis(Q, S**2, None, dual)

@@ -1,0 +1,136 @@
+"""How much each matrix, alone at each option, changes the model's predictions: the table behind
+``rank.allocation=measured`` (``lord.allocation.knapsack``).
+
+For every target and every rank option (the ranks keeping ``1 - f`` of its parameters, ``f`` in
+``sensitivity.grid``), only that target is decomposed at that rank; the model runs on held-out calibration
+windows -- windows of the calibration split that the statistics did not use, cut to ``sensitivity.seq_len``
+tokens -- and the cost is the mean per-token KL divergence ``KL(p_dense || p_option)`` of the next-token
+distributions. Blocks before the target's are not run again: each block's dense input is stored once, and the
+run starts at the target's block, so a measurement costs the blocks from there on plus the LM head.
+
+The table is measured once per (model weights, calibration statistics, method basis, windows, options) and kept
+under ``<cache>/sensitivity/<key>.json``, rewritten after every target, so an interrupted measurement resumes
+where it stopped; a budget sweep reads it for every budget. The record says how many forward passes and seconds
+the measurement cost (in this process, and in all).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lord.allocation.knapsack import rank_options
+from lord.architectures import architecture_for
+from lord.atomic import read_json, write_json_atomic
+from lord.errors import LordError
+from lord.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+FINAL_NORMS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+
+
+def final_norm(model):
+    """The module between the last block and the LM head (or None when there is none)."""
+    base = model.base_model
+    for name in FINAL_NORMS:
+        if hasattr(base, name):
+            return getattr(base, name)
+    raise LordError(f"allocation 'measured' runs the model from a block onward and needs its final norm; "
+                    f"{type(base).__name__} has none of {', '.join(FINAL_NORMS)}")
+
+
+class BlockRunner:
+    """The dense inputs of every block on ``windows``, and running blocks ``i..`` plus the head from them."""
+
+    def __init__(self, model, windows: torch.Tensor, blocks_path: str):
+        self.model, self.blocks = model, model.get_submodule(blocks_path)
+        self.norm, self.head = final_norm(model), model.get_output_embeddings()
+        self.inputs: list[tuple] = []
+        device = next(model.parameters()).device
+
+        def keep(_m, args, kwargs):
+            self.inputs.append((args, kwargs))
+        handles = [b.register_forward_pre_hook(keep, with_kwargs=True) for b in self.blocks]
+        try:
+            with torch.inference_mode():
+                dense = model(input_ids=windows.to(device), use_cache=False).logits
+        finally:
+            for h in handles:
+                h.remove()
+        self.dense_log_probs = F.log_softmax(dense.float(), -1)
+        self.passes = 1
+
+    def log_probs_from(self, i: int) -> torch.Tensor:
+        args, kwargs = self.inputs[i]
+        with torch.inference_mode():
+            for block in self.blocks[i:]:
+                out = block(*args, **kwargs)
+                hidden = out[0] if isinstance(out, tuple) else out
+                args, kwargs = ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs,
+                                                                                          "hidden_states": hidden})
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.passes += 1
+            return F.log_softmax(self.head(self.norm(hidden)).float(), -1)
+
+    def kl_from(self, i: int) -> float:
+        """Mean per-token ``KL(dense || model)`` when blocks ``i..`` run with the model's current modules."""
+        lp = self.log_probs_from(i)
+        dense = self.dense_log_probs
+        return float((dense.exp() * (dense - lp)).sum(-1).mean())
+
+
+def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid, step: int) -> str:
+    from lord.cache import content_key, tensor_hash
+
+    return content_key(compressor.cache.model_key if compressor.cache else None, statistics_key,
+                       method.basis_key(), type(method).__name__, tensor_hash(windows), list(grid), step,
+                       [t.name for t in compressor.targets])
+
+
+def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor, grid, step: int,
+                          table_file: Path | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """({target: {rank: KL}}, a record of the cost) for every candidate's rank options, resuming ``table_file``."""
+    stored = read_json(table_file) if table_file is not None else None
+    table: dict[str, dict[int, float]] = {name: {int(r): kl for r, kl in costs.items()}
+                                          for name, costs in ((stored or {}).get("table") or {}).items()}
+    before = dict((stored or {}).get("cost") or {"forward_passes": 0, "seconds": 0.0})
+    todo = [c for c in candidates if c.name not in table]
+    record = {"targets": len(candidates), "from_cache": len(candidates) - len(todo), "windows": int(windows.shape[0]),
+              "seq_len": int(windows.shape[1]), "grid": list(grid)}
+    if not todo:
+        return table, {**record, "forward_passes": 0, "seconds": 0.0, "total": before}
+    t0 = time.perf_counter()
+    model = compressor.model
+    arch = architecture_for(model, compressor.architecture)
+    runner = BlockRunner(model, windows, arch.blocks)
+    stats = compressor.statistics_for(method)
+    shapes = {t.name: (t, d) for t, d in compressor._shapes(method)}
+    for c in progress_bar(todo, desc="sensitivities", unit="matrix", disable=not progress):
+        target, shape = shapes[c.name]
+        if target.block is None:
+            raise LordError(f"allocation 'measured' measures block layers; {c.name} is not in a block")
+        basis = compressor.basis(method, target, stats)
+        costs = {}
+        for r in rank_options(c, grid, step)[1:]:
+            compressor.swap_in(method, [(target, replace(shape, rank=r))], {target.name: basis})
+            try:
+                costs[r] = runner.kl_from(target.block)
+            finally:
+                compressor.restore()
+        table[c.name] = costs
+        if table_file is not None:
+            spent = time.perf_counter() - t0
+            write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in v.items()} for n, v in table.items()},
+                                           "cost": {"forward_passes": before["forward_passes"] + runner.passes,
+                                                    "seconds": before["seconds"] + spent}})
+    spent = time.perf_counter() - t0
+    total = {"forward_passes": before["forward_passes"] + runner.passes, "seconds": before["seconds"] + spent}
+    log.info("measured %d matrices x %d options in %.0f s (%d forward passes)", len(todo), len(grid), spent,
+             runner.passes)
+    return table, {**record, "forward_passes": runner.passes, "seconds": spent, "total": total}

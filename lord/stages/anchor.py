@@ -1,0 +1,88 @@
+"""``anchor`` (keys ``anchor.ridges``, ``anchor.holdout``): after ``decompose``, refit every decomposed layer's whole
+rank-r map -- both factors and the bias -- so that, on the compressed model's own inputs, it best reproduces the
+dense layer on the dense inputs (AA-SVD / SAES-SVD style; ``lord.refit`` with ``fit="both"``). Block by block, so
+each block corrects for the error of the compressed blocks before it; the ranks stay those of ``decompose``.
+
+The ridge of each layer is chosen from ``anchor.ridges`` (relative to the mean eigenvalue of the inputs'
+covariance) on held-out calibration batches (``anchor.holdout``, their share), then the layer is fitted on all
+of them: a full-rank least-squares map of a 4,864-wide input on ~16k tokens would otherwise fit noise (this is
+why ``refit`` made budgets of 30-40 % worse; README, Beyond the paper). Run it as
+``stages=[calibrate,decompose,anchor]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from lord.errors import LordError
+from lord.stages.base import STAGES, Stage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_HOLDOUT = 0.25
+
+
+def fit_settings(cfg, key: str, default_ridges, default_holdout) -> tuple[list[float], float]:
+    """(ridges, holdout) of stage ``key`` (``anchor``, ``refit``), checked: one line for a bad value."""
+    node = cfg.get(key) or {}
+    ridges = node.get("ridges", default_ridges)
+    ridges = list(ridges) if ridges is not None else None
+    holdout = node.get("holdout", default_holdout)
+    if ridges is not None and (not ridges or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                                        and r >= 0 for r in ridges)):
+        raise LordError(f"{key}.ridges={ridges!r} must be a non-empty list of numbers >= 0 (ridges relative to the "
+                        "mean eigenvalue of the inputs' covariance), e.g. [1e-4,1e-2]")
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise LordError(f"{key}.holdout={holdout!r} must be a share of the calibration batches in [0, 1)")
+    if ridges is not None and len(ridges) > 1 and holdout == 0:
+        raise LordError(f"{key}.ridges lists {len(ridges)} ridges but {key}.holdout=0 leaves no batch to choose "
+                        f"among them; set {key}.holdout (e.g. 0.25) or give one ridge")
+    return ridges, holdout
+
+
+def check_after_decompose(stage: Stage) -> None:
+    if "decompose" not in [s.name for s in stage.earlier]:
+        raise LordError(f"stage {stage.name!r} refits decomposed layers: put it after 'decompose' "
+                        f"(stages=[calibrate,decompose,{stage.name}])")
+
+
+def check_held_out_batches(cfg, key: str, holdout: float) -> None:
+    """Held-out batches need at least one batch on each side (from the config alone)."""
+    if not holdout:
+        return
+    c = cfg.calibration
+    n = -(-int(c.n_windows) // int(c.batch_size))  # batches
+    held = round(holdout * n)
+    if held < 1 or held >= n:
+        raise LordError(f"{key}.holdout={holdout} of {n} calibration batches (calibration.n_windows="
+                        f"{c.n_windows}, calibration.batch_size={c.batch_size}) leaves {held} held out and "
+                        f"{n - held} to fit on; each side needs at least one batch")
+
+
+@STAGES.register("anchor")
+class Anchor(Stage):
+    def needs_calibration_data(self) -> bool:
+        return True
+
+    def check_config(self) -> None:
+        _, holdout = fit_settings(self.cfg, "anchor", DEFAULT_RIDGES, DEFAULT_HOLDOUT)
+        check_after_decompose(self)
+        check_held_out_batches(self.cfg, "anchor", holdout)
+
+    def apply(self, ctx) -> dict | None:
+        from lord.refit import refit
+
+        if not ctx.decompositions:
+            return None
+        ridges, holdout = fit_settings(self.cfg, "anchor", DEFAULT_RIDGES, DEFAULT_HOLDOUT)
+        batches = list(ctx.data.windows("calibration").split(self.cfg.calibration.batch_size))
+        t = time.perf_counter()
+        record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge=ridges[0], fit="both",
+                       holdout=holdout, ridges=ridges)
+        layers = record["targets"]
+        worse = [r["name"] for r in layers if r.get("held_out_after", 0) > r.get("held_out_before", 0)]
+        log.info("anchored fit of %d layers in %.1f s; held-out objective worse than the decomposition's on %d",
+                 len(layers), time.perf_counter() - t, len(worse))
+        return {**record, "held_out_worse": worse, "seconds": time.perf_counter() - t}
