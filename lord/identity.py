@@ -34,7 +34,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib",
               "rank.allocation": "uniform", "data.stdlib_root": None,
               "calibration.draw": None,
-              "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]}}
+              "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]},
+              "neurons": {"enabled": False, "ridge": 0.01, "refit_ridge": 0.001}}
 
 
 def numeric_config(config: dict) -> dict:
