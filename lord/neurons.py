@@ -69,6 +69,13 @@ def absolute_ridge(K: torch.Tensor, relative: float) -> float:
     return relative * (float(torch.trace(K)) / K.shape[0] or 1.0)
 
 
+def _plus_ridge(M: torch.Tensor, lam: float) -> torch.Tensor:
+    """``M + lam I`` (a new matrix; no identity is formed: at d_ff = 8,960 one is 640 MB)."""
+    out = M.clone()
+    out.diagonal().add_(lam)
+    return out
+
+
 def _cholesky(M: torch.Tensor, what: str) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(M)
     if int(info):
@@ -80,8 +87,7 @@ def _cholesky(M: torch.Tensor, what: str) -> torch.Tensor:
 def leverage_scores(K: torch.Tensor, ridge: float) -> torch.Tensor:
     """Ridge leverage scores ``diag(K (K + lam I)^-1)``, ``lam = ridge * tr(K) / d_ff``: each in [0, 1)."""
     lam = absolute_ridge(K, ridge)
-    eye = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
-    L = _cholesky(K + lam * eye, "K + lam I of the leverage scores")
+    L = _cholesky(_plus_ridge(K, lam), "K + lam I of the leverage scores")
     return 1 - lam * torch.diagonal(torch.cholesky_inverse(L))
 
 
@@ -101,8 +107,10 @@ def residual_spectrum(W: torch.Tensor, K: torch.Tensor, order: torch.Tensor, ref
     """``spectrum_j = ||W[:, P] L[:, j]||^2`` with ``K_l[P, P] = L L^T``: its tail sum from ``k`` on is the refit's
     objective ``J_min`` when the first ``k`` neurons of ``order`` are kept."""
     lam = absolute_ridge(K, refit_ridge)
-    Kp = K[order][:, order] + lam * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
+    Kp = K[order][:, order]
+    Kp.diagonal().add_(lam)
     L = _cholesky(Kp, "K + lam' I of the refit")
+    del Kp
     return (W.to(K.dtype)[:, order] @ L).square().sum(0)
 
 
@@ -110,7 +118,8 @@ def refit_down(W: torch.Tensor, K: torch.Tensor, kept: torch.Tensor, refit_ridge
     """``W' = (W K[:, S] + lam' W_S) (K[S, S] + lam' I)^-1`` (``d_model x k``), float64."""
     W = W.to(K.dtype)
     lam = absolute_ridge(K, refit_ridge)
-    M = K[kept][:, kept] + lam * torch.eye(kept.numel(), dtype=K.dtype, device=K.device)
+    M = K[kept][:, kept]
+    M.diagonal().add_(lam)
     R = W @ K[:, kept] + lam * W[:, kept]
     return torch.cholesky_solve(R.T, _cholesky(M, "K[S, S] + lam' I of the refit")).T
 
