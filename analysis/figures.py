@@ -19,7 +19,7 @@ def _save(fig, out: Path) -> list[Path]:
     paths = [out.parent / f"{out.name}.png", out.parent / f"{out.name}.pdf"]  # names may hold dots (0.5b)
     fig.tight_layout()
     for p in paths:
-        fig.savefig(p, dpi=150)
+        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 

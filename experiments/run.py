@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
         result["environment"]["git"]["allow_dirty"] = True  # published from uncommitted code, on purpose
     logger = _start_logger(cfg, out_path)
     try:
-        result.update(_execute(cfg, stages, evaluation, data, out_path, result["timings"]))
+        result.update(_execute(cfg, stages, evaluation, data, out_path, result["timings"], identity))
         result.update(status="ok", error=None)
     except Exception as e:  # recorded, not raised: a sweep goes on past one failure
         result.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -86,7 +86,8 @@ def _timed(timings: dict, key: str):
     timings[key] = time.perf_counter() - t
 
 
-def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path, timings: dict) -> dict:
+def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path, timings: dict,
+             identity: dict) -> dict:
     torch.manual_seed(cfg.seed)
     with _timed(timings, "load_s"):
         model, tok, info = load_model(cfg.model.name, dtype=cfg.model.dtype, device=pick_device(cfg.model.device),
@@ -112,7 +113,7 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
     compressed_params = count_parameters(model)
     if cfg.paths.get("save_dir"):
         with _timed(timings, "save_s"):
-            _save(cfg, ctx, metrics, out_path)
+            _save(cfg, ctx, metrics, out_path, identity, dense_params)
     return {
         "model": {"name": cfg.model.name, **info, "n_params": dense_params, "model_type": model.config.model_type},
         "data": ctx.data.describe(),
@@ -127,24 +128,31 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
 
 
 def _command() -> str | None:
-    """The command line of this run (a sweep job: its own overrides), for the model card."""
+    """The command line of this run (a sweep job: its own overrides), as the model card states it."""
     from hydra.core.hydra_config import HydraConfig
+
+    from lord.model_card import card_command
 
     if not HydraConfig.initialized():
         return None
-    return " ".join(["python -m experiments.run", *HydraConfig.get().overrides.task])
+    return card_command("python -m experiments.run", HydraConfig.get().overrides.task)
 
 
-def _save(cfg: DictConfig, ctx: RunContext, metrics: dict, out_path: Path) -> None:
-    """The compressed model as a Hugging Face checkpoint with a model card (``paths.save_dir``)."""
+def _save(cfg: DictConfig, ctx: RunContext, metrics: dict, out_path: Path, identity: dict, dense_params: int) -> None:
+    """The compressed model as a Hugging Face checkpoint with a model card (``paths.save_dir``): what was
+    measured and on which data, the result file's name under the results folder and its identity."""
     from lord.checkpoint import save_compressed
-    from lord.hf.model_card import card_from_source
+    from lord.model_card import card_from_source
 
-    measured = {f"{cfg.eval.name}: {k}": v for k, v in metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     method = (ctx.records.get("decompose") or {}).get("method", "none (dense)")
-    card = {**card_from_source(ctx.model_info), "method": method, "metrics": measured, "command": _command(),
-            "result": str(out_path)}
+    try:
+        result = str(out_path.resolve().relative_to(Path(cfg.paths.results_dir).resolve()))
+    except ValueError:
+        result = out_path.name
+    card = {**card_from_source(ctx.model_info), "method": method, "command": _command(), "result": result,
+            "result_identity": identity["id"], "weights": identity["inputs"]["weights"], "dense_params": dense_params,
+            "evaluation": {"name": cfg.eval.name, "metrics": metrics, "data": ctx.data.describe(),
+                           "options": OmegaConf.to_container(cfg.eval, resolve=True)}}
     path = save_compressed(ctx.model, Path(cfg.paths.save_dir), ctx.decompositions, tokenizer=ctx.tokenizer,
                            card=card)
     log.info("saved the compressed model to %s", path)

@@ -29,28 +29,62 @@ def _tag(kind: str) -> str:
     return f"{kind}{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
 
 
+def current_umask() -> int:
+    """The process's umask (Linux: read from /proc, which leaves it untouched; elsewhere set and reset)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_if_created(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode an ordinary ``open``/``mkdir`` would have given it under the umask (``tempfile``
+    creates files 0600 and folders 0700, and some writers, e.g. safetensors', do the same): folders
+    ``0777 & ~umask``, files ``0666 & ~umask`` (plus the execute bits, where the owner's was set)."""
+    path, mask = Path(path), current_umask()
+    mode = path.stat().st_mode
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+    else:
+        path.chmod((0o777 if mode & 0o100 else 0o666) & ~mask)
+
+
 def temp_file(folder: str | os.PathLike, suffix: str = "") -> str:
-    """A new empty temporary file in ``folder`` (created), named for ``clean_leftovers``."""
+    """A new empty temporary file in ``folder`` (created), named for ``clean_leftovers``, with the mode the umask
+    gives a new file (it is renamed into place: its mode is the final file's)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=_tag(".tmp-"), suffix=suffix)
     os.close(fd)
+    as_if_created(tmp)
     return tmp
 
 
 def temp_dir(folder: str | os.PathLike, kind: str = ".tmp-") -> Path:
+    """A new empty temporary folder in ``folder``, named for ``clean_leftovers``, with the mode the umask gives."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=folder, prefix=_tag(kind)))
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=_tag(kind)))
+    as_if_created(tmp)
+    return tmp
 
 
 @contextmanager
 def replaced_directory(path: str | os.PathLike, kind: str = ".tmp-"):
     """Yields an empty temporary folder beside ``path``; when the block ends without error, that folder replaces
     ``path`` (a reader sees the old folder, for a moment none, or the new one, never a mix of both); on error it
-    is removed and ``path`` is left as it was."""
+    is removed and ``path`` is left as it was. Everything in it gets the mode the umask gives a new file or
+    folder, whatever the writers inside the block chose."""
     path = Path(path)
     tmp = temp_dir(path.parent, kind)
     try:
         yield tmp
+        for p in [tmp, *tmp.rglob("*")]:
+            if not p.is_symlink():
+                as_if_created(p)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

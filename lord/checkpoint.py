@@ -4,12 +4,16 @@ A saved model is a directory that ``AutoModelForCausalLM.from_pretrained(dir, tr
 loads in one call, with or without lord installed:
 
 * ``model.safetensors`` — the state dict (a tied LM head stored once, as transformers does),
-* ``config.json`` — the dense model's config with ``model_type: "lord"``, ``base_model_type``, an ``auto_map``
-  naming ``modeling_lord.py``, and ``lord``: each replaced module with its rank, sizes and biases,
+* ``config.json`` — the dense model's config with ``model_type: "lord"``, ``architectures: ["LordForCausalLM"]``,
+  ``base_model_type`` and ``base_architectures`` (the dense type and class names), an ``auto_map`` naming
+  ``modeling_lord.py``, and ``lord``: each replaced module with its rank, sizes and biases,
 * ``modeling_lord.py`` — the self-contained model code (``lord/hf/modeling_lord.py``),
 * for a quantized model, ``lord.quantization`` in ``config.json`` and each HQQ layer's packed state in the
   weights (``modeling_lord``'s docstring; loading it needs ``hqq``),
-* ``generation_config.json``, the tokenizer files when a tokenizer is given, and a ``README.md`` model card.
+* ``generation_config.json``, the tokenizer files when a tokenizer is given, and a ``README.md`` model card
+  with the Hub's metadata (``lord.model_card``).
+
+Files and folders get the modes the umask gives new ones (``lord.atomic.replaced_directory``).
 
 ``load_compressed`` reads the same directory with lord's own copy of that code (it never runs code from the
 directory), checks every tensor's shape against the structure before loading, and builds the model on the
@@ -30,7 +34,7 @@ from safetensors.torch import save_file
 from lord.atomic import replaced_directory
 from lord.errors import LordError
 from lord.hf import modeling_lord
-from lord.hf.model_card import write_model_card
+from lord.model_card import write_model_card
 from lord.params import count_parameters
 from lord.structure import Decomposition, decompositions_from_json, decompositions_to_json
 
@@ -89,8 +93,8 @@ def save_compressed(model, path, decompositions: list[Decomposition] | None = No
     """Write the model atomically (into a temporary sibling directory, then renamed into place).
 
     ``decompositions`` defaults to the structure of a model loaded with ``load_compressed``. ``card`` fills the
-    model card (``lord.hf.model_card``: base model, method, metrics, command, licence, ...); ``extra`` is kept
-    in ``config.json`` under ``lord``."""
+    model card (``lord.model_card``: base model, licence, method, the dense parameter count, the evaluation
+    with its data, command, result file); ``extra`` is kept in ``config.json`` under ``lord``."""
     path = Path(path)
     _check_savable(model)
     if decompositions is None:
@@ -190,8 +194,7 @@ def read_structure(path) -> tuple[dict, dict, str]:
             raise LordError(f"{where} must be an object; re-save the model")
         if "base_model_type" not in config:
             raise LordError(f"{path / CONFIG} lacks 'base_model_type'; re-save the model")
-        config = {**{k: v for k, v in config.items() if k not in ("lord", "base_model_type", "auto_map")},
-                  "model_type": config["base_model_type"]}
+        config = modeling_lord.base_config_dict(config)
     elif (path / LEGACY_MANIFEST).is_file():
         where, lord = str(path / LEGACY_MANIFEST), _read_json(path / LEGACY_MANIFEST)
     else:

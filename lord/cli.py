@@ -1,7 +1,7 @@
 """The lord command: what one does with a saved compressed model outside an experiment.
 
     lord export --merge DIR OUT     a dense checkpoint (W = B·A, bias folded) that loads with no remote code
-    lord card DIR                   print the model card of a saved model
+    lord card DIR                   print the model card of a saved model or of its export
 
 Experiments have their own commands (``lord-run``, ``lord-main``, ``lord-analysis``; the same as
 ``python -m experiments.run`` etc.). Errors a user can fix are one line on stderr and exit status 2.
@@ -18,7 +18,7 @@ from lord.errors import LordError
 
 
 def _export(args) -> int:
-    from lord.hf.export import export_merged
+    from lord.export import export_merged
 
     if not args.merge:
         raise LordError("lord export needs --merge (the only export there is: a dense checkpoint, W = B·A)")
@@ -31,12 +31,11 @@ def _export(args) -> int:
 
 def _card(args) -> int:
     from lord.checkpoint import read_structure
+    from lord.model_card import card_of, is_export
 
-    read_structure(args.directory)  # a lord checkpoint, or one line saying why not
-    card = Path(args.directory) / "README.md"
-    if not card.is_file():
-        raise LordError(f"{args.directory} has no README.md; re-save it with lord.save_compressed")
-    print(card.read_text())
+    if not is_export(args.directory):
+        read_structure(args.directory)  # a lord checkpoint, or one line saying why not
+    print(card_of(args.directory))
     return 0
 
 
@@ -48,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("directory", type=Path, help="a directory written by lord.save_compressed")
     ex.add_argument("out", type=Path, help="where the dense checkpoint goes (replaced atomically)")
     ex.set_defaults(fn=_export)
-    card = sub.add_parser("card", help="print the model card of a saved model")
+    card = sub.add_parser("card", help="print the model card of a saved model or of its export")
     card.add_argument("directory", type=Path)
     card.set_defaults(fn=_card)
     return ap

@@ -61,6 +61,21 @@ def git_commit(repo: Path | None = None) -> str | None:
     return None if state is None else state["commit"] + ("-dirty" if state["dirty"] else "")
 
 
+def lord_version() -> str | None:
+    """lord's version: the installed distribution's, else (a source checkout) pyproject.toml's."""
+    try:
+        return metadata.version("lord")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
+    except (ImportError, OSError, KeyError, ValueError):
+        return None
+
+
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for p in PACKAGES:

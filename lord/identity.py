@@ -31,10 +31,22 @@ log = logging.getLogger(__name__)
 OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # dotted key -> the default under which it changes nothing that runs before it existed did
+#
+# HumanEval generation width and prefix sharing (eval.batch_size, eval.share_prefix) change a sample only through
+# float rounding (batched matmuls, another prefill's padding): in float64 not at all, in float32 a token flips at a
+# near-tie of two logits. That is the rule's case for keeping a key in (like calibration.reuse_bases), and taking
+# eval.batch_size out would give every published HumanEval result a new identity. So both stay in, and:
+#   * eval.share_prefix is an added key: at its default (true) it is left out, so every result from before it
+#     existed (all greedy, where sharing does nothing) keeps its identity, and so does a new run that shares;
+#   * eval.batch_size=auto is hashed as the word "auto", never as the width measured on the machine: the chosen
+#     width and the curve it came from are in the result's metrics (metrics.generation_width), like the CPU in
+#     its environment, and the identity of an auto run is the same on every machine. The greedy preset keeps 16
+#     (its published runs' value); the sampled presets, with no published runs, default to auto.
 ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.calibration_corpus": "stdlib",
               "rank.allocation": "uniform", "data.stdlib_root": None,
               "calibration.draw": None,
               "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]},
+              "eval.share_prefix": True,
               "neurons": {"enabled": False, "ridge": 0.01, "refit_ridge": 0.001}}
 
 

@@ -13,8 +13,8 @@ The adapters go on every ``nn.Linear`` in the blocks: a dense model's projection
 ``A`` and ``B`` (and the layers a decomposition left dense). After training each adapter is merged,
 ``W += (alpha / r) * lora_B @ lora_A``: on a factor ``A`` (rank x d_in) the sum has the same shape, so a LoRD
 model stays a LoRD model with the same ranks and parameter count, and saves as a LoRD checkpoint. A group's
-shared ``A`` is called by its members directly (not through its parent module), so while the adapters are
-attached the members are pointed at the adapted ``A``, and back after merging.
+members call whatever module sits at the shared ``A``'s attribute of their parent (``modeling_lord``), so while
+the adapters are attached they call the adapted ``A``, and the merged one after.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import torch.nn as nn
 from lord.architectures import architecture_for
 from lord.errors import LordError
 from lord.memory import PeakMemory
-from lord.modules import GroupedLowRankLinear
 from lord.progress import progress_bar
 from lord.pruning import block_linears
 
@@ -187,17 +186,12 @@ def train_lora(model: nn.Module, batch_iter, settings: LoraSettings, targets: li
     """Attach LoRA adapters to ``targets``, train them on ``batch_iter`` (``settings.steps`` batches), merge them
     into the weights in place. Returns a record: losses, tokens, time, peak memory, parameter counts."""
     from peft import LoraConfig, get_peft_model
-    from peft.tuners.lora import LoraLayer
 
     device = next(model.parameters()).device
     requires_grad = {p: p.requires_grad for p in model.parameters()}
-    members = {m: m._shared for m in model.modules() if isinstance(m, GroupedLowRankLinear)}
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias="none")
     peft_model = get_peft_model(model, config)
-    adapted = {id(mod.get_base_layer()): mod for mod in peft_model.modules() if isinstance(mod, LoraLayer)}
-    for m, shared in members.items():  # the members call the adapted A
-        object.__setattr__(m, "_shared", adapted[id(shared)])
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
@@ -226,8 +220,6 @@ def train_lora(model: nn.Module, batch_iter, settings: LoraSettings, targets: li
     finally:
         peft_model.eval()
         merged = peft_model.merge_and_unload()
-        for m, shared in members.items():
-            object.__setattr__(m, "_shared", shared)
         for p, flag in requires_grad.items():
             p.requires_grad_(flag)
     if merged is not model:  # peft merges in place; the pipeline keeps its reference to `model`

@@ -44,6 +44,11 @@ class Registry(Generic[T]):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self.package}.{info.name}")
 
+    def registration_order(self) -> list[str]:
+        """Every name, in the order the entries were registered (module import order, then source order)."""
+        self._discover()
+        return list(self._entries)
+
     def names(self) -> list[str]:
         self._discover()
         return sorted(self._entries)

@@ -222,3 +222,44 @@ def test_hqq_sensitivity_is_deterministic_and_within_the_triangle_bound(tmp_path
     assert len(rows) == 2 * 2 * len(hqq_sensitivity.EPSILONS)
     for r in rows:  # ||W - W'|| <= eps * max|noise| * ||W|| < 6 eps ||W|| for 4,096 Gaussian draws
         assert 0 <= r["difference"] <= 2.01 * r["quantization_error"] + 6 * r["epsilon"]
+
+
+def test_humaneval_throughput_sampled_mode_runs_its_three_modes_into_one_json(tmp_path, monkeypatch, smollm2):
+    """One sample at a time, continuous, continuous with shared prefills: in float64 the same samples (no
+    near-tie for rounding to flip), with one prefill per task when shared."""
+    from transformers import AutoConfig
+
+    from experiments.benchmarks import humaneval_throughput
+    from lord.models import random_model
+
+    _, tok, _ = smollm2
+    tiny = random_model(AutoConfig.for_model("llama", **{**TINY_CONFIGS["llama"], "vocab_size": len(tok)}),
+                        dtype=torch.float64)
+    with torch.no_grad():
+        tiny.lm_head.weight.mul_(20)  # a few tokens in the nucleus, as a trained model has at T = 0.2
+    monkeypatch.setattr(humaneval_throughput, "load_model", lambda name: (tiny, tok, {}))
+    monkeypatch.setattr(common, "OUT_DIR", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["humaneval_throughput", "--model", "tiny", "--mode", "sampled", "--problems",
+                                      "2", "--samples", "3", "--max-new-tokens", "5", "--widths", "1", "2", "4"])
+    humaneval_throughput.main()
+    out = json.loads((tmp_path / "humaneval-throughput-sampled-tiny-2x3.json").read_text())
+    runs = out["runs"]
+    assert list(runs) == ["one_at_a_time", "continuous", "continuous_shared"]
+    assert set(out["decode_step_ms_by_rows"]) == {"1", "2", "4"} and out["width_chosen"]["queue"] == 6
+    assert runs["continuous"]["batch_size"] == out["width_chosen"]["batch_size"] == runs["continuous_shared"][
+        "batch_size"]
+    assert [runs[m]["prefills"] for m in runs] == [6, 6, 2] and runs["continuous_shared"]["shared_rows"] == 4
+    assert all(r["samples"] == 6 and r["samples_per_s"] > 0 for r in runs.values())
+    assert runs["one_at_a_time"]["speedup_over_one_at_a_time"] == 1.0
+    assert all(r["samples_equal_to_one_at_a_time"] == 6 for r in runs.values())
+    assert out["near_tie_flips"] == {"samples_differing_shared_vs_unshared": 0, "samples": 6, "fraction": 0.0}
+
+
+def test_humaneval_throughput_refuses_a_bad_width_before_any_model_loads(monkeypatch, capsys):
+    from experiments.benchmarks import humaneval_throughput
+
+    monkeypatch.setattr(humaneval_throughput, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(sys, "argv", ["humaneval_throughput", "--batch-size", "wide"])
+    with pytest.raises(SystemExit) as e:
+        humaneval_throughput.main()
+    assert e.value.code == 2 and "argument --batch-size: 'wide' must be a positive integer" in capsys.readouterr().err

@@ -178,9 +178,16 @@ def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, s
                         "stages=[calibrate,decompose,count_lowrank]"]))
     ref = run(_compose([*base, "method=whiten", f"paths.save_dir={tmp_path / 'saved'}"]))
     assert toy["status"] == "ok" and toy["stages"]["count_lowrank"] == {"lowrank_modules": 30}
+    from huggingface_hub import ModelCard
+
     card = (tmp_path / "saved" / "README.md").read_text()  # the saved model's card: what was measured, and where
-    assert f"| perplexity: perplexity | {ref['metrics']['perplexity']:.4g} |" in card
-    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in card and "| method | whiten |" in card and ref["path"] in card
+    data = ModelCard.load(tmp_path / "saved" / "README.md").data
+    assert [r.metric_value for r in data.eval_results] == [ref["metrics"]["perplexity"]]
+    assert data.eval_results[0].dataset_revision == "sha256:" + ref["data"]["validation"]["content_sha256"]
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "| method | whiten |" in card
+    assert data.to_dict()["lord"]["result"] == str(Path(ref["path"]).relative_to(tmp_path))
+    assert data.to_dict()["lord"]["result_identity"] == ref["identity"]["id"]
+    assert f"{ref['params']['reduction_percent']:.2f} % removed" in card and str(tmp_path) not in card
     assert toy["compression"]["method"] == "toy_whiten"
     assert toy["metrics"]["perplexity"] == pytest.approx(ref["metrics"]["perplexity"], rel=1e-6)
     # a saved checkpoint is a model the pipeline evaluates (its config read by lord, no remote code)

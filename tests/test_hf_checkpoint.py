@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import calib_batches, tiny_model
+from conftest import VOCAB, calib_batches, tiny_model
 from lord.checkpoint import load_compressed, save_compressed
 from lord.compress import CompressionConfig, compress_model
 from lord.errors import LordError
@@ -78,34 +78,129 @@ def test_an_architecture_mapped_in_config_saves_and_loads(tmp_path, probe_ids):
         assert torch.equal(hf(probe_ids).logits, neox(probe_ids).logits)
 
 
-def test_loading_without_trust_remote_code_fails_and_says_what_to_do(tmp_path):
+def test_where_lord_is_imported_the_folder_loads_without_trust_remote_code_by_lords_own_code(tmp_path, probe_ids):
+    """Importing lord registers "lord" with transformers' Auto classes: the folder then loads without
+    trust_remote_code, by the installed code (the folder's own copy does not run). Where lord is not imported,
+    the same call is refused (test_the_checkpoint_loads_where_lord_cannot_be_imported)."""
     from transformers import AutoModelForCausalLM
 
     model, decs = _compressed("llama", ["mlp_down"], False, "svd")
     save_compressed(model, tmp_path / "m", decs)
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "m")  # the default: asks, and refuses without a terminal
-    with pytest.raises(ValueError, match="trust_remote_code=True"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=False)
+    (tmp_path / "m" / "modeling_lord.py").write_text("raise RuntimeError('the folder code ran')\n")
+    with torch.no_grad():
+        want = model(probe_ids).logits
+        for trust in (None, False):
+            loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=trust)
+            assert type(loaded).__name__ == "LordForCausalLM"
+            assert torch.equal(loaded(probe_ids).logits, want)
+
+
+# what a process that must not import them gets: `import lord` (and hqq, peft) fails
+_BLOCK = "import sys\nfor _name in ('lord', 'hqq', 'peft'):\n    sys.modules[_name] = None\n"
 
 
 def test_the_checkpoint_loads_where_lord_cannot_be_imported(tmp_path, probe_ids):
+    """The shipped file imports, wherever transformers' import scan looks, only the standard library, torch,
+    transformers and safetensors; in a process where lord, hqq and peft cannot be imported, a checkpoint loads
+    with trust_remote_code and gives load_compressed's logits bit for bit, loading it without trust_remote_code
+    is refused with transformers' message, and a quantized checkpoint fails in one line naming hqq."""
+    from transformers.dynamic_module_utils import get_imports
+
+    from lord.quantization import quantize_model
+
     model, decs = _compressed("qwen2", ["all"], True, "lord_meanfix")
+    model.config.architectures = ["Qwen2ForCausalLM"]  # as a hub model's config has it
     save_compressed(model, tmp_path / "m", decs)
+    shipped = tmp_path / "m" / "modeling_lord.py"
+    assert set(get_imports(shipped)) - set(sys.stdlib_module_names) <= {"torch", "transformers", "safetensors"}
+    quantize_model(model, bits=4, group_size=16, progress=False)
+    save_compressed(model, tmp_path / "q", decs)
     torch.save(probe_ids, tmp_path / "probe.pt")
-    script = (
-        "import sys; sys.modules['lord'] = None  # any 'import lord' now fails\n"
-        "import torch\n"
-        "from transformers import AutoModelForCausalLM\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True)\n"
-        f"torch.save(m(torch.load({str(tmp_path / 'probe.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})\n")
+    script = _BLOCK + f"""
+import torch
+from transformers import AutoModelForCausalLM
+for folder, trust in (({str(tmp_path / 'm')!r}, False), ({str(tmp_path / 'q')!r}, True)):
+    try:
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=trust)
+        print('refused: no')
+    except (ValueError, ImportError) as e:
+        print('refused:', type(e).__name__, repr(str(e)))
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r}, trust_remote_code=True)
+torch.save(m(torch.load({str(tmp_path / 'probe.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})
+print('class:', type(m).__name__, m.config.architectures, m.config.base_architectures)
+"""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
     p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.splitlines()
+    assert "class: LordForCausalLM ['LordForCausalLM'] ['Qwen2ForCausalLM']" in lines
+    refused = [line for line in lines if line.startswith("refused:")]
+    assert refused[0].startswith("refused: ValueError") and "trust_remote_code=True" in refused[0]
+    assert refused[1] == ("refused: ImportError 'this LoRD checkpoint holds HQQ-quantized layers (config.json: "
+                          "lord.quantization); loading it needs the hqq package, which is not installed: "
+                          "pip install hqq==0.2.8.post1'")
+    ours, _ = load_compressed(tmp_path / "m")
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "out.pt"), model(probe_ids).logits)
+        assert torch.equal(torch.load(tmp_path / "out.pt"), ours(probe_ids).logits)
+
+
+def test_the_config_names_the_lord_class_never_a_dense_one(tmp_path, probe_ids):
+    """config.json's architectures is ["LordForCausalLM"] however the folder was written (save_compressed,
+    transformers' save_pretrained of a loaded model, save_compressed of a model load_compressed gave); the base
+    class names stay in base_architectures, where the export and the fallback for unmapped types read them.
+    Folders written before (architectures = the base class) still load, both ways."""
+    from transformers import AutoModelForCausalLM
+
+    from lord.checkpoint import read_structure
+
+    model, decs = _compressed("qwen2", ["mlp_down"], False, "lord")
+    model.config.architectures = ["Qwen2ForCausalLM"]
+    save_compressed(model, tmp_path / "m", decs)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
+    hf.save_pretrained(tmp_path / "hf")
+    ours, _ = load_compressed(tmp_path / "m")
+    save_compressed(ours, tmp_path / "ours")
+    for folder in ("m", "hf", "ours"):
+        config = json.loads((tmp_path / folder / "config.json").read_text())
+        assert (config["architectures"], config["base_architectures"]) == (["LordForCausalLM"], ["Qwen2ForCausalLM"])
+        assert read_structure(tmp_path / folder)[0]["architectures"] == ["Qwen2ForCausalLM"]  # the dense config
+
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["architectures"] = config.pop("base_architectures")  # what earlier versions wrote
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with torch.no_grad():
+        want = model(probe_ids).logits
+        old = AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
+        assert torch.equal(old(probe_ids).logits, want)
+        assert torch.equal(load_compressed(tmp_path / "m")[0](probe_ids).logits, want)
+    assert old.config.architectures == ["LordForCausalLM"] and old.config.base_architectures == ["Qwen2ForCausalLM"]
+
+
+def _word_tokenizer():
+    """A tokenizer of the tiny models' vocabulary: words t0..t96."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", eos_token="t1", pad_token="t0")
+
+
+def test_the_text_generation_pipeline_takes_the_checkpoint_without_complaint(tmp_path, capfd):
+    """The class is registered with transformers' Auto classes and named among the causal LMs, so
+    pipeline() does not log "not supported for text-generation"; it generates."""
+    from transformers import pipeline
+
+    model, decs = _compressed("qwen2", ["all"], True, "lord")
+    save_compressed(model, tmp_path / "m", decs, tokenizer=_word_tokenizer())
+    capfd.readouterr()
+    generate = pipeline("text-generation", model=str(tmp_path / "m"), trust_remote_code=True)
+    out = generate("t5 t6 t7", max_new_tokens=3, do_sample=False)
+    assert out[0]["generated_text"].startswith("t5 t6 t7")
+    assert "not supported" not in capfd.readouterr().err
 
 
 def test_format_1_directories_still_load(tmp_path, probe_ids):
@@ -130,16 +225,25 @@ def test_format_1_directories_still_load(tmp_path, probe_ids):
     ("gpt2", "lord_meanfix", "gpt2"),
     ("starcoder2", "lord_meanfix", "starcoder2"),
 ])
-def test_export_merges_into_a_dense_checkpoint_with_the_same_logits(tmp_path, probe_ids, arch, method, target):
+def test_export_merges_into_a_dense_checkpoint_with_the_same_logits(tmp_path, probe_ids, arch, method, target,
+                                                                    capsys):
     from transformers import AutoModelForCausalLM
 
     from lord.cli import main
 
+    from huggingface_hub import ModelCard
+
     model, decs = _compressed(arch, ["all"], arch != "gpt2", method)
-    save_compressed(model, tmp_path / "m", decs)
+    save_compressed(model, tmp_path / "m", decs, card={"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                       "licence_id": "apache-2.0", "method": method})
     assert main(["export", "--merge", str(tmp_path / "m"), str(tmp_path / "dense")]) == 0
     assert json.loads((tmp_path / "dense" / "config.json").read_text())["model_type"] == target
     assert not (tmp_path / "dense" / "modeling_lord.py").exists()
+    card = ModelCard.load(tmp_path / "dense" / "README.md").data.to_dict()  # its own card, from the source's
+    assert (card["base_model"], card["base_model_relation"], card["license"]) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "finetune", "apache-2.0")
+    assert "merged" in card["tags"] and card["lord"]["merged_from"]["method"] == method
+    assert main(["card", str(tmp_path / "dense")]) == 0 and str(tmp_path) not in (tmp_path / "dense" / "README.md").read_text()
     dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")  # no remote code
     assert all(type(m).__name__ not in ("LowRankLinear", "GroupedLowRankLinear") for m in dense.modules())
     with torch.no_grad():
@@ -159,20 +263,110 @@ def test_export_refuses_a_bias_the_architecture_cannot_hold_in_one_line(tmp_path
     assert main(["export", "--merge", str(tmp_path / "nothing"), str(tmp_path / "dense")]) == 2
 
 
-def test_the_model_card_states_structure_parameters_and_measurements(tmp_path):
-    model, decs = _compressed("llama", ["mlp_down"], False, "lord")
-    n_params = sum(p.numel() for p in model.parameters())
+# an evaluation as a result file holds it (experiments.run passes this to the card); the timings and the local
+# Lib folder must not reach the card
+_PERPLEXITY = {"name": "perplexity", "options": {"name": "perplexity", "n_windows": 8},
+               "metrics": {"perplexity": 7.3163442460521315, "dense_perplexity": 5.763958377216446,
+                           "perplexity_increase_percent": 26.932634957460767, "mean_nll": 1.990110783283312,
+                           "n_tokens": 8184, "n_windows": 8, "nll_sum": 16287.07, "seq_len": 1024, "seconds": 37.3,
+                           "tokens_per_second": 219.6},
+               "data": {"validation": {"name": "stdlib", "split": "validation", "n_files": 324,
+                                       "content_sha256": "f7e99e40e79b58b18178e1c058a0eda07a7cba47244dbfe6feeda95f6a08b644",
+                                       "stdlib_root": "/tmp/Lib311", "validation_percent": 50},
+                        "calibration": None, "seq_len": 1024, "validation_windows": 8, "min_chars": 10240}}
+_HUMANEVAL = {"name": "humaneval", "options": {"name": "humaneval", "preset": "greedy"}, "data": None,
+              "metrics": {"n_tasks": 164, "seeds": [0], "execution_s": 14.4, "generation_s": 13.5,
+                          "preset": {"name": "greedy", "n": 1, "temperature": 0.0, "max_new_tokens": 384},
+                          "pass@1": {"mean": 10.365853658536585, "std": 0.0, "ci_low": 6.1, "ci_high": 15.2,
+                                     "per_seed": [10.365853658536585]},
+                          "per_task": {"HumanEval/0": {"correct": 0, "n": 1}}}}
+
+
+@pytest.mark.parametrize("evaluation", [_PERPLEXITY, _HUMANEVAL], ids=["perplexity", "humaneval"])
+def test_the_model_card_round_trips_through_huggingface_hub_with_its_metrics(tmp_path, evaluation):
+    """The card's header is the Hub's metadata, and huggingface_hub's own parser reads it back: base model and
+    relation, task, language, licence, lord's version and commit, and the measured metric with the data it
+    was measured on (model-index -> eval_results). Labels are for people, timings and local paths are not
+    written, and the dense count is the dense model's (lord_meanfix's added biases are not dense parameters)."""
+    from huggingface_hub import ModelCard
+
+    from lord.environment import git_commit, lord_version
+    from lord.params import count_parameters
+
+    model, decs = _compressed("llama", ["mlp_down", "attn_out"], False, "lord_meanfix")  # Llama: no biases
+    dense = count_parameters(tiny_model("llama"))
+    n_params = count_parameters(model)
     save_compressed(model, tmp_path / "m", decs, card={
         "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "licence": "Apache-2.0", "licence_id": "apache-2.0",
-        "gguf_file_type": "MOSTLY_Q4_1", "method": "lord", "metrics": {"perplexity: perplexity": 12.3456},
-        "command": "python -m experiments.run model=smollm2-135m"})
-    card = (tmp_path / "m" / "README.md").read_text()
-    dense_params = n_params - sum(d.lowrank_params for d in decs) + sum(d.dense_params for d in decs)
-    for text in ("license: apache-2.0", "base_model: HuggingFaceTB/SmolLM2-135M-Instruct", "MOSTLY_Q4_1",
-                 "| method | lord |", "| mlp_down | 2 | 16 |", f"{n_params:,} (dense: {dense_params:,};",
-                 "| perplexity: perplexity | 12.35 |", "`python -m experiments.run model=smollm2-135m`",
-                 "trust_remote_code=True"):
-        assert text in card, text
+        "gguf_file_type": "MOSTLY_Q4_1", "method": "lord_meanfix", "evaluation": evaluation,
+        "command": "python -m experiments.run model=smollm2-135m", "result": "exp/smollm2-135m/lord/x-1234abcd.json",
+        "result_identity": "1234abcd" * 8, "weights": "zoo:smollm2-135m:gguf-sha256:0123"})
+    text = (tmp_path / "m" / "README.md").read_text()
+    card = ModelCard.load(tmp_path / "m" / "README.md")
+    data = card.data.to_dict()
+    assert (data["base_model"], data["base_model_relation"]) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "finetune")
+    assert (data["pipeline_tag"], data["library_name"], data["language"], data["license"]) == (
+        "text-generation", "transformers", ["code"], "apache-2.0")
+    assert {"lord", "low-rank", "python"} <= set(data["tags"])
+    assert data["lord"]["version"] == lord_version() and data["lord"]["commit"] == git_commit()
+    assert data["lord"]["result"] == "exp/smollm2-135m/lord/x-1234abcd.json"
+    [result] = card.data.eval_results
+    assert result.task_type == "text-generation"
+    if evaluation is _PERPLEXITY:
+        assert (result.metric_type, result.metric_name) == ("perplexity", "Perplexity")
+        assert result.metric_value == evaluation["metrics"]["perplexity"]
+        assert (result.dataset_type, result.dataset_split) == ("cpython-stdlib", "validation")
+        assert result.dataset_revision == "sha256:" + evaluation["data"]["validation"]["content_sha256"]
+        assert result.dataset_args["windows"] == 8 and result.dataset_args["files"] == 324
+        assert "| Perplexity | 7.31634 |" in text and "perplexity: perplexity" not in text
+    else:
+        assert (result.metric_type, result.dataset_type, result.dataset_split) == ("pass@1", "openai_humaneval", "test")
+        assert result.metric_value == evaluation["metrics"]["pass@1"]["mean"]
+        assert result.dataset_args["tasks"] == 164
+        assert "| HumanEval pass@1 (%) | 10.37 (95 % bootstrap interval over tasks 6.10–15.20) |" in text
+    for absent in ("seconds", "Seconds", "per_second", "/tmp", str(tmp_path), "stdlib_root", "Lib311"):
+        assert absent not in text, absent
+    assert f"| parameters | {n_params:,} (dense: {dense:,}; {100 * (1 - n_params / dense):.2f} % removed) |" in text
+    assert "`python -m experiments.run model=smollm2-135m`" in text and "MOSTLY_Q4_1" in text
+    assert "(`LlamaForCausalLM.from_pretrained(<this folder>)`) cannot be stopped" in text
+
+
+def test_the_cards_command_keeps_what_changes_numbers_and_no_local_path(tmp_path, monkeypatch):
+    from lord.model_card import card_command
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lord").mkdir()  # a folder named like an override's value: the value stays
+    (tmp_path / "data").mkdir()
+    overrides = ["method=lord", "rank.value=50", f"paths.save_dir={tmp_path}/out", "paths.results_dir=results",
+                 "model.name=Qwen/Qwen2.5-Coder-0.5B", f"data.path={tmp_path}/code", "data.calibration_path=data/",
+                 "+data.stdlib_root=~/Lib"]
+    assert card_command("python -m experiments.run", overrides) == (
+        "python -m experiments.run method=lord rank.value=50 model.name=Qwen/Qwen2.5-Coder-0.5B "
+        "data.path=<local path> data.calibration_path=<local path> +data.stdlib_root=<local path>")
+
+
+def test_a_malformed_model_index_is_caught(tmp_path, capsys):
+    """huggingface_hub refuses what the Hub would not read: a model-index without the dataset a metric was
+    measured on, or eval results without a model name. lord's writer builds the index through it, so it never
+    writes one; lord card refuses a card that does not parse, in one line."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from lord.cli import main
+
+    model, decs = _compressed("llama", ["mlp_down"], False, "svd")
+    save_compressed(model, tmp_path / "m", decs, card={"evaluation": _PERPLEXITY})
+    ModelCard.load(tmp_path / "m" / "README.md")  # what lord wrote parses
+    text = (tmp_path / "m" / "README.md").read_text()
+    start, end = text.index("    dataset:"), text.index("    metrics:")
+    (tmp_path / "m" / "README.md").write_text(text[:start] + text[end:])  # a result without its dataset
+    with pytest.raises(ValueError, match="Invalid `model_index`"):
+        ModelCard.load(tmp_path / "m" / "README.md")
+    assert main(["card", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "its metadata does not parse" in err
+    with pytest.raises(ValueError, match="requires `model_name`"):
+        ModelCardData(eval_results=[EvalResult(task_type="text-generation", dataset_type="openai_humaneval",
+                                               dataset_name="HumanEval", metric_type="pass@1", metric_value=1.0)])
 
 
 def test_save_refuses_a_model_whose_code_is_not_in_transformers(tmp_path):
@@ -183,21 +377,68 @@ def test_save_refuses_a_model_whose_code_is_not_in_transformers(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_peft_lora_wraps_the_factors_of_a_loaded_checkpoint(tmp_path, probe_ids):
+def _linear_names(model) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def test_peft_lora_on_a_loaded_checkpoint_all_linear_and_the_default_reach_every_factor(tmp_path, probe_ids):
+    """"all-linear" -- and LoraConfig(task_type="CAUSAL_LM") without target_modules, which peft resolves by
+    model_type -- wrap every linear layer but the head: each factor, a group's shared A included, and its
+    adapter is live (the members call what sits at the shared A's place); merging gives the adapted model's
+    logits and keeps the LoRD structure."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model, decs = _compressed("qwen2", ["all"], True, "lord")
     save_compressed(model, tmp_path / "m", decs)
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)
-    peft_model = get_peft_model(hf, LoraConfig(r=2, target_modules=r".*(down_proj\.[01]|lord_shared__.*|\.B)$"))
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert trainable > 0
-    with torch.no_grad():  # LoRA starts at zero: the output is the loaded model's
-        assert torch.allclose(peft_model(probe_ids).logits, model(probe_ids).logits, atol=1e-5)
+    load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)  # noqa: E731
+    every_linear = _linear_names(load()) - {"lm_head"}
+    assert any(".lord_shared__" in n for n in every_linear) and any(n.endswith(".B") for n in every_linear)
+    default = get_peft_model(load(), LoraConfig(task_type="CAUSAL_LM", r=2))
+    assert set(default.base_model.targeted_module_names) == every_linear
+
+    peft_model = get_peft_model(load(), LoraConfig(r=2, target_modules="all-linear"))
+    assert set(peft_model.base_model.targeted_module_names) == every_linear
+    with torch.no_grad():
+        want = model(probe_ids).logits
+        assert torch.allclose(peft_model(probe_ids).logits, want, atol=1e-5)  # LoRA starts at zero
+        shared = next(m for n, m in peft_model.named_modules() if n.endswith("self_attn.lord_shared__q_proj__k_proj__v_proj"))
+        torch.nn.init.normal_(shared.lora_B["default"].weight)  # only the shared A's adapter moves
+        adapted = peft_model(probe_ids).logits
+    assert not torch.allclose(adapted, want, atol=1e-3)
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        assert torch.allclose(merged(probe_ids).logits, adapted, atol=1e-4)
+    assert [type(m).__name__ for m in merged.modules()] == [type(m).__name__ for m in load().modules()]
+
+
+def test_peft_base_layer_names_resolve_to_their_factors_through_lora_target_modules(tmp_path, probe_ids):
+    """peft matches names only, so a base name ("q_proj") names a decomposed layer it cannot wrap: its error
+    names what to use. model.lora_target_modules(names) gives the factors: a group member's B, a decomposed
+    layer's two factors, a layer left dense itself; LoRA on them trains."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model, decs = _compressed("qwen2", ["attn_qkv", "mlp_down"], True, "lord")
+    save_compressed(model, tmp_path / "m", decs)
+    load = lambda: AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True)  # noqa: E731
+    with pytest.raises(ValueError, match=r"model\.lora_target_modules\(names\), or 'all-linear'"):
+        get_peft_model(load(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    hf = load()
+    targets = hf.lora_target_modules(["q_proj", "down_proj", "o_proj"])
+    blocks = range(len(hf.model.layers))
+    assert targets == sorted([f"model.layers.{i}.self_attn.q_proj.B" for i in blocks]
+                             + [f"model.layers.{i}.mlp.down_proj.{f}" for i in blocks for f in (0, 1)]
+                             + [f"model.layers.{i}.self_attn.o_proj" for i in blocks])  # o_proj was left dense
+    peft_model = get_peft_model(hf, LoraConfig(r=2, target_modules=targets))
+    assert sorted(peft_model.base_model.targeted_module_names) == targets
     loss = peft_model(probe_ids, labels=probe_ids).loss
     loss.backward()
-    assert any(p.grad is not None for p in peft_model.parameters() if p.requires_grad)
+    trained = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in peft_model.named_parameters()
+                           if p.requires_grad and "lora_B" in n)
+    with pytest.raises(ValueError, match="no module of this model is named 'qproj'"):
+        hf.lora_target_modules(["qproj"])
 
 
 def test_lm_eval_reads_the_checkpoint_and_agrees_with_lords_log_likelihood(tmp_path, smollm2, monkeypatch):
@@ -235,3 +476,27 @@ def test_lm_eval_reads_the_checkpoint_and_agrees_with_lords_log_likelihood(tmp_p
     ours = [-evaluate_perplexity(model, torch.tensor([[prefix] + tok(d, add_special_tokens=False).input_ids]),
                                  progress=False)["nll_sum"] for d in docs]
     assert theirs == pytest.approx(ours, rel=1e-5)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_checkpoint_and_export_folders_respect_the_umask(tmp_path, umask):
+    """Every folder and file of a checkpoint and of its export has the mode the umask gives a new one (the
+    temporary folder they are written in, and safetensors' files, would otherwise be 0700 and 0600)."""
+    from lord.cli import main
+
+    model, decs = _compressed("qwen2", ["all"], True, "lord")
+    before = os.umask(umask)
+    try:
+        save_compressed(model, tmp_path / "m", decs, tokenizer=_word_tokenizer())
+        written = [tmp_path / "m"]
+        if umask == 0o022:
+            assert main(["export", "--merge", str(tmp_path / "m"), str(tmp_path / "dense")]) == 0
+            written.append(tmp_path / "dense")
+    finally:
+        os.umask(before)
+    for folder in written:
+        paths = [folder, *folder.rglob("*")]
+        assert {p.name for p in paths} >= {"model.safetensors", "config.json", "tokenizer.json", "README.md"}
+        modes = {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in paths}
+        want = {p.relative_to(tmp_path): oct((0o777 if p.is_dir() else 0o666) & ~umask) for p in paths}
+        assert modes == want

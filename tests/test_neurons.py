@@ -203,7 +203,7 @@ def test_a_checkpoint_with_smaller_mlps_loads_with_identical_logits_and_exports_
     from transformers import AutoModelForCausalLM
 
     from lord.checkpoint import load_compressed, save_compressed
-    from lord.hf.export import export_merged
+    from lord.export import export_merged
 
     model = tiny_model("llama", mlp_bias=True)
     c = _compressor(model, refit_ridge=0.1)

@@ -232,7 +232,7 @@ def test_a_quantized_model_saves_packed_and_loads_back_computing_the_same(tmp_pa
     from transformers import AutoModelForCausalLM
 
     from lord.checkpoint import load_compressed, save_compressed
-    from lord.hf.export import export_merged
+    from lord.export import export_merged
     from lord.quantization import quantize_model
 
     model, batches = tiny_model("qwen2"), calib_batches()

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lord.humaneval import isolation as iso
+from lord.humaneval import leases
 from lord.humaneval import plain
 from lord.humaneval.evaluate import load_problems
 from lord.humaneval.replay import replay_coverage
@@ -269,7 +270,7 @@ def test_hostile_completions_fail_and_harm_nothing(mode, sentinels):
         time.sleep(2)  # the detached writer would have written by now
         assert not late_marker.exists() and _processes_with(token) == []
         if iso.as_root():
-            assert not any(iso.processes_of(uid) for uid in iso.UID_RANGE[:8])
+            assert not any(leases.processes_of(uid) for uid in leases.UID_RANGE[:8])
         if mode == "namespaces":
             assert not tmp_marker.exists()
             with pytest.raises(BlockingIOError):
@@ -297,7 +298,7 @@ def test_namespace_sandbox_sees_only_what_it_needs():
     assert why is None
     uid, caps, seen, first_pid, root = plain.decode(outputs[0]["ok"])
     assert seen == [] and first_pid == 1 and caps == ["0000000000000000", "0000000000000000", "1"]
-    assert uid in iso.UID_RANGE if iso.as_root() else uid == os.getuid()
+    assert uid in leases.UID_RANGE if iso.as_root() else uid == os.getuid()
     assert set(root) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "proc", "dev", "tmp", "lord",
                          *Path(sys.base_prefix).resolve().parts[1:2]}
 
@@ -310,4 +311,6 @@ def test_isolation_is_recorded_and_the_switch_is_checked(monkeypatch):
     with pytest.raises(LordError, match="LORD_SANDBOX='chroot' is not an isolation mode"):
         iso.choose()
     v = judge_completion(SEVEN, "    return 7\n", FAST, isolation="guard-only")
+    protections = v.pop("protections")
     assert v == {"isolation": "guard-only", "passed": True, "outcome": "passed", "verdict_by": "replay"}
+    assert {"reaper", "replay_worker_nondumpable"} <= set(protections) and "namespaces" not in protections

@@ -87,6 +87,33 @@ def test_an_added_key_at_its_default_leaves_finished_runs_their_identity():
     assert run_identity({**before, "calibration": {**before["calibration"], "skip_first": 1}}, "w", {})["id"] != a
 
 
+def test_published_humaneval_results_keep_their_identity_under_todays_eval_configs():
+    """Sharing prefills and the automatic width only change speed (and float rounding): every published HumanEval
+    result that records an identity gets the same one from its stored config completed by today's eval config
+    (keys added since are ADDED_KEYS at the value the config sets); table1_humaneval predates identities."""
+    from omegaconf import OmegaConf
+
+    from lord.identity import ADDED_KEYS, numeric_config, run_identity
+
+    paths = sorted((ROOT / "results" / "published").rglob("*.humaneval-*.json"))
+    stored = [r for r in map(json.loads, (p.read_text() for p in paths)) if r.get("identity")]
+    assert len(stored) >= 10 and {r["config"]["eval"]["preset"] for r in stored} == {"greedy"}
+    today = OmegaConf.to_container(_compose([*QUICK, "eval=humaneval_greedy"]).eval, resolve=True)
+    for r in stored:
+        inputs, old_eval = r["identity"]["inputs"], r["config"]["eval"]
+        assert run_identity(r["config"], inputs["weights"], inputs["data"])["id"] == r["identity"]["id"]
+        added = {k: today[k] for k in today if k not in old_eval}
+        assert added == {"share_prefix": True} == {k: ADDED_KEYS[f"eval.{k}"] for k in added}
+        now = {**r["config"], "eval": {**old_eval, **added}}
+        assert run_identity(now, inputs["weights"], inputs["data"])["id"] == r["identity"]["id"]
+    # a sampled run: the width is the word auto whatever the machine measures; sharing off is another question
+    sampled = OmegaConf.to_container(_compose([*QUICK, "eval=humaneval_code_eval"]), resolve=True)
+    assert numeric_config(sampled)["eval"]["batch_size"] == "auto" and "share_prefix" not in numeric_config(
+        sampled)["eval"]
+    unshared = {**sampled, "eval": {**sampled["eval"], "share_prefix": False}}
+    assert run_identity(unshared, "w", {})["id"] != run_identity(sampled, "w", {})["id"]
+
+
 # 2 and 3. a failed run says so; config errors fail in one line before any weights load -------------------
 BAD = [
     (["rank.value=150"], "rank: rank reduction must be in [0, 100)"),
@@ -102,6 +129,8 @@ BAD = [
     (["calibration.skip_first=128"], "calibration.skip_first=128 leaves no position of a 128-token window"),
     (["budget.seq_len=1"], "data.seq_len=1 (budget.seq_len) must be an integer >= 2"),
     (["eval=humaneval_greedy", "eval.task_ids=[HumanEval/999]"], "unknown HumanEval task(s) ['HumanEval/999']"),
+    (["eval=humaneval_code_eval", "eval.batch_size=wide"], "eval.batch_size='wide' must be a positive integer"),
+    (["eval=humaneval_code_eval", "eval.share_prefix=maybe"], "eval.share_prefix='maybe' must be true or false"),
     (["layers=mlp_down", "rank.value=10"], "adds parameters (parity rank 418); lower the rank or set force=true"),
     (["paths.results_dir=/proc/version/results"], "is not writable"),
     (["calibration.draw=-1"], "calibration.draw=-1 must be null (the first n_windows windows) or a seed >= 0"),

@@ -9,6 +9,7 @@ of the command line's sweep overrides (as Hydra's basic sweeper does) with the p
         plus: [[method=dense]]                              # extra points, launched first (baselines)
         points: [[method=lord, rank.value=10]]              # or an explicit list of points instead
         report: analysis.rank_sweep.report                  # called with the results folder at the end
+        artefacts: [main_summary]                           # what analysis.make_all makes from these results
 
 A key set on the command line wins over the same key in a preset point. At the end it logs one summary line
 (ran / skipped / failed, with the failed result files), calls the preset's report, and exits 1 if any
@@ -40,6 +41,7 @@ class LordSweeperConf:
     plus: List[Any] = field(default_factory=list)
     points: List[Any] = field(default_factory=list)
     report: Optional[str] = None
+    artefacts: List[str] = field(default_factory=list)  # read by analysis.make_all (not by the sweep)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lord", node=LordSweeperConf, provider="lord")
@@ -85,7 +87,8 @@ def summary(returns: list[dict]) -> tuple[str, list[str]]:
 
 
 class LordSweeper(BasicSweeper):
-    def __init__(self, max_batch_size=None, params=None, grid=None, plus=None, points=None, report=None):
+    def __init__(self, max_batch_size=None, params=None, grid=None, plus=None, points=None, report=None,
+                 artefacts=None):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.points = preset_points(grid, plus, points)
         self.report = report

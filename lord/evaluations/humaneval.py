@@ -23,7 +23,13 @@ class HumanEval(Evaluation):
         e = self.options
         get_preset(e.preset)
         positive_int("eval.limit", e.limit, allow_none=True)
-        positive_int("eval.batch_size", e.batch_size)
+        width = e.batch_size
+        if width != "auto" and (isinstance(width, bool) or not isinstance(width, int) or width <= 0):
+            raise LordError(f"eval.batch_size={width!r} must be a positive integer (rows generated at once) or auto "
+                            "(chosen from the decode cost measured on this machine)")
+        if not isinstance(e.get("share_prefix", True), bool):
+            raise LordError(f"eval.share_prefix={e.share_prefix!r} must be true or false (the samples of a task "
+                            "share one prefill of its prompt)")
         positive_int("eval.max_new_tokens", e.max_new_tokens)
         positive_int("eval.n", e.n, allow_none=True)
         choose_isolation()  # a bad LORD_SANDBOX, or namespaces asked for where they cannot run: before the model
@@ -39,7 +45,7 @@ class HumanEval(Evaluation):
                                 task_ids=None if e.task_ids is None else list(e.task_ids), seeds=list(e.seeds),
                                 batch_size=e.batch_size, chat_template=e.chat_template,
                                 max_new_tokens=e.max_new_tokens, n=e.n, limits=Limits(timeout_s=e.timeout_s),
-                                workers=e.workers)
+                                workers=e.workers, share_prefix=e.get("share_prefix", True))
         return {k: v for k, v in he.items() if k != "per_seed"} | {
             "per_seed": [{k: v for k, v in s.items() if k != "per_task"} for s in he["per_seed"]],
             "per_task": he["per_seed"][0]["per_task"]}

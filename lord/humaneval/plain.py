@@ -15,13 +15,18 @@ Encoded forms (one JSON value each):
     numpy scalars (int64, float32, bool_, ...) are encoded by value (``.item()``), as the issue asks.
 
 ``decode`` is the trusted half: it accepts exactly these forms (anything else raises ``NotPlainData``),
-bounded in depth, so whatever a hostile process writes, the evaluator gets builtins or an error.
+bounded in depth, and refuses a dict or set whose keys collide in hash (more than ``MAX_SHARED_HASH`` share one
+value: integers ``k * (2**61 - 1)`` all hash alike and would make building the dict quadratic), so whatever a
+hostile process writes, the replay gets builtins or an error in linear time. ``check`` accepts and refuses
+exactly what ``decode`` does, except collisions, without building anything (no hashing, no recursion): the
+evaluator's own check of a result stream (wire.py).
 This module imports only the standard library: the sandbox runs it with ``python -I -S``.
 """
 
 from __future__ import annotations
 
 MAX_DEPTH = 64
+MAX_SHARED_HASH = 16  # keys of one dict (members of one set) sharing a hash value; plain data has a few at most
 
 
 class NotPlainData(ValueError):
@@ -80,17 +85,71 @@ def decode(doc, _depth: int = 0):
             return complex(float.fromhex(body[0]), float.fromhex(body[1]))
         if tag == "b" and type(body) is str:
             return bytes.fromhex(body)
+        if tag == "t" and type(body) is list:
+            return tuple(decode(v, d) for v in body)
         if tag in _TAGGED and type(body) is list:
-            return _TAGGED[tag](decode(v, d) for v in body)
+            return _TAGGED[tag](_distinct_hashes([decode(v, d) for v in body]))
         if tag == "d" and type(body) is list:
-            out = {}
             for pair in body:
                 if type(pair) is not list or len(pair) != 2:
                     raise NotPlainData("a dict entry is not a [key, value] pair")
-                out[decode(pair[0], d)] = decode(pair[1], d)
-            return out
+            keys = _distinct_hashes([decode(pair[0], d) for pair in body])
+            return dict(zip(keys, (decode(pair[1], d) for pair in body)))
     except (TypeError, OverflowError) as e:  # unhashable key or set member, out-of-range float text
         raise NotPlainData(str(e)) from None
     except ValueError as e:
         raise NotPlainData(str(e)) from None
     raise NotPlainData(f"unknown tag {tag!r}")
+
+
+def _distinct_hashes(keys: list) -> list:
+    """``keys``, unless more than ``MAX_SHARED_HASH`` of them share a hash value (TypeError if one is unhashable)."""
+    count: dict = {}
+    for k in keys:
+        h = hash(k)
+        count[h] = count.get(h, 0) + 1  # distinct hash values are distinct int keys: this dict cannot collide
+        if count[h] > MAX_SHARED_HASH:
+            raise NotPlainData(f"more than {MAX_SHARED_HASH} dict keys or set members share one hash value")
+    return keys
+
+
+def check(doc, max_values: int = 1 << 21) -> None:
+    """Raise NotPlainData unless ``decode(doc)`` would succeed (collisions aside) and ``doc`` holds at most
+    ``max_values`` values. Iterative, and builds nothing: the time is linear in the size of ``doc``."""
+    stack, seen = [(doc, 0, False)], 0  # (node, depth, must be hashable: a dict key or a set member)
+    while stack:
+        node, depth, key = stack.pop()
+        seen += 1
+        if seen > max_values:
+            raise NotPlainData(f"more than {max_values} values")
+        if depth > MAX_DEPTH:
+            raise NotPlainData(f"nested deeper than {MAX_DEPTH}")
+        t = type(node)
+        if node is None or t is bool or t is int or t is str:
+            continue
+        if t is list:
+            if key:
+                raise NotPlainData("unhashable type: 'list'")
+            stack.extend((v, depth + 1, False) for v in node)
+            continue
+        if t is not dict or len(node) != 1:
+            raise NotPlainData(f"not an encoded value: {t.__name__}")
+        (tag, body), = node.items()
+        if tag in ("f", "b", "c"):
+            decode(node)  # a float's or bytes' text: linear, nothing nested
+            continue
+        if tag in _TAGGED and type(body) is list:
+            if key and tag == "s":
+                raise NotPlainData("unhashable type: 'set'")
+            stack.extend((v, depth + 1, key or tag != "t") for v in body)
+            continue
+        if tag == "d" and type(body) is list:
+            if key:
+                raise NotPlainData("unhashable type: 'dict'")
+            for pair in body:
+                if type(pair) is not list or len(pair) != 2:
+                    raise NotPlainData("a dict entry is not a [key, value] pair")
+                stack.append((pair[0], depth + 1, True))
+                stack.append((pair[1], depth + 1, False))
+            continue
+        raise NotPlainData(f"unknown tag {tag!r}")

@@ -30,6 +30,11 @@ class Recorder:
                                       stdout=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1)
         self._lock = threading.Lock()
         self._recordings: dict[str, dict] = {}
+        hello = self._proc.stdout.readline()
+        if not hello:
+            raise LordError(f"the replay worker ({WORKER.name}) did not start; run it by hand to see why: "
+                            f"{sys.executable} -I -S {WORKER}")
+        self.nondumpable = json.loads(hello).get("nondumpable") is True
 
     def _ask(self, request: dict) -> dict:
         with self._lock:

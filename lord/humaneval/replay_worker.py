@@ -1,8 +1,9 @@
 """The trusted side of a verdict: ``python -I -S replay_worker.py``, one per evaluation (see replay.py).
 
-It never runs generated code. Requests arrive as JSON lines on stdin, answers leave as JSON lines on stdout;
-each request is served in a fresh child forked from this clean process (so no test leaves state for the
-next), under a CPU limit and a wall-clock timeout.
+It never runs generated code. Requests arrive as JSON lines on stdin, answers leave as JSON lines on stdout
+(the first line says whether this process made itself non-dumpable); each request is served in a fresh child
+forked from this clean process (so no test leaves state for the next), under a CPU limit and a wall-clock
+timeout — decoding hostile values (plain.decode) happens there too, so it cannot hold the evaluator.
 
 ``record``  For each task, run its ``check`` on the *canonical* solution through a recording wrapper — bound
             both as ``candidate`` and under the entry point's own name, since a test may call either — and
@@ -172,8 +173,13 @@ def _serve(request: dict) -> dict:
     raise ValueError(f"unknown op {request['op']!r}")
 
 
+MEMORY_MB = 4096  # address space of one replay (the tests on recorded answers; hostile values are decoded here)
+MAX_ANSWER = 64 << 20  # bytes of one replay's answer (a diverging call can carry values computed from answers)
+
+
 def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
-    """Serve ``request`` in a forked child; its answer comes back through a pipe."""
+    """Serve ``request`` in a forked child (CPU, memory and wall clock limited); its answer comes back through a
+    pipe, at most ``MAX_ANSWER`` bytes."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -181,6 +187,7 @@ def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
         code = 0
         try:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+            resource.setrlimit(resource.RLIMIT_AS, (MEMORY_MB << 20, MEMORY_MB << 20))
             sys.setrecursionlimit(10_000)
             answer = json.dumps(_serve(request)).encode()
         except BaseException as e:
@@ -190,25 +197,41 @@ def _in_child(request: dict, timeout_s: float, cpu_s: int) -> dict:
             f.write(answer)
         os._exit(code)
     os.close(w)
-    chunks, deadline = [], time.monotonic() + timeout_s
+    chunks, size, deadline = [], 0, time.monotonic() + timeout_s
     with os.fdopen(r, "rb") as f:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([f], [], [], left)[0]:
+            too_long = size > MAX_ANSWER
+            if too_long or left <= 0 or not select.select([f], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return {"passed": False, "error": f"timed out after {timeout_s:g} s"}
+                return {"passed": False, "error": f"the replay's answer is longer than {MAX_ANSWER} bytes"
+                        if too_long else f"timed out after {timeout_s:g} s"}
             chunk = os.read(f.fileno(), 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
+            size += len(chunk)
     _, status = os.waitpid(pid, 0)
     if not chunks:
         return {"passed": False, "error": f"the replay process died (wait status {status})"}
     return json.loads(b"".join(chunks))
 
 
+def _nondumpable() -> bool:
+    """PR_SET_DUMPABLE 0: no other process of this user can open /proc/<this>/fd (the answer pipe) or /mem. A
+    guard-only execution as the evaluator's user could otherwise write a verdict into this worker's stdout."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
 def main() -> int:
+    sys.stdout.write(json.dumps({"nondumpable": _nondumpable()}) + "\n")  # the first line, before any request
+    sys.stdout.flush()
     for line in sys.stdin:
         request = json.loads(line)
         answer = _in_child(request, request.get("timeout_s", 30.0), int(request.get("cpu_s", 30)))

