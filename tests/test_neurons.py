@@ -220,6 +220,8 @@ def test_a_checkpoint_with_smaller_mlps_loads_with_identical_logits_and_exports_
     assert count_parameters(loaded) == count_parameters(model)
     save_compressed(loaded, tmp_path / "again")  # a loaded model re-saves with its sizes
     assert json.loads((tmp_path / "again" / "config.json").read_text())["lord"]["resized"] == lord["resized"]
+    dense_count = count_parameters(tiny_model("llama", mlp_bias=True))  # the card counts the dense model right
+    assert f"(dense: {dense_count:,};" in (tmp_path / "again" / "README.md").read_text()
     out = export_merged(tmp_path / "ckpt", tmp_path / "dense")
     assert out["max_logit_error_relative"] < 1e-4
     assert json.loads((tmp_path / "dense" / "config.json").read_text())["intermediate_size"] == \
