@@ -299,3 +299,28 @@ def test_neuron_selection_runs_end_to_end_and_records_what_it_chose(tmp_path, sm
     assert 20 <= comp["allocation"]["removed_percent"] < 21
     model, _ = load_compressed(tmp_path / "saved", with_tokenizer=False)
     assert count_parameters(model) == r["params"]["compressed"] and model.config.lord["resized"] == n["resized"]
+
+
+def test_refit_and_anchor_fit_to_the_dense_model_around_smaller_mlps():
+    """Their dense stream puts back every module the compressor swapped out, the resized MLPs too: each block's dense
+    output there is the dense model's."""
+    from lord.compress import _block_inputs
+    from lord.refit import _advance_dense
+
+    model = tiny_model("qwen2")
+    c = _compressor(model)
+    blocks, outputs = model.model.layers, []
+    hooks = [b.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+             for b in blocks]
+    with torch.no_grad():
+        model(c.batches[0])
+    for h in hooks:
+        h.remove()
+    report = c.apply("whiten", RankSpec("budget", 30, allocation="greedy"))
+    assert report["resized"] and report["decompositions"]
+    states = _block_inputs(model, blocks[0], c.batches[:1], c._device())
+    for i, block in enumerate(blocks):
+        _advance_dense(model, block, [d for d in report["decompositions"] if d.block == i], c, states)
+        args, kwargs = states[0]
+        torch.testing.assert_close(args[0] if args else kwargs["hidden_states"], outputs[i])
+    assert model.get_submodule("model.layers.0.mlp.down_proj") is not c._dense_module("model.layers.0.mlp.down_proj")
