@@ -27,6 +27,9 @@ def budget_rows(df: pd.DataFrame) -> pd.DataFrame:
 def label(method: str, rank_unit: str, setting: str) -> str:
     allocation = rank_unit.split("-", 1)[1] if "-" in rank_unit else "uniform"
     setting = setting if isinstance(setting, str) else ""
+    if setting.startswith("-neurons"):  # MLP neuron selection; the method decomposed the other layers
+        rest = setting[len("-neurons"):]
+        return f"MLP neurons + {method}, {allocation}{' ' + rest if rest else ''}"
     return KNOWN.get((method, allocation, setting), f"{method}, {allocation}{' ' + setting if setting else ''}")
 
 
