@@ -18,7 +18,8 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
-           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
+           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
+           "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
            "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
@@ -118,7 +119,8 @@ def _calibration(cfg: dict) -> dict:
     else:
         corpus = _corpus_name(data, "calibration_path")
     return {"corpus": _corpus_name(data, "path"), "calibration_windows": cal.get("n_windows"),
-            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus}
+            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus,
+            "calibration_draw": cal.get("draw")}
 
 
 NOT_COMPRESSION = ("load_s", "baseline_s", "eval_s", "save_s")  # timings of a run that are not its stages
