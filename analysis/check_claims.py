@@ -22,7 +22,6 @@ reason: ``<file>:<number>  <why>``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
