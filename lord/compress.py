@@ -321,11 +321,11 @@ class Compressor:
             out += self.neurons.candidates(spectra)
         return out
 
-    def check_budget(self, method, rank: RankSpec) -> None:
+    def check_budget(self, method, rank: RankSpec, grid=None) -> None:
         """What a budget's config can tell before any statistics (a weightless model is enough)."""
         from lord.allocation import check_budget
 
-        check_budget(self._candidates(get_method(method)), rank.value, rank.round_to)
+        check_budget(self._candidates(get_method(method)), rank.value, rank.round_to, grid)
 
     def allocate(self, method, rank: RankSpec) -> dict[str, int | None]:
         """Each target's rank (None: dense) for ``rank.unit=budget``, from the method's spectra (its bases), and

@@ -263,7 +263,7 @@ def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
     (["experiments.main", "layers=mlp_middle"], "error: layers='mlp_middle' is unknown; allowed: all"),
     (["experiments.run", "model=smollm2-135m", "rank.value=150"], "error: rank: rank reduction must be in [0, 100)"),
     (["experiments.run", "model=smollm2-135m", "rank.unit=budget", "rank.allocation=magic"],
-     "error: rank: unknown rank allocation 'magic'; choose from: greedy, svdllm_v2, uniform"),
+     "error: rank: unknown rank allocation 'magic'; choose from: greedy, loss_estimate, measured, svdllm_v2, uniform"),
 ])
 def test_cli_rejects_unknown_options_in_one_line(args, match, tmp_path):
     p = _cli(args, timeout=120)

@@ -67,10 +67,16 @@ class Decompose(Stage):
         if self.cfg.calibration.mode == "sequential":
             check_sequential(self.method, self.rank)
         compressor = Compressor(model, **layer_selection(self.cfg), progress=False)
+        self.method.check_targets(model, compressor.targets)
         if self.rank.unit == "budget":
             compressor.check_budget(self.method, self.rank)
+            grid = None
             if needs_measurement(self.rank.allocation):
-                sensitivity_settings(self.cfg)
+                grid = sensitivity_settings(self.cfg)["grid"]
+            elif self.rank.allocation == "loss_estimate":
+                from lord.allocation.knapsack import LOSS_ESTIMATE_GRID as grid
+            if grid is not None:
+                compressor.check_budget(self.method, self.rank, grid=grid)
         else:
             compressor.plan(self.method, self.rank)
 
