@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 # (method, allocation, stages tag) -> the name a reader knows it by
-KNOWN = {("lord_meanfix", "uniform", ""): "paper LoRD (lord_meanfix, uniform)",
+KNOWN = {("lord_meanfix", "uniform", ""): "LoRD with mean compensation (lord_meanfix, uniform)",
          ("asvd", "uniform", ""): "ASVD (asvd, uniform)",
          ("whiten", "uniform", ""): "SVD-LLM (whiten, uniform)",
          ("whiten", "svdllm_v2", ""): "SVD-LLM V2 (whiten, svdllm_v2)"}
@@ -46,7 +46,7 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The README's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
+    """The findings page's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
     validation corpus."""
     t = pareto_table(df)
     if t.empty:

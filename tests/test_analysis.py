@@ -542,3 +542,14 @@ def test_two_humaneval_runs_compare_task_by_task(tmp_path):
                                      "only A: B unstopped": 1, "only A: B looping": 1}
     with pytest.raises(SystemExit, match="no samples"):
         hf.compare_runs(a, tmp_path / "none.json")
+
+
+def test_results_of_an_experiment_no_preset_names_get_the_general_tables_and_figures():
+    """An ad-hoc sweep (experiment_name=adhoc, or any name) is analysed too; a preset gets exactly its own list."""
+    from analysis.artefacts import ALWAYS, FOR_ANY_RESULTS
+    from analysis.make_all import artefacts_for, preset_artefacts
+
+    presets = preset_artefacts()
+    assert set(artefacts_for(["my_sweep"], presets)) == set(ALWAYS) | set(FOR_ANY_RESULTS)
+    assert set(artefacts_for(["verdict_draws"], presets)) == set(ALWAYS)  # a preset that names none
+    assert set(artefacts_for(["pareto"], presets)) == set(ALWAYS) | {"pareto"}
