@@ -113,7 +113,7 @@ def run_times_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write(table: pd.DataFrame, out: Path, caption: str) -> list[Path]:
-    """Markdown (for the README) and LaTeX (for papers), each with its caption."""
+    """Markdown (for the docs' generated regions) and LaTeX (for papers), each with its caption."""
     out.parent.mkdir(parents=True, exist_ok=True)
     md, tex = out.with_suffix(".md"), out.with_suffix(".tex")
     md.write_text(f"{caption}\n\n" + (table.to_markdown(index=False, floatfmt=".4g") if len(table) else
