@@ -338,6 +338,21 @@ def humaneval_failures_table(a: Analysis) -> list[Path]:
                         "chars: of the completions")
 
 
+@ARTEFACTS.register("verdicts")
+def verdicts(a: Analysis) -> list[Path]:
+    """The diagnosis's verdicts with intervals (experiment=verdict_draws; analysis/verdicts.py)."""
+    from analysis.verdicts import verdict_table
+
+    rows = a.of("verdict_draws")
+    if not len(rows):
+        return []
+    return tables.write(verdict_table(a.everything), a.out / "table_verdicts",
+                        caption(rows, "The diagnosis's verdicts: each hypothesis against three calibration draws per "
+                                      "setting, 95 % intervals over validation windows and draws (expanded percentile "
+                                      "bootstrap); supported / not supported when the interval excludes 0, else not "
+                                      "resolved"))
+
+
 @ARTEFACTS.register("run_times")
 def run_times(a: Analysis) -> list[Path]:
     """How long each preset's runs took and where (docs: reproduce)."""

@@ -7,16 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.intervals import CI_MISSING, fmt, increase_percent, mean_interval, window_deltas
 from lord.architectures import block_label
 from lord.naming import intervention_tag
 
 COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "setting", "calibration", "layers",
            "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity",
-           "perplexity_increase_percent",
+           "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low", "ppl_increase_ci_high",
+           "window_deltas",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
-           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
+           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
+           "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets", "run_seconds", "device",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
            "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
@@ -47,7 +50,8 @@ def _metrics(r: dict) -> dict:
     out = {}
     if ev == "perplexity":
         out.update(perplexity=m["perplexity"], dense_perplexity=m["dense_perplexity"],
-                   perplexity_increase_percent=m["perplexity_increase_percent"], n_tokens=m.get("n_tokens"))
+                   perplexity_increase_percent=m["perplexity_increase_percent"], n_tokens=m.get("n_tokens"),
+                   **_increase_interval(m))
     elif ev == "humaneval":
         p1 = m["pass@1"]
         out.update(pass_at_1=p1["mean"], pass_at_1_ci_low=p1.get("ci_low"), pass_at_1_ci_high=p1.get("ci_high"),
@@ -61,6 +65,19 @@ def _metrics(r: dict) -> dict:
                    decode_speedup=rel["decode"]["speedup"], relative_size_params=rel["relative_size_params"],
                    relative_size_disk=rel["relative_size_disk"])
     return out
+
+
+def _increase_interval(m: dict) -> dict:
+    """The per-window increases (``analysis.intervals.window_deltas``) and the 95 % interval of the perplexity
+    increase over the validation windows; None for results from before per-window NLL was recorded."""
+    if "window_nll" not in m or "dense_window_nll" not in m:
+        return {"window_deltas": None, "ppl_increase_ci_low": None, "ppl_increase_ci_high": None,
+                "ppl_increase_ci": CI_MISSING}
+    deltas = window_deltas(m["window_nll"], m["dense_window_nll"], m["n_tokens"])
+    ci = mean_interval(deltas)
+    pct = increase_percent(ci) if ci is not None else None
+    return {"window_deltas": deltas, "ppl_increase_ci_low": pct.low if pct else None,
+            "ppl_increase_ci_high": pct.high if pct else None, "ppl_increase_ci": fmt(pct)}
 
 
 def _row(r: dict, path: Path) -> dict:
@@ -102,7 +119,8 @@ def _calibration(cfg: dict) -> dict:
     else:
         corpus = _corpus_name(data, "calibration_path")
     return {"corpus": _corpus_name(data, "path"), "calibration_windows": cal.get("n_windows"),
-            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus}
+            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus,
+            "calibration_draw": cal.get("draw")}
 
 
 NOT_COMPRESSION = ("load_s", "baseline_s", "eval_s", "save_s")  # timings of a run that are not its stages

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.intervals import CI_COLUMN, with_ci
 from analysis.results import SETTING
 
 PAPER_DIR = Path(__file__).parent / "paper"
@@ -38,7 +39,7 @@ def _interp(x, xs, ys):
 def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarCoder-3B", "StarCoder-16B")):
     """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase
     (empty for our runs of a single layer kind, which the paper's Tables 3-4 do not cover)."""
-    d = df[df["eval"] == "perplexity"].copy()
+    d = with_ci(df[df["eval"] == "perplexity"]).copy()
     d = d[d.method != "dense"].drop_duplicates([k for k in SETTING if k in d])  # one row per setting and variant
     p = paper_perplexity_increase()
     for name in paper_models:  # the paper's rows decompose every layer: compared with our all-layer runs only
@@ -47,9 +48,10 @@ def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarC
                                   if layers in ("all", "all-grouped") else float("nan")
                                   for x, layers in zip(d.rank_value, d.layers)]
     cols = ["model", "layers", "method", "rank_value", *_variant(d), "ranks", "dense_perplexity", "perplexity",
-            "perplexity_increase_percent", "params_reduction_percent"] + [f"paper {n} (%)" for n in paper_models]
+            "perplexity_increase_percent", "ppl_increase_ci", "params_reduction_percent"] + [
+        f"paper {n} (%)" for n in paper_models]
     return d.sort_values(["model", "layers", "method", "rank_value", *_variant(d)])[cols].rename(columns={
-        "rank_value": "% rank reduction", "perplexity_increase_percent": "increase (%)",
+        "rank_value": "% rank reduction", "perplexity_increase_percent": "increase (%)", "ppl_increase_ci": CI_COLUMN,
         "params_reduction_percent": "params reduction (%)"}).reset_index(drop=True)
 
 
@@ -91,11 +93,13 @@ def _variant(d: pd.DataFrame) -> list[str]:
 
 def method_table(df: pd.DataFrame) -> pd.DataFrame:
     """Methods at equal parameter count: the same layers and rank give every method the same size."""
-    d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
+    d = with_ci(df[(df["eval"] == "perplexity") & (df.method != "dense")])
     if d.empty:
         return d
     key = ["model", "layers", "rank_value", *_variant(d)]  # lord_meanfix differs only by the biases it adds
     t = d.pivot_table(index=key, columns="method", values="perplexity_increase_percent", aggfunc="first")
+    ci = d.pivot_table(index=key, columns="method", values="ppl_increase_ci", aggfunc="first")
+    t = t.join(ci.rename(columns=lambda m: f"{m}: 95 % CI"))[[c for m in t.columns for c in (m, f"{m}: 95 % CI")]]
     params = d.groupby(key).params_compressed.agg(["min", "max"])
     t.insert(0, "params_compressed", [f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}" for lo, hi in params.values])
     return t.reset_index().rename(columns={"rank_value": "% rank reduction"})

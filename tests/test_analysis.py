@@ -255,7 +255,8 @@ def test_humaneval_is_paired_with_the_perplexity_of_the_same_compression(tmp_pat
     point without a perplexity run is left out; pass@1 falling as perplexity rises gives Spearman ρ = -1."""
     from analysis import ablations, figures
 
-    base = dict(model="m", method="lord", layers="mlp_down", skip_first=0, blocks="", dense_perplexity=4.0)
+    base = dict(model="m", method="lord", layers="mlp_down", skip_first=0, blocks="", dense_perplexity=4.0,
+                rank_unit="reduction")
     rows = [dict(base, eval="humaneval", method="dense", layers="none", rank_value=0.0, pass_at_1=40.0,
                  pass_at_1_ci_low=33.0, pass_at_1_ci_high=47.0)]  # results hold pass@k in %
     for rank, ppl, p in ((30, 4.4, 30.0), (50, 5.0, 10.0), (60, 6.0, 5.0)):
@@ -265,12 +266,39 @@ def test_humaneval_is_paired_with_the_perplexity_of_the_same_compression(tmp_pat
             rows.append(dict(base, eval="perplexity", rank_value=float(rank), perplexity=ppl,
                              perplexity_increase_percent=100 * (ppl / 4 - 1)))
     t, rho = ablations.humaneval_vs_perplexity(pd.DataFrame(rows))
-    assert list(t["% rank reduction"]) == [0.0, 30.0, 50.0]
+    assert list(t["rank"]) == ["", "reduction 30", "reduction 50"]
     assert t["Δ log ppl"].tolist() == pytest.approx([0, math.log(1.1), math.log(1.25)])
     assert t["pass@1 relative to dense %"].tolist() == pytest.approx([100, 75, 25])
     assert rho == {"m": (pytest.approx(-1.0), 3)}
     paths = figures.humaneval_vs_perplexity(t, rho, tmp_path / "humaneval_vs_perplexity")
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_humaneval_pairs_only_the_same_compression_never_a_budget_with_a_rank_reduction():
+    """Issue 34: the table paired pareto_humaneval's budget runs with rank-reduction perplexity runs of the same
+    method and value, and printed a pandas Series when two dense runs existed. A budget run pairs with the budget
+    run of the same allocation, a stage with the same stage, and the dense row is the plain dense run."""
+    from analysis import ablations
+
+    base = dict(model="m", method="whiten", layers="all", skip_first=0, blocks="", setting="", calibration="oneshot",
+                dense_perplexity=4.0, quant_bits=None, prune=None)
+    he = dict(base, eval="humaneval", pass_at_1_ci_low=None, pass_at_1_ci_high=None)
+    pp = dict(base, eval="perplexity")
+    rows = [dict(he, method="dense", layers="none", rank_unit=None, rank_value=0.0, pass_at_1=40.0),
+            dict(he, method="dense", layers="none", rank_unit=None, rank_value=0.0, pass_at_1=30.0,
+                 setting="+lorainstructions100"),  # a trained dense run: not the baseline
+            dict(he, rank_unit="budget-uniform", rank_value=10.0, pass_at_1=4.0),
+            dict(he, rank_unit="budget-greedy", rank_value=10.0, pass_at_1=10.0, setting="+refit"),
+            dict(pp, rank_unit="reduction", rank_value=10.0, perplexity=4.6, perplexity_increase_percent=15.0),
+            dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=6.2, perplexity_increase_percent=55.0),
+            dict(pp, rank_unit="budget-greedy", rank_value=10.0, perplexity=6.6, perplexity_increase_percent=65.0),
+            dict(pp, rank_unit="budget-greedy", rank_value=10.0, perplexity=6.4, perplexity_increase_percent=60.0,
+                 setting="+refit")]
+    t, _ = ablations.humaneval_vs_perplexity(pd.DataFrame(rows))
+    got = {(r["method"], r["rank"], r["setting"]): r["ppl increase %"] for _, r in t.iterrows()}
+    assert got == {("dense", "", ""): 0.0, ("whiten", "budget-uniform 10", ""): 55.0,
+                   ("whiten", "budget-greedy 10", "+refit"): 60.0}
+    assert t["pass@1 relative to dense %"].tolist() == pytest.approx([100, 10, 25])
 
 
 def test_quant_noise_table_measures_compression_over_the_noisy_dense_model():
