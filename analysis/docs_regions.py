@@ -7,9 +7,9 @@ A page (a ``docs/`` page or the README) marks a region with the name of a file i
     <!-- /table -->
 
 ``fill`` puts the file's text between the two markers, with one blank line on each side (so the table renders on a
-code host and on the mkdocs site alike). Markers inside fenced code blocks are examples, and are left alone. A region whose file does not exist yet is left as it is and reported as
-missing: a page can name a table before the analysis that writes it exists. ``--check`` changes nothing and lists
-the regions that differ from their file::
+code host and on the mkdocs site alike). Markers inside fenced code blocks are examples, and are left alone. A
+region whose file does not exist yet is left as it is and reported as missing: a page can name a table before the
+analysis that writes it exists. ``--check`` changes nothing and lists the regions that differ from their file::
 
     python -m analysis.docs_regions [--check] [--generated docs/generated] [README.md docs ...]
 

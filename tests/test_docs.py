@@ -31,7 +31,7 @@ def _page(*names, before="intro", after="outro"):
 
 def test_fill_puts_each_generated_file_between_its_markers_and_nothing_else_changes(tmp_path):
     rng = random.Random(0)
-    for trial in range(20):
+    for _ in range(20):
         names = [f"t{i}.md" for i in range(rng.randint(1, 4))]
         texts = {}
         for n in names:
