@@ -15,7 +15,8 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity",
            "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low", "ppl_increase_ci_high",
            "window_deltas",
-           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
+           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high",
+           "humaneval_preset", "humaneval_seeds", "max_new_tokens", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
            "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
@@ -54,8 +55,11 @@ def _metrics(r: dict) -> dict:
                    **_increase_interval(m))
     elif ev == "humaneval":
         p1 = m["pass@1"]
+        p10 = m.get("pass@10", {})
         out.update(pass_at_1=p1["mean"], pass_at_1_ci_low=p1.get("ci_low"), pass_at_1_ci_high=p1.get("ci_high"),
-                   pass_at_10=m.get("pass@10", {}).get("mean"), humaneval_preset=m["preset"]["name"],
+                   pass_at_10=p10.get("mean"), pass_at_10_ci_low=p10.get("ci_low"),
+                   pass_at_10_ci_high=p10.get("ci_high"), humaneval_preset=m["preset"]["name"],
+                   humaneval_seeds=len(m.get("seeds") or [0]), max_new_tokens=m["preset"].get("max_new_tokens"),
                    n_tasks=m["n_tasks"])
     elif ev == "speed":
         rel = m["relative"]

@@ -581,3 +581,27 @@ def test_results_of_an_experiment_no_preset_names_get_the_general_tables_and_fig
     assert set(artefacts_for(["my_sweep"], presets)) == set(ALWAYS) | set(FOR_ANY_RESULTS)
     assert set(artefacts_for(["verdict_draws"], presets)) == set(ALWAYS)  # a preset that names none
     assert set(artefacts_for(["pareto"], presets)) == set(ALWAYS) | {"pareto"}
+
+
+def test_table1_sets_greedy_and_sampled_pass_at_k_next_to_the_papers_values():
+    """Issue 36: one row per (model, method, rank) with greedy pass@1, sampled pass@1 and pass@10 and their
+    intervals, each preset's change from its own dense run, and the paper's StarCoder-16B values at that rank."""
+    base = dict(eval="humaneval", model="m", ranks="653", n_tasks=164, humaneval_seeds=1, max_new_tokens=512,
+                pass_at_10=None, pass_at_10_ci_low=None, pass_at_10_ci_high=None)
+    rows = [dict(base, method="dense", rank_value=0.0, humaneval_preset="greedy", pass_at_1=43.0,
+                 pass_at_1_ci_low=36.0, pass_at_1_ci_high=51.0),
+            dict(base, method="dense", rank_value=0.0, humaneval_preset="code_eval", pass_at_1=40.0,
+                 pass_at_1_ci_low=35.0, pass_at_1_ci_high=45.0, pass_at_10=60.0, pass_at_10_ci_low=52.0,
+                 pass_at_10_ci_high=67.0),
+            dict(base, method="lord", rank_value=27.08, humaneval_preset="greedy", pass_at_1=35.0,
+                 pass_at_1_ci_low=28.0, pass_at_1_ci_high=43.0),
+            dict(base, method="lord", rank_value=27.08, humaneval_preset="code_eval", pass_at_1=30.0,
+                 pass_at_1_ci_low=25.0, pass_at_1_ci_high=35.0, pass_at_10=50.0, pass_at_10_ci_low=42.0,
+                 pass_at_10_ci_high=58.0)]
+    t = tables.humaneval_table(pd.DataFrame(rows)).set_index("method")
+    assert t.loc["lord", "greedy pass@1 change from dense"] == pytest.approx(-8.0)
+    assert t.loc["lord", "sampled pass@1 change from dense"] == pytest.approx(-10.0)
+    assert t.loc["lord", "sampled pass@10"] == 50.0 and t.loc["lord", "sampled pass@10 95 % CI"] == "[42, 58]"
+    assert t.loc["lord", "paper StarCoder-16B pass@1"] == pytest.approx(33.18)  # Table 1 at 27.08 %
+    assert t.loc["dense", "paper StarCoder-16B pass@10"] == pytest.approx(48.28)
+    assert list(t.index) == ["dense", "lord"]
