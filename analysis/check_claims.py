@@ -192,7 +192,7 @@ def allowlist(path: Path) -> set[tuple[str, str]]:
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
-                where = line.split()[0]
+                where = re.split(r"\s{2,}", line, maxsplit=1)[0]  # a number may carry its unit after one space
                 file, _, number = where.rpartition(":")
                 out.add((file, number))
     return out

@@ -51,7 +51,7 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The README's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
+    """The findings page's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
     validation corpus."""
     t = pareto_table(df)
     if t.empty:

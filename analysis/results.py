@@ -21,7 +21,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
            "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
            "n_tokens",
-           "compression_seconds", "compression_peak_rss_mib", "dense_targets",
+           "compression_seconds", "compression_peak_rss_mib", "dense_targets", "run_seconds", "device",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
            "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
            "lora_peak_rss_mib", "lora_state_bytes", "lora_loss_first", "lora_loss_last",
@@ -101,7 +101,7 @@ def _row(r: dict, path: Path) -> dict:
         "target_params_removed_percent": _target_removed(comp),
         "dense_targets": len((comp.get("allocation") or {}).get("dense_targets", [])) if comp.get("allocation") else None,
         "skip_first": cfg["calibration"].get("skip_first", 0),
-        **_calibration(cfg), **_compression_cost(r), **_composed(r),
+        **_calibration(cfg), **_compression_cost(r), **_composed(r), **_run_cost(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
         "variant": "", "path": str(path),
     }
@@ -137,6 +137,17 @@ def _compression_cost(r: dict) -> dict:
     seconds = sum(v for k, v in timings.items() if k not in NOT_COMPRESSION) if timings else None
     peaks = [m["rss_peak_mib"] for m in (r.get("stage_memory") or {}).values() if "rss_peak_mib" in m]
     return {"compression_seconds": seconds, "compression_peak_rss_mib": max(peaks) if peaks else None}
+
+
+def _run_cost(r: dict) -> dict:
+    """Seconds of the whole run as its ``timings`` recorded them (load, baseline, stages, evaluation, save) and
+    where it ran: the GPU's name, else ``CPU (<n> cores)``."""
+    timings = r.get("timings") or {}
+    hw = (r.get("environment") or {}).get("hardware") or {}
+    device = hw.get("gpu") if hw.get("cuda") and hw.get("gpu") else (
+        f"CPU ({hw['cpu_count']} cores)" if hw.get("cpu_count") else None)
+    return {"run_seconds": sum(v for v in timings.values() if isinstance(v, (int, float))) if timings else None,
+            "device": device}
 
 
 def _composed(r: dict) -> dict:
@@ -266,4 +277,4 @@ def load_speed_benchmarks(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
                              "device": hw.get("gpu") or b["device"], "dtype": b["dtype"], "path": str(path)})
         except (OSError, ValueError, KeyError, TypeError) as e:
             problems.append({"path": str(path), "reason": f"unreadable speed benchmark ({type(e).__name__}: {e})"})
-    return pd.DataFrame(rows, columns=[*COLUMNS, "device", "dtype"]), problems
+    return pd.DataFrame(rows, columns=[*COLUMNS, "dtype"]), problems  # COLUMNS has "device"

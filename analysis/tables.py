@@ -120,8 +120,19 @@ def method_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index().rename(columns={"rank_value": "% rank reduction"})
 
 
+def run_times_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment, model, evaluation and device: the runs and the time they recorded (the sum of each run's
+    ``timings``; a sweep in one process also spends seconds between runs, so a sweep's wall time is a little more)."""
+    d = df.dropna(subset=["run_seconds"])
+    if d.empty:
+        return pd.DataFrame()
+    g = d.fillna({"device": "unknown"}).groupby(["experiment", "model", "eval", "device"]).run_seconds
+    t = pd.DataFrame({"runs": g.size(), "minutes, all runs": g.sum() / 60, "minutes per run, median": g.median() / 60})
+    return t.reset_index()
+
+
 def write(table: pd.DataFrame, out: Path, caption: str) -> list[Path]:
-    """Markdown (for the README) and LaTeX (for papers), each with its caption."""
+    """Markdown (for the docs' generated regions) and LaTeX (for papers), each with its caption."""
     out.parent.mkdir(parents=True, exist_ok=True)
     md, tex = out.with_suffix(".md"), out.with_suffix(".tex")
     md.write_text(f"{caption}\n\n" + (table.to_markdown(index=False, floatfmt=".4g") if len(table) else

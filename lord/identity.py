@@ -28,7 +28,8 @@ from lord.atomic import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep")
+OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep",
+                    "dry_run")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # dotted key -> the default under which it changes nothing that runs before it existed did
 #

@@ -572,6 +572,18 @@ def test_two_humaneval_runs_compare_task_by_task(tmp_path):
         hf.compare_runs(a, tmp_path / "none.json")
 
 
+def test_results_of_an_experiment_no_preset_names_get_the_general_tables_and_figures():
+    """An ad-hoc sweep (experiment_name=adhoc, or any name) is analysed too; a preset gets exactly its own list."""
+    from analysis.artefacts import ALWAYS, FOR_ANY_RESULTS
+    from analysis.make_all import artefacts_for, preset_artefacts
+
+    presets = preset_artefacts()
+    assert set(artefacts_for(["my_sweep"], presets)) == set(ALWAYS) | set(FOR_ANY_RESULTS)
+    for preset, names in presets.items():  # a preset gets exactly its own list, whatever it is
+        assert set(artefacts_for([preset], presets)) == set(ALWAYS) | set(names)
+    assert set(artefacts_for(["pareto"], presets)) == set(ALWAYS) | {"pareto"}
+
+
 def test_table1_sets_greedy_and_sampled_pass_at_k_next_to_the_papers_values():
     """Issue 36: one row per (model, method, rank) with greedy pass@1, sampled pass@1 and pass@10 and their
     intervals, each preset's change from its own dense run, and the paper's StarCoder-16B values at that rank."""
