@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lord.calibration import ChannelAbsMean, Moments
+from lord.curvature import Curvature, SecondMoment
 from lord.methods import METHODS as REGISTRY, compute_basis, factors, get_method, output_errors
 from lord.errors import LordError
 
@@ -35,8 +36,21 @@ def _moments(W, b, X, side):
     return m
 
 
+def _curvature(W, X, seed=5):
+    """K-FAC factors in exact float64 sums: ``A`` of the inputs ``X`` and a correlated output-gradient ``G``."""
+    g = torch.Generator().manual_seed(seed)
+    grads = torch.randn(len(X), W.shape[0], generator=g, dtype=torch.float64) @ torch.randn(
+        W.shape[0], W.shape[0], generator=g, dtype=torch.float64)
+    A, G = SecondMoment(W.shape[1]), SecondMoment(W.shape[0])
+    A.sum, A.n, G.sum, G.n = X.T @ X, len(X), grads.T @ grads, len(X)
+    return Curvature(A, [G])
+
+
 def _statistic(method, W, b, X, side):
-    """What ``method``'s basis reads: the moments of ``side``, or the input channels' mean |x| (ASVD)."""
+    """What ``method``'s basis reads: the moments of ``side``, the input channels' mean |x| (ASVD), or the K-FAC
+    factors (kfac)."""
+    if get_method(method).statistic == "curvature":
+        return _curvature(W, X)
     if get_method(method).statistic == "channel_abs_mean":
         c = ChannelAbsMean(W.shape[1])
         c.update(X)
@@ -72,8 +86,14 @@ def test_whiten_minimises_weighted_error_and_meanfix_the_affine_error(shape):
 @pytest.mark.parametrize("method", METHODS)
 def test_error_falls_monotonically_with_rank_on_any_input(shape, method):
     """The bases are nested, so the error cannot grow with r on *any* input: it is (I - P_r) applied to
-    W x + b (lord), W x (whiten, svd) or W (x - mu) (lord_meanfix), and ||(I - P_r) v|| falls with r."""
+    W x + b (lord), W x (whiten, svd) or W (x - mu) (lord_meanfix), and ||(I - P_r) v|| falls with r. kfac's
+    projection is oblique, G^-1/2 U_r U_r^T G^1/2: its error falls in the norm of the damped G, ||G^1/2 (.)||."""
     W, b, X = _layer(*shape)
+    metric = torch.eye(shape[0], dtype=torch.float64)
+    if method == "kfac":
+        from lord.methods.kfac import _root_pair
+
+        metric = _root_pair(_curvature(W, X).G[0], get_method(method).config.damping)[0]
     X_new = torch.randn(50, shape[1], dtype=torch.float64) * 5  # held-out, off-distribution inputs
     Y_new = X_new @ W.T + b
     basis = _basis(method, W, b, X)
@@ -81,7 +101,7 @@ def test_error_falls_monotonically_with_rank_on_any_input(shape, method):
     for r in range(1, min(shape) + 1):
         A, B, bias = factors(method, basis, W, b, r)
         Yr = X_new @ (B @ A).T + (0 if bias is None else bias)
-        errs.append(torch.linalg.norm(Y_new - Yr, dim=1))
+        errs.append(torch.linalg.norm((Y_new - Yr) @ metric, dim=1))
     for e1, e2 in zip(errs, errs[1:]):
         assert torch.all(e2 <= e1 + 1e-8)
 
