@@ -16,6 +16,7 @@ from experiments import records
 from experiments.run import run
 from hydra_plugins.lord_sweeper.lord_sweeper import expand
 from lord.errors import LordError
+from lord.presets import read_preset
 from lord.zoo import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,7 @@ def test_every_experiment_preset_expands_and_validates():
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfgs = preset_jobs(preset, needs.get(preset, ()))
         assert len(cfgs) > 1, preset
+        assert len(cfgs) == read_preset(CONF / "experiment" / f"{preset}.yaml").points  # what `lord ls` counts
         stems = {records.result_stem(c, records.validate(c)[1]) for c in cfgs}
         assert len(stems) == len(cfgs)  # no two points share a result name (the identity is appended to it)
     # a key given on the command line wins over the preset's points
