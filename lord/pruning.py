@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lord.architectures import architecture_for
+from lord.architectures import architecture_for, block_linears
 from lord.compress import _advance, _block_inputs, _run_hooked
 from lord.errors import LordError
 from lord.progress import progress_bar
@@ -98,11 +98,6 @@ class InputNorms:
 
     def norm(self) -> torch.Tensor:
         return self.sq.sqrt()
-
-
-def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` of a block, by its name in the block (a shared module once)."""
-    return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
 
 
 def prune_model(model: nn.Module, batches, spec: PruneSpec, architecture=None, progress: bool = True) -> dict:

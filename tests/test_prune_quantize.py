@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 
 from conftest import calib_batches, tiny_model
+from lord.architectures import block_linears
 from lord.compress import Compressor
 from lord.errors import LordError
 from lord.params import count_parameters
-from lord.pruning import PruneSpec, block_linears, nonzero_parameters, prune_model, wanda_mask
+from lord.pruning import PruneSpec, nonzero_parameters, prune_model, wanda_mask
 from lord.ranks import RankSpec
 
 

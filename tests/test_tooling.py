@@ -1,6 +1,7 @@
 """What the repository's own tooling promises: ``lord ls`` lists every preset and benchmark from their files."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,15 @@ def test_lord_ls_lists_everything_in_text_and_json_without_importing_torch():
     for r in items:
         assert r["name"] in text.stdout and r["time"] in text.stdout
         assert set(r) == {"kind", "name", "command", "file", "summary", "time", "timings", "points", "analysis"}
+
+
+def test_imports_follow_the_written_layers_with_no_cycle(monkeypatch, capsys):
+    """import-linter's contracts in pyproject.toml (ARCHITECTURE.md, Layers): every import goes down the layer
+    order, every module of lord sits in a layer, and no package's modules import each other in a cycle."""
+    from importlinter.cli import lint_imports
+
+    monkeypatch.chdir(ROOT)  # lint-imports finds the packages and pyproject.toml from the working directory
+    status = lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert re.search(r"Contracts: [1-9]\d* kept, 0 broken", out), out
