@@ -6,7 +6,7 @@ A preset (``conf/experiment/<name>.yaml``) states in its header comment what it 
     # Time: ~72 min on a 2-core CPU, measured (18 points); minutes on one GPU, estimated
 
 A benchmark (``experiments/benchmarks/<name>.py``, a module with a ``__main__`` block) says what it measures in
-its docstring's first sentence (its first paragraph), and how long it takes in a paragraph of its docstring ``Time: ...`` (the same form).
+its docstring's first paragraph, and how long it takes in a docstring paragraph ``Time: ...`` of the same form.
 
 A Time line is one or more entries separated by ``;``, each ``<duration> on <hardware>, measured|estimated``
 with an optional ``(<note>)``: *measured* when a recorded run took that long (a committed result's timings, a
@@ -74,7 +74,7 @@ def preset_points(grid: dict | None, plus: list | None, points: list | None) -> 
 
 
 def parse_time(line: str, where: str) -> list[Timing]:
-    """The entries of a Time line (module docstring), or one line saying what is wrong with it."""
+    """The entries of a Time line, or one line (naming ``where``) saying what is wrong with it."""
     entries, depth, start = [], 0, 0
     for i, ch in enumerate(line + ";"):
         depth += {"(": 1, ")": -1}.get(ch, 0)

@@ -34,6 +34,7 @@ CASES = [  # every architecture mapping lord has; grouped and not; tied head kep
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,kinds,group,method,overrides", CASES, ids=[c[0] for c in CASES])
 def test_transformers_loads_the_checkpoint_in_one_call_with_identical_logits(tmp_path, probe_ids, arch, kinds,
                                                                               group, method, overrides):
@@ -99,6 +100,7 @@ def test_where_lord_is_imported_the_folder_loads_without_trust_remote_code_by_lo
 _BLOCK = "import sys\nfor _name in ('lord', 'hqq', 'peft'):\n    sys.modules[_name] = None\n"
 
 
+@pytest.mark.slow
 def test_the_checkpoint_loads_where_lord_cannot_be_imported(tmp_path, probe_ids):
     """The shipped file imports, wherever transformers' import scan looks, only the standard library, torch,
     transformers and safetensors; in a process where lord, hqq and peft cannot be imported, a checkpoint loads
@@ -203,6 +205,7 @@ def test_the_text_generation_pipeline_takes_the_checkpoint_without_complaint(tmp
     assert "not supported" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_format_1_directories_still_load(tmp_path, probe_ids):
     """Format 1: the dense config.json and a separate lord.json (what earlier versions wrote)."""
     model, decs = _compressed("gpt2", ["all", "embed"], False, "whiten")
@@ -441,6 +444,7 @@ def test_peft_base_layer_names_resolve_to_their_factors_through_lora_target_modu
         hf.lora_target_modules(["qproj"])
 
 
+@pytest.mark.slow
 def test_lm_eval_reads_the_checkpoint_and_agrees_with_lords_log_likelihood(tmp_path, smollm2, monkeypatch):
     """lm-eval's hf model (trust_remote_code) on a local JSONL task: its rolling log-likelihood of each document
     equals lord's own (the NLL sum of evaluate_perplexity on the same tokens after the same prefix token)."""

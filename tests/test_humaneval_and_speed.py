@@ -67,6 +67,7 @@ def tiny_with_real_tokenizer(smollm2):
     return model, copy.deepcopy(tok)
 
 
+@pytest.mark.slow
 def test_generation_writes_as_it_goes_and_resumes(tmp_path, tiny_with_real_tokenizer):
     model, tok = tiny_with_real_tokenizer
     kw = dict(preset="greedy", limit=3, max_new_tokens=8, batch_size=2, progress=False)
@@ -86,6 +87,7 @@ def test_generation_writes_as_it_goes_and_resumes(tmp_path, tiny_with_real_token
     assert len(r3["per_seed"]) == 2 and "pass@1" in r3 and "pass@10" not in r3
 
 
+@pytest.mark.slow
 def test_greedy_humaneval_on_the_real_model(tmp_path, smollm2):
     model, tok, _ = smollm2
     r = evaluate_humaneval(model, tok, tmp_path, preset="greedy", task_ids=["HumanEval/0", "HumanEval/2",
@@ -98,6 +100,7 @@ def test_greedy_humaneval_on_the_real_model(tmp_path, smollm2):
     assert 0 <= r["pass@1"]["mean"] <= 100 and r["pass@1"]["ci_low"] <= r["pass@1"]["mean"]
 
 
+@pytest.mark.slow
 def test_speed_and_size_on_a_tiny_model():
     dense = tiny_model("llama", hidden_size=64, intermediate_size=256, num_hidden_layers=2)
     comp = copy.deepcopy(dense)

@@ -175,6 +175,7 @@ def test_skip_first_counts_exactly_the_later_positions_of_every_window():
         CompressionConfig(skip_first=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_asvd_is_plain_svd_at_alpha_zero_and_minimises_its_scaled_error(shape):
     """alpha = 0 scales nothing: the projector equals svd's. Any alpha: W' = U_r U_r^T W is the best rank-r

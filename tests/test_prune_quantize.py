@@ -98,6 +98,7 @@ def test_prune_model_matches_wanda_block_by_block():
     assert nonzero_parameters(model) < nonzero_parameters(dense)
 
 
+@pytest.mark.slow
 def test_pruning_a_grouped_lord_model_prunes_each_factor_once():
     model, batches = tiny_model("qwen2"), calib_batches()
     Compressor(model, kinds=["all"], group=True, batches=batches, progress=False).apply(
@@ -158,6 +159,7 @@ def test_quantize_rejects_bad_settings_and_shapes():
         check_divisible(tiny_model("llama"), 48)
 
 
+@pytest.mark.slow
 def test_the_presets_quick_points_run_end_to_end_and_reach_the_tables(tmp_path, smollm2):
     """table2_quantization's and fig6_pruning's LoRD points on SmolLM2-135M (quick profile, perplexity): float,
     4-bit and 2:4-pruned -- what each stage records, parameters counted as dense weights, and the analysis tables
@@ -225,6 +227,7 @@ def test_stage_setting_errors_are_config_errors_before_weights_load(tmp_path, mo
     assert not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compressed", [False, True], ids=["dense", "lord-grouped"])
 def test_a_quantized_model_saves_packed_and_loads_back_computing_the_same(tmp_path, compressed):
     """A quantized model saved as a LoRD checkpoint stores the packed weights (smaller than the float save), and

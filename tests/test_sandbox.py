@@ -85,6 +85,7 @@ def test_every_task_is_served_by_replay():
     assert {t: why for t, why in coverage.items() if why != "replay"} == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_every_canonical_solution_passes_and_wrong_ones_fail(mode):
     if mode == "namespaces":
@@ -231,6 +232,7 @@ def _processes_with(token: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_hostile_completions_fail_and_harm_nothing(mode, sentinels):
     import time
