@@ -2,7 +2,8 @@
 
 A preset names the artefacts made from its results under ``hydra.sweeper.artefacts`` (``conf/experiment/*.yaml``);
 ``make_all`` makes those of every preset with results in the folder, plus ``ALWAYS`` (paper values, the analytic
-figures, benchmark figures, HumanEval failure modes). Adding a table or figure is one function here (or in any
+figures, benchmark figures, HumanEval failure modes, run times); results of an experiment no preset names (an ad-hoc
+sweep) get ``FOR_ANY_RESULTS``. Adding a table or figure is one function here (or in any
 module of this package) registered with ``@ARTEFACTS.register("<name>")``, and its name in a preset's list::
 
     @ARTEFACTS.register("my_table")
@@ -31,7 +32,10 @@ from lord.params import zoo_model_configs
 from lord.registry import Registry
 
 ARTEFACTS: Registry = Registry("analysis artefact", "analysis")
-ALWAYS = ("paper_values", "analytic", "benchmark_figures", "gpu_speed", "humaneval_failures")
+ALWAYS = ("paper_values", "analytic", "benchmark_figures", "gpu_speed", "humaneval_failures", "run_times")
+# what results of an experiment that no preset names get (an ad-hoc sweep, experiment_name=my_sweep): the tables and
+# figures that read any run of the standard settings
+FOR_ANY_RESULTS = ("perplexity_table", "table1_humaneval", "speed", "methods", "fig1", "fig2")
 
 
 def caption(df: pd.DataFrame, what: str) -> str:
@@ -289,7 +293,8 @@ def table2_quantization(a: Analysis) -> list[Path]:
         written += a.table(g, f"table2_quantization{'' if ev == 'humaneval' else '_' + ev}",
                            composition.quantization_table,
                            f"LoRD + HQQ weight-only quantization ({ev}): float, 8-bit and 4-bit (groups of 64) of the "
-                           "dense model and of LoRD models; bytes of every tensor (memory) and of the saved state dict "
+                           "dense model and of LoRD models (lord_meanfix: LoRD with mean compensation, this repo's "
+                           "variant); bytes of every tensor (memory) and of the saved state dict "
                            "(disk). Paper: Table 2 (SpQR, StarCoder 16B), paper_table2_quantization.md")
     return written
 
@@ -299,7 +304,8 @@ def fig6_pruning(a: Analysis) -> list[Path]:
     written = []
     for ev, g in a.of("fig6_pruning").groupby("eval"):
         written += a.table(g, f"fig6_pruning{'' if ev == 'humaneval' else '_' + ev}", composition.pruning_table,
-                           f"Wanda pruning (50 % unstructured, 2:4) of the dense model and of a LoRD model ({ev}); "
+                           f"Wanda pruning (50 % unstructured, 2:4) of the dense model and of a LoRD model ({ev}; "
+                           "lord_meanfix: LoRD with mean compensation, this repo's variant); "
                            "paper: Fig. 6 (an image; its stated conclusion only)", composition.pruning_figure)
     return written
 
@@ -330,3 +336,27 @@ def humaneval_failures_table(a: Analysis) -> list[Path]:
                         f"{humaneval_failures.LOOP_SHARE:.0%} of its lines repeat an earlier one; ended by "
                         "end-of-text: recorded since samples say why generation ended (empty for older runs); median "
                         "chars: of the completions")
+
+
+@ARTEFACTS.register("verdicts")
+def verdicts(a: Analysis) -> list[Path]:
+    """The diagnosis's verdicts with intervals (experiment=verdict_draws; analysis/verdicts.py)."""
+    from analysis.verdicts import verdict_table
+
+    rows = a.of("verdict_draws")
+    if not len(rows):
+        return []
+    return tables.write(verdict_table(a.everything), a.out / "table_verdicts",
+                        caption(rows, "The diagnosis's verdicts: each hypothesis against three calibration draws per "
+                                      "setting, 95 % intervals over validation windows and draws (expanded percentile "
+                                      "bootstrap); supported / not supported when the interval excludes 0, else not "
+                                      "resolved"))
+
+
+@ARTEFACTS.register("run_times")
+def run_times(a: Analysis) -> list[Path]:
+    """How long each preset's runs took and where (docs: reproduce)."""
+    return tables.write(tables.run_times_table(a.everything), a.out / "table_run_times",
+                        "Time of the runs as they recorded it (sum of each result's timings: load, dense baseline, "
+                        "stages, evaluation), per experiment, model, evaluation and device. Runs that shared the "
+                        "machine with other jobs took longer than they would alone")

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.intervals import CI_MISSING
+
 QUANT_COLUMNS = ["model", "compression", "weights", "params (M)", "MiB in memory", "MiB on disk",
-                 "blocks' linears MiB", "metric", "value", "dense value"]
+                 "blocks' linears MiB", "metric", "value", "95 % CI", "dense value"]
 LORA_COLUMNS = ["model", "compression", "LoRA data", "params (M)", "metric", "before LoRA", "after LoRA",
-                "dense value", "gap closed %", "dense + same LoRA", "after vs dense + same LoRA", "steps", "tokens/s", "training peak RSS MiB", "weights+adapter state MiB",
+                "after: 95 % CI", "dense value", "gap closed %", "dense + same LoRA", "after vs dense + same LoRA", "steps", "tokens/s", "training peak RSS MiB", "weights+adapter state MiB",
                 "loss first", "loss last"]
 PRUNE_COLUMNS = ["model", "compression", "pruning", "params (M)", "nonzero params (M)", "metric", "value",
-                 "dense value"]
+                 "95 % CI", "dense value"]
 
 
 def _compression(r) -> str:
@@ -27,6 +29,16 @@ def _metric(r, df: pd.DataFrame | None = None) -> tuple[str, float, float | None
     if r["eval"] == "humaneval":
         return "pass@1 %", r.pass_at_1, None if df is None else _dense_pass_at_1(df, r)
     return "perplexity", r.perplexity, r.dense_perplexity
+
+
+def _interval(r) -> str:
+    """The 95 % interval of a row's metric: of the perplexity increase over the validation windows (n/a for results
+    from before per-window NLL), or of pass@1 over tasks."""
+    if r["eval"] == "humaneval":
+        lo, hi = r.get("pass_at_1_ci_low"), r.get("pass_at_1_ci_high")
+        return CI_MISSING if pd.isna(lo) or pd.isna(hi) else f"[{lo:.3g}, {hi:.3g}] %"
+    ci = r.get("ppl_increase_ci")
+    return ci if isinstance(ci, str) else CI_MISSING
 
 
 def _dense_pass_at_1(df: pd.DataFrame, r) -> float | None:
@@ -61,7 +73,7 @@ def quantization_table(df: pd.DataFrame) -> pd.DataFrame:
                          _mib(r.model_bytes) if quantized else float_mib,
                          _mib(r.model_bytes_on_disk) if quantized else None,
                          _mib(r.linear_bytes) if quantized else float_linear_mib,
-                         metric, value, dense])
+                         metric, value, _interval(r), dense])
     return pd.DataFrame(rows, columns=QUANT_COLUMNS)
 
 
@@ -73,7 +85,8 @@ def pruning_table(df: pd.DataFrame) -> pd.DataFrame:
         metric, value, dense = _metric(r, df)
         pruned = isinstance(r.prune, str)
         rows.append([r.model, _compression(r), r.prune if pruned else "none", r.params_compressed / 1e6,
-                     (r.nonzero_params if pruned else r.params_compressed) / 1e6, metric, value, dense])
+                     (r.nonzero_params if pruned else r.params_compressed) / 1e6, metric, value, _interval(r),
+                     dense])
     return pd.DataFrame(rows, columns=PRUNE_COLUMNS)
 
 
@@ -129,7 +142,8 @@ def lora_table(df: pd.DataFrame) -> pd.DataFrame:
         versus = None
         if trained_dense is not None:
             versus = 100 * (after / trained_dense - 1) if metric == "perplexity" else after - trained_dense
-        rows.append([r.model, _compression(r), r.lora_data, r.params_compressed / 1e6, metric, before, after, dense,
+        rows.append([r.model, _compression(r), r.lora_data, r.params_compressed / 1e6, metric, before, after,
+                     _interval(r), dense,
                      gap, trained_dense, versus, r.lora_steps, r.lora_tokens_per_s, r.lora_peak_rss_mib,
                      _mib(r.lora_state_bytes), r.lora_loss_first, r.lora_loss_last])
     return pd.DataFrame(rows, columns=LORA_COLUMNS)

@@ -274,21 +274,22 @@ def ablation_calibration(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def humaneval_vs_perplexity(table: pd.DataFrame, rho: dict, out: Path) -> list[Path]:
     """Diagnosis Q7: greedy pass@1 (with its confidence interval) against the perplexity increase of the same
-    compression, one series per (model, layers, method), each point labelled with its % rank reduction."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (model, layers, method), g in table[table.method != "dense"].groupby(["model", "layers", "method"]):
+    compression (the same method, layers, rank and stages), one series per (model, layers, method, stages), each
+    point labelled with its rank; the dense model starts every series of its model."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for (model, layers, method, setting), g in table[table.method != "dense"].groupby(
+            ["model", "layers", "method", "setting"]):
         dense = table[(table.model == model) & (table.method == "dense")]
         g = pd.concat([dense, g]).sort_values("Δ log ppl")
         low = (g["pass@1 %"] - g["pass@1 CI low %"]).fillna(0)
         high = (g["pass@1 CI high %"] - g["pass@1 %"]).fillna(0)
-        r = rho.get(model)
-        ax.errorbar(g["Δ log ppl"], g["pass@1 %"], yerr=[low, high], marker="o", capsize=3,
-                    label=f"{model}, {layers}, {method}" + (f" (Spearman ρ = {r[0]:.2f}, n = {r[1]})" if r else ""))
-        for x, y, rank in zip(g["Δ log ppl"], g["pass@1 %"], g["% rank reduction"]):
-            ax.annotate("dense" if rank == 0 else f"{rank:g} %", (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=6)
+        ax.errorbar(g["Δ log ppl"], g["pass@1 %"], yerr=[low, high], marker="o", capsize=3, lw=0.8,
+                    label=f"{layers}, {method}{setting}")
+        for x, y, rank in zip(g["Δ log ppl"], g["pass@1 %"], g["rank"]):
+            ax.annotate(rank or "dense", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=5)
+    rhos = "; ".join(f"{m}: Spearman ρ = {r:.2f}, n = {n}" for m, (r, n) in rho.items())
     _style(ax, "Δ log perplexity (same compression)", "HumanEval pass@1 (%), greedy",
-           "Is pass@1 predicted by perplexity?")
+           "Is pass@1 predicted by perplexity?" + (f"\n{rhos}" if rhos else ""), legend_size=6)
     if table.empty:
         _note(ax, "no HumanEval run with a perplexity run of the same setting")
     return _save(fig, out)

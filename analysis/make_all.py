@@ -1,13 +1,16 @@
 """Regenerate every table and figure from the result files, with the paper's numbers side by side.
 
     python -m analysis.make_all                       # results/ -> results/analysis/
-    python -m analysis.make_all --results R --out O [--benchmarks results/benchmarks]
+    python -m analysis.make_all --results R --out O [--benchmarks results/benchmarks] [--docs PAGE_OR_FOLDER ...]
+
+The published set: ``--results results/published --out docs/generated --benchmarks results/benchmarks --docs
+README.md docs`` (``--docs``: then fill the pages' generated regions from ``--out``, ``analysis/docs_regions.py``).
 
 It reads only the folders it is given (a ``published/`` folder inside ``--results`` is another results folder,
 and is not read) and no cache. Malformed, truncated or failed result files are listed (file and reason) and
 skipped. Which tables and figures it writes: those the presets with results in the folder name
-(``hydra.sweeper.artefacts``), plus ``analysis.artefacts.ALWAYS``; each is a registered function
-(``analysis/artefacts.py``).
+(``hydra.sweeper.artefacts``), plus ``analysis.artefacts.ALWAYS``, and ``FOR_ANY_RESULTS`` for results of an
+experiment that no preset names (an ad-hoc sweep); each is a registered function (``analysis/artefacts.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from analysis.artefacts import ALWAYS, ARTEFACTS, Analysis
+from analysis import docs_regions
+from analysis.artefacts import ALWAYS, ARTEFACTS, FOR_ANY_RESULTS, Analysis
 from analysis.results import load_results
 from lord.errors import LordError
 
@@ -38,9 +42,9 @@ def preset_artefacts(conf_dir: Path = CONF / "experiment") -> dict[str, list[str
 
 
 def artefacts_for(experiments, presets: dict[str, list[str]]) -> list[str]:
-    """The artefacts to make for results of ``experiments``: ``ALWAYS`` plus each one's preset list, in the
-    order the artefacts are registered."""
-    wanted = set(ALWAYS) | {name for e in experiments for name in presets.get(e, [])}
+    """The artefacts to make for results of ``experiments``: ``ALWAYS`` plus each one's preset list
+    (``FOR_ANY_RESULTS`` for an experiment no preset names), in the order the artefacts are registered."""
+    wanted = set(ALWAYS) | {name for e in experiments for name in presets.get(e, FOR_ANY_RESULTS)}
     unknown = sorted(n for n in wanted if n not in ARTEFACTS)
     if unknown:
         raise LordError(f"a preset lists unknown analysis artefact(s) {unknown}; registered: "
@@ -85,11 +89,24 @@ def main(argv=None) -> int:
     ap.add_argument("--benchmarks", type=Path, default=None,
                     help="folder of speed-from-config-*.json files (Figure 3 at the paper's scale), e.g. "
                          "results/benchmarks; none is read unless given")
+    ap.add_argument("--docs", nargs="+", type=Path, default=None, metavar="PAGE_OR_FOLDER",
+                    help="then fill the generated regions of these pages (or of every page in these folders) from "
+                         "--out, e.g. --docs README.md docs (analysis/docs_regions.py)")
     args = ap.parse_args(argv)
     if not args.results.is_dir():
         print(f"error: results folder {args.results} does not exist; run experiments first", file=sys.stderr)
         return 2
-    make_all(args.results, args.out or args.results / "analysis", args.benchmarks)
+    out = args.out or args.results / "analysis"
+    make_all(args.results, out, args.benchmarks)
+    if args.docs:
+        try:
+            regions = docs_regions.fill_pages(args.docs, out)
+        except LordError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for line in docs_regions.report(regions, check=False):
+            print(line)
+        print(f"{len(regions)} generated regions in {', '.join(map(str, args.docs))} filled from {out}")
     return 0
 
 

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.intervals import CI_COLUMN, with_ci
+
 # (method, allocation, stages tag) -> the name a reader knows it by
-KNOWN = {("lord_meanfix", "uniform", ""): "paper LoRD (lord_meanfix, uniform)",
+KNOWN = {("lord_meanfix", "uniform", ""): "LoRD with mean compensation (lord_meanfix, uniform)",
          ("asvd", "uniform", ""): "ASVD (asvd, uniform)",
          ("whiten", "uniform", ""): "SVD-LLM (whiten, uniform)",
          ("whiten", "svdllm_v2", ""): "SVD-LLM V2 (whiten, svdllm_v2)"}
 
-COLUMNS = ["model", "corpus", "method", "budget %", "% of selection params removed", "ppl increase %", "Δ log ppl",
-           "dense targets", "compression s", "peak RSS GiB"]
+COLUMNS = ["model", "corpus", "method", "budget %", "% of selection params removed", "ppl increase %", CI_COLUMN,
+           "Δ log ppl", "dense targets", "compression s", "peak RSS GiB"]
 
 
 def budget_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -25,6 +27,9 @@ def budget_rows(df: pd.DataFrame) -> pd.DataFrame:
 def label(method: str, rank_unit: str, setting: str) -> str:
     allocation = rank_unit.split("-", 1)[1] if "-" in rank_unit else "uniform"
     setting = setting if isinstance(setting, str) else ""
+    if setting.startswith("-neurons"):  # MLP neuron selection; the method decomposed the other layers
+        rest = setting[len("-neurons"):]
+        return f"MLP neurons + {method}, {allocation}{' ' + rest if rest else ''}"
     return KNOWN.get((method, allocation, setting), f"{method}, {allocation}{' ' + setting if setting else ''}")
 
 
@@ -33,12 +38,12 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     increase (and Δ log ppl), how many matrices stayed dense, and the compression's time and peak memory."""
     import numpy as np
 
-    d = budget_rows(df)
+    d = with_ci(budget_rows(df))
     rows = []
     for _, r in d.iterrows():
         dense_targets = r.get("dense_targets")
         rows.append([r.model, r.get("corpus") or "", label(r.method, r.rank_unit, r.setting), r.rank_value, r.target_params_removed_percent,
-                     r.perplexity_increase_percent, float(np.log(r.perplexity / r.dense_perplexity)),
+                     r.perplexity_increase_percent, r.ppl_increase_ci, float(np.log(r.perplexity / r.dense_perplexity)),
                      dense_targets, r.compression_seconds,
                      None if pd.isna(r.compression_peak_rss_mib) else r.compression_peak_rss_mib / 1024])
     t = pd.DataFrame(rows, columns=COLUMNS)
@@ -46,13 +51,17 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def pareto_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The README's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
+    """The findings page's view: perplexity increase (%) per method (rows) and budget (columns), one block per model and
     validation corpus."""
     t = pareto_table(df)
     if t.empty:
         return t
-    wide = t.pivot_table(index=["model", "corpus", "method"], columns="budget %", values="ppl increase %", aggfunc="first")
-    wide.columns = [f"{c:g} % removed: ppl +%" for c in wide.columns]
+    index = ["model", "corpus", "method"]
+    wide = t.pivot_table(index=index, columns="budget %", values="ppl increase %", aggfunc="first")
+    ci = t.pivot_table(index=index, columns="budget %", values=CI_COLUMN, aggfunc="first")
+    wide = wide.join(ci.rename(columns=lambda c: f"{c:g} % removed: 95 % CI"))
+    wide = wide[[c for b in sorted(t["budget %"].unique()) for c in (b, f"{b:g} % removed: 95 % CI")]]
+    wide.columns = [c if isinstance(c, str) else f"{c:g} % removed: ppl +%" for c in wide.columns]
     return wide.reset_index()
 
 

@@ -11,11 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.intervals import CI_COLUMN, with_ci  # noqa: E402
+
 
 def rank_sweep_table(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["model", "layers", "method", "rank_value", "ranks", "perplexity", "perplexity_increase_percent",
-            "params_compressed", "params_reduction_percent"]
-    return df.sort_values(["model", "layers", "method", "rank_value"])[cols].reset_index(drop=True)
+            "ppl_increase_ci", "params_compressed", "params_reduction_percent"]
+    return (with_ci(df).sort_values(["model", "layers", "method", "rank_value"])[cols]
+            .rename(columns={"ppl_increase_ci": CI_COLUMN}).reset_index(drop=True))
 
 
 def plot_rank_sweep(df: pd.DataFrame, out: str | Path, title: str = "") -> list[Path]:

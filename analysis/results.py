@@ -7,17 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.intervals import CI_MISSING, fmt, increase_percent, mean_interval, window_deltas
 from lord.architectures import block_label
 from lord.naming import intervention_tag
 
 COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "setting", "calibration", "layers",
            "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity",
-           "perplexity_increase_percent",
-           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "humaneval_preset", "n_tasks",
+           "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low", "ppl_increase_ci_high",
+           "window_deltas",
+           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high",
+           "humaneval_preset", "humaneval_seeds", "max_new_tokens", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
-           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "n_tokens",
-           "compression_seconds", "compression_peak_rss_mib", "dense_targets",
+           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
+           "n_tokens",
+           "compression_seconds", "compression_peak_rss_mib", "dense_targets", "run_seconds", "device",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
            "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
            "lora_peak_rss_mib", "lora_state_bytes", "lora_loss_first", "lora_loss_last",
@@ -47,11 +51,15 @@ def _metrics(r: dict) -> dict:
     out = {}
     if ev == "perplexity":
         out.update(perplexity=m["perplexity"], dense_perplexity=m["dense_perplexity"],
-                   perplexity_increase_percent=m["perplexity_increase_percent"], n_tokens=m.get("n_tokens"))
+                   perplexity_increase_percent=m["perplexity_increase_percent"], n_tokens=m.get("n_tokens"),
+                   **_increase_interval(m))
     elif ev == "humaneval":
         p1 = m["pass@1"]
+        p10 = m.get("pass@10", {})
         out.update(pass_at_1=p1["mean"], pass_at_1_ci_low=p1.get("ci_low"), pass_at_1_ci_high=p1.get("ci_high"),
-                   pass_at_10=m.get("pass@10", {}).get("mean"), humaneval_preset=m["preset"]["name"],
+                   pass_at_10=p10.get("mean"), pass_at_10_ci_low=p10.get("ci_low"),
+                   pass_at_10_ci_high=p10.get("ci_high"), humaneval_preset=m["preset"]["name"],
+                   humaneval_seeds=len(m.get("seeds") or [0]), max_new_tokens=m["preset"].get("max_new_tokens"),
                    n_tasks=m["n_tasks"])
     elif ev == "speed":
         rel = m["relative"]
@@ -61,6 +69,19 @@ def _metrics(r: dict) -> dict:
                    decode_speedup=rel["decode"]["speedup"], relative_size_params=rel["relative_size_params"],
                    relative_size_disk=rel["relative_size_disk"])
     return out
+
+
+def _increase_interval(m: dict) -> dict:
+    """The per-window increases (``analysis.intervals.window_deltas``) and the 95 % interval of the perplexity
+    increase over the validation windows; None for results from before per-window NLL was recorded."""
+    if "window_nll" not in m or "dense_window_nll" not in m:
+        return {"window_deltas": None, "ppl_increase_ci_low": None, "ppl_increase_ci_high": None,
+                "ppl_increase_ci": CI_MISSING}
+    deltas = window_deltas(m["window_nll"], m["dense_window_nll"], m["n_tokens"])
+    ci = mean_interval(deltas)
+    pct = increase_percent(ci) if ci is not None else None
+    return {"window_deltas": deltas, "ppl_increase_ci_low": pct.low if pct else None,
+            "ppl_increase_ci_high": pct.high if pct else None, "ppl_increase_ci": fmt(pct)}
 
 
 def _row(r: dict, path: Path) -> dict:
@@ -80,7 +101,7 @@ def _row(r: dict, path: Path) -> dict:
         "target_params_removed_percent": _target_removed(comp),
         "dense_targets": len((comp.get("allocation") or {}).get("dense_targets", [])) if comp.get("allocation") else None,
         "skip_first": cfg["calibration"].get("skip_first", 0),
-        **_calibration(cfg), **_compression_cost(r), **_composed(r),
+        **_calibration(cfg), **_compression_cost(r), **_composed(r), **_run_cost(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
         "variant": "", "path": str(path),
     }
@@ -102,7 +123,8 @@ def _calibration(cfg: dict) -> dict:
     else:
         corpus = _corpus_name(data, "calibration_path")
     return {"corpus": _corpus_name(data, "path"), "calibration_windows": cal.get("n_windows"),
-            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus}
+            "calibration_seq_len": cal.get("seq_len") or data.get("seq_len"), "calibration_corpus": corpus,
+            "calibration_draw": cal.get("draw")}
 
 
 NOT_COMPRESSION = ("load_s", "baseline_s", "eval_s", "save_s")  # timings of a run that are not its stages
@@ -115,6 +137,17 @@ def _compression_cost(r: dict) -> dict:
     seconds = sum(v for k, v in timings.items() if k not in NOT_COMPRESSION) if timings else None
     peaks = [m["rss_peak_mib"] for m in (r.get("stage_memory") or {}).values() if "rss_peak_mib" in m]
     return {"compression_seconds": seconds, "compression_peak_rss_mib": max(peaks) if peaks else None}
+
+
+def _run_cost(r: dict) -> dict:
+    """Seconds of the whole run as its ``timings`` recorded them (load, baseline, stages, evaluation, save) and
+    where it ran: the GPU's name, else ``CPU (<n> cores)``."""
+    timings = r.get("timings") or {}
+    hw = (r.get("environment") or {}).get("hardware") or {}
+    device = hw.get("gpu") if hw.get("cuda") and hw.get("gpu") else (
+        f"CPU ({hw['cpu_count']} cores)" if hw.get("cpu_count") else None)
+    return {"run_seconds": sum(v for v in timings.values() if isinstance(v, (int, float))) if timings else None,
+            "device": device}
 
 
 def _composed(r: dict) -> dict:
@@ -244,4 +277,4 @@ def load_speed_benchmarks(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:
                              "device": hw.get("gpu") or b["device"], "dtype": b["dtype"], "path": str(path)})
         except (OSError, ValueError, KeyError, TypeError) as e:
             problems.append({"path": str(path), "reason": f"unreadable speed benchmark ({type(e).__name__}: {e})"})
-    return pd.DataFrame(rows, columns=[*COLUMNS, "device", "dtype"]), problems
+    return pd.DataFrame(rows, columns=[*COLUMNS, "dtype"]), problems  # COLUMNS has "device"

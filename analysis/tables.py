@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.intervals import CI_COLUMN, with_ci
 from analysis.results import SETTING
 
 PAPER_DIR = Path(__file__).parent / "paper"
@@ -38,7 +39,7 @@ def _interp(x, xs, ys):
 def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarCoder-3B", "StarCoder-16B")):
     """Ours (one row per model, layer kind, method, % reduction) next to the paper's all-layer increase
     (empty for our runs of a single layer kind, which the paper's Tables 3-4 do not cover)."""
-    d = df[df["eval"] == "perplexity"].copy()
+    d = with_ci(df[df["eval"] == "perplexity"]).copy()
     d = d[d.method != "dense"].drop_duplicates([k for k in SETTING if k in d])  # one row per setting and variant
     p = paper_perplexity_increase()
     for name in paper_models:  # the paper's rows decompose every layer: compared with our all-layer runs only
@@ -47,33 +48,49 @@ def perplexity_table(df: pd.DataFrame, paper_models=("CodeGen-350M-mono", "StarC
                                   if layers in ("all", "all-grouped") else float("nan")
                                   for x, layers in zip(d.rank_value, d.layers)]
     cols = ["model", "layers", "method", "rank_value", *_variant(d), "ranks", "dense_perplexity", "perplexity",
-            "perplexity_increase_percent", "params_reduction_percent"] + [f"paper {n} (%)" for n in paper_models]
+            "perplexity_increase_percent", "ppl_increase_ci", "params_reduction_percent"] + [
+        f"paper {n} (%)" for n in paper_models]
     return d.sort_values(["model", "layers", "method", "rank_value", *_variant(d)])[cols].rename(columns={
-        "rank_value": "% rank reduction", "perplexity_increase_percent": "increase (%)",
+        "rank_value": "% rank reduction", "perplexity_increase_percent": "increase (%)", "ppl_increase_ci": CI_COLUMN,
         "params_reduction_percent": "params reduction (%)"}).reset_index(drop=True)
 
 
+def _ci(lo, hi) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.3g}, {hi:.3g}]"
+
+
 def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
-    """pass@1 (with its bootstrap CI) vs rank, the drop from dense next to the paper's StarCoder 16B drop."""
+    """Table 1 side by side with the paper: per model, method and rank, greedy pass@1 and the sampled (code_eval:
+    n = 10, T = 0.2) pass@1 and pass@10, each with its 95 % bootstrap interval over tasks (one seed; with several
+    seeds the mean, its spread in ``seeds``), the change from the same preset's dense run, and the paper's
+    StarCoder-16B values at the same % rank reduction (interpolated between its ranks)."""
     d = df[df["eval"] == "humaneval"].copy()
     if d.empty:
         return d
     t1 = paper("table1_humaneval")
-    sc = t1[t1.family == "starcoder"]
-    sc_base = sc[sc.percent_rank_reduction == 0].pass_at_1.iloc[0]
+    sc = t1[t1.family == "starcoder"].sort_values("percent_rank_reduction")
     out = []
-    for (model, preset), g in d.groupby(["model", "humaneval_preset"]):
-        dense = g[g.method == "dense"].pass_at_1
-        base = dense.iloc[0] if len(dense) else float("nan")
-        for _, r in g.sort_values("rank_value").iterrows():
-            out.append({"model": model, "preset": preset, "method": r.method, "% rank reduction": r.rank_value,
-                        **({"variant": r.variant} if _variant(d) else {}),
-                        "ranks": r.ranks, "pass@1": r.pass_at_1, "CI low": r.pass_at_1_ci_low,
-                        "CI high": r.pass_at_1_ci_high, "pass@10": r.pass_at_10, "tasks": r.n_tasks,
-                        "change from dense": r.pass_at_1 - base,
-                        "paper StarCoder-16B change": _interp(r.rank_value, sc.percent_rank_reduction,
-                                                              sc.pass_at_1 - sc_base)})
-    return pd.DataFrame(out)
+    for (model, method, rank), g in d.groupby(["model", "method", "rank_value"], sort=True):
+        row = {"model": model, "method": method, "% rank reduction": rank, "ranks": g.ranks.iloc[0]}
+        for preset, label in (("greedy", "greedy"), ("code_eval", "sampled")):
+            r = g[g.humaneval_preset == preset]
+            dense = d[(d.model == model) & (d.method == "dense") & (d.humaneval_preset == preset)]
+            base = dense.pass_at_1.iloc[0] if len(dense) else float("nan")
+            if not len(r):
+                continue
+            r = r.iloc[0]
+            row[f"{label} pass@1"] = r.pass_at_1
+            row[f"{label} pass@1 95 % CI"] = _ci(r.pass_at_1_ci_low, r.pass_at_1_ci_high)
+            row[f"{label} pass@1 change from dense"] = r.pass_at_1 - base
+            if label == "sampled":
+                row["sampled pass@10"] = r.pass_at_10
+                row["sampled pass@10 95 % CI"] = _ci(r.pass_at_10_ci_low, r.pass_at_10_ci_high)
+                row["sampled: seeds, max new tokens"] = f"{int(r.humaneval_seeds)}, {r.max_new_tokens}"
+        row["paper StarCoder-16B pass@1"] = _interp(rank, sc.percent_rank_reduction, sc.pass_at_1)
+        row["paper StarCoder-16B pass@10"] = _interp(rank, sc.percent_rank_reduction, sc.pass_at_10)
+        out.append(row)
+    return pd.DataFrame(out).sort_values(["model", "method", "% rank reduction"], key=lambda c: c if c.name != "method"
+                                         else c.map(lambda m: (m != "dense", m))).reset_index(drop=True)
 
 
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -91,18 +108,31 @@ def _variant(d: pd.DataFrame) -> list[str]:
 
 def method_table(df: pd.DataFrame) -> pd.DataFrame:
     """Methods at equal parameter count: the same layers and rank give every method the same size."""
-    d = df[(df["eval"] == "perplexity") & (df.method != "dense")]
+    d = with_ci(df[(df["eval"] == "perplexity") & (df.method != "dense")])
     if d.empty:
         return d
     key = ["model", "layers", "rank_value", *_variant(d)]  # lord_meanfix differs only by the biases it adds
     t = d.pivot_table(index=key, columns="method", values="perplexity_increase_percent", aggfunc="first")
+    ci = d.pivot_table(index=key, columns="method", values="ppl_increase_ci", aggfunc="first")
+    t = t.join(ci.rename(columns=lambda m: f"{m}: 95 % CI"))[[c for m in t.columns for c in (m, f"{m}: 95 % CI")]]
     params = d.groupby(key).params_compressed.agg(["min", "max"])
     t.insert(0, "params_compressed", [f"{lo:,}" if lo == hi else f"{lo:,}-{hi:,}" for lo, hi in params.values])
     return t.reset_index().rename(columns={"rank_value": "% rank reduction"})
 
 
+def run_times_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per experiment, model, evaluation and device: the runs and the time they recorded (the sum of each run's
+    ``timings``; a sweep in one process also spends seconds between runs, so a sweep's wall time is a little more)."""
+    d = df.dropna(subset=["run_seconds"])
+    if d.empty:
+        return pd.DataFrame()
+    g = d.fillna({"device": "unknown"}).groupby(["experiment", "model", "eval", "device"]).run_seconds
+    t = pd.DataFrame({"runs": g.size(), "minutes, all runs": g.sum() / 60, "minutes per run, median": g.median() / 60})
+    return t.reset_index()
+
+
 def write(table: pd.DataFrame, out: Path, caption: str) -> list[Path]:
-    """Markdown (for the README) and LaTeX (for papers), each with its caption."""
+    """Markdown (for the docs' generated regions) and LaTeX (for papers), each with its caption."""
     out.parent.mkdir(parents=True, exist_ok=True)
     md, tex = out.with_suffix(".md"), out.with_suffix(".tex")
     md.write_text(f"{caption}\n\n" + (table.to_markdown(index=False, floatfmt=".4g") if len(table) else

@@ -99,6 +99,13 @@ def preflight(cfg: DictConfig, stages, evaluation, git: dict | None = None) -> t
     asked for, and the run's identity. Returns (the run's data, its identity)."""
     check_provenance(cfg, git)
     _check_writable(Path(cfg.paths.results_dir) / str(cfg.experiment_name))
+    data, identity, _ = _check_model_and_data(cfg, stages, evaluation)
+    return data, identity
+
+
+def _check_model_and_data(cfg: DictConfig, stages, evaluation) -> tuple[RunData, dict, object]:
+    """The checks of ``preflight`` that write nothing: each stage on the weightless model, the data splits, the
+    identity. Returns (the run's data, its identity, the weightless model)."""
     weightless = meta_model(load_config_only(cfg.model.name, cfg.paths.cache_dir))
     for stage in stages:
         stage.check(weightless)
@@ -111,7 +118,68 @@ def preflight(cfg: DictConfig, stages, evaluation, git: dict | None = None) -> t
     hashes = {split: data.check_split(split, n) for split, n in splits.items()}
     identity = run_identity(OmegaConf.to_container(cfg, resolve=True),
                             weights_id(cfg.model.name, cfg.paths.cache_dir), hashes)
-    return data, identity
+    return data, identity, weightless
+
+
+def dry_run(cfg: DictConfig, stages, evaluation, git: dict | None = None) -> dict:
+    """``dry_run=true``: every check a run makes before it loads weights (``validate`` has run; here the
+    provenance rule, each stage on the weightless model, the data splits), then what it would decompose -- each
+    target with its shapes and rank -- and where its result would go. Loads no weights and writes nothing."""
+    from lord.params import count_parameters
+    from lord.ranks import RankSpec
+    from lord.stages.calibrate import layer_selection
+    from lord.structure import plan_targets
+
+    check_provenance(cfg, git)
+    _, identity, weightless = _check_model_and_data(cfg, stages, evaluation)
+    decompose = next((s for s in stages if s.name == "decompose" and s.method.decomposes), None)
+    targets = []
+    if decompose is not None:
+        from lord.compress import Compressor
+
+        compressor = Compressor(weightless, **layer_selection(cfg), progress=False)
+        budget = decompose.rank.unit == "budget"
+        planned = (plan_targets(weightless, compressor.targets, RankSpec("rank", 1, force=True),
+                                decompose.method.keeps_mean) if budget
+                   else compressor.plan(decompose.method, decompose.rank))
+        targets = [{"name": d.name, "kind": d.kind, "block": d.block, "d_in": d.d_in, "d_outs": list(d.d_outs),
+                    "rank": None if budget else d.rank, "dense_params": d.dense_params,
+                    "lowrank_params": None if budget else d.lowrank_params} for _, d in planned]
+    blocks = weightless.config.get_text_config().num_hidden_layers
+    return {"status": "ok", "outcome": "dry run", "path": str(result_path(cfg, evaluation, identity)),
+            "model": str(cfg.model.name), "model_type": weightless.config.model_type, "blocks": blocks,
+            "params": count_parameters(weightless), "stages": [s.name for s in stages], "eval": evaluation.name,
+            "method": cfg.method.name, "rank": OmegaConf.to_container(cfg.rank, resolve=True), "targets": targets}
+
+
+def describe_dry_run(plan: dict) -> str:
+    """The lines a dry run prints: the model, the stages, every target with its rank, the result file."""
+    r = plan["rank"]
+    rank = f"rank.unit={r['unit']} rank.value={r['value']}" + (
+        f" rank.allocation={r.get('allocation', 'uniform')}" if r["unit"] == "budget" else "")
+    lines = [f"dry run (no weights loaded, nothing written): {plan['model']} ({plan['model_type']}, "
+             f"{plan['blocks']} blocks, {plan['params']:,} parameters); stages {' -> '.join(plan['stages'])}; "
+             f"evaluation {plan['eval']}"]
+    targets = plan["targets"]
+    if not targets:
+        lines.append(f"  method={plan['method']} decomposes nothing")
+    else:
+        lines.append(f"  method={plan['method']} {rank}: {len(targets)} target(s)")
+        width = max(len(t["name"]) for t in targets)
+        for t in targets:
+            shape = f"{t['d_in']} -> {'+'.join(map(str, t['d_outs']))}"
+            rank_part = ("rank chosen from the spectra when the run computes the bases" if t["rank"] is None
+                         else f"rank {t['rank']:>5}  {t['dense_params']:>12,} -> {t['lowrank_params']:,} params")
+            lines.append(f"    {t['name']:<{width}}  {t['kind']:<16} {shape:<16} {rank_part}")
+        dense = sum(t["dense_params"] for t in targets)
+        if all(t["rank"] is not None for t in targets):
+            low = sum(t["lowrank_params"] for t in targets)
+            lines.append(f"  selected layers: {dense:,} -> {low:,} parameters ({100 * (1 - low / dense):.2f} % of "
+                         f"them removed; negative: added)")
+        else:
+            lines.append(f"  selected layers: {dense:,} parameters; the budget removes {r['value']} % of them")
+    lines.append(f"  result: {plan['path']}")
+    return "\n".join(lines)
 
 
 def _check_writable(folder: Path) -> None:

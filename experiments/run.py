@@ -3,6 +3,7 @@
     python -m experiments.run model=qwen2.5-coder-0.5b layers=mlp_down method=lord rank.value=30
     python -m experiments.run -m method=lord,svd rank.value=20,50          # a sweep (Hydra multirun)
     python -m experiments.run -m +experiment=fig1_rank_sweep                # a preset's sweep
+    python -m experiments.run ... dry_run=true     # the checks before loading, then the targets and ranks only
 
 A run whose result already exists with status "ok" *and the same identity* (lord/identity.py: the config less
 operational keys, plus content hashes of the weights and the data) is skipped, so re-running a killed sweep
@@ -43,6 +44,8 @@ def run(cfg: DictConfig) -> dict:
     ``LordError`` before anything is written."""
     stages, evaluation = records.validate(cfg)
     git = git_state()
+    if cfg.get("dry_run"):  # the checks before loading and the targets with their ranks; nothing loaded or written
+        return records.dry_run(cfg, stages, evaluation, git)
     data, identity = records.preflight(cfg, stages, evaluation, git)
     out_path = records.result_path(cfg, evaluation, identity)
     clean_leftovers(out_path.parent)
@@ -206,6 +209,9 @@ def main(cfg: DictConfig) -> dict:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         return {"status": "failed", "outcome": "config error", "path": None, "error": str(e)}
+    if result.get("outcome") == "dry run":
+        print(records.describe_dry_run(result))
+        return {k: result.get(k) for k in ("status", "outcome", "path", "error")}
     if result["status"] == "ok":
         print(f"{result['path']}: {headline(result)}")
     elif single:  # a run that failed; a sweep reports every failure at its end

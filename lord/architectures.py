@@ -6,8 +6,9 @@ never part of ``all`` and are decomposed only when asked for by name.
 
 A mapping names, relative to one transformer block, the module(s) of each kind, and the groups of
 modules that read the same input and may therefore share one bottleneck (§3.1, layer grouping).
-Users add an architecture without touching code by passing the same structure as a dict
-(e.g. from Hydra: ``compression.architecture={blocks: ..., kinds: {...}}``).
+Users add an architecture without touching code by passing the same structure as a dict: the top-level config key
+``architecture`` (``python -m experiments.run architecture='{blocks: ..., kinds: {...}}' ...``; docs: add-a-model),
+or ``CompressionConfig(architecture=...)`` / ``Compressor(..., architecture=...)`` in Python.
 """
 
 from __future__ import annotations
@@ -122,11 +123,14 @@ def architecture_for(model: nn.Module, override: dict | Architecture | None = No
     model_type = getattr(config, "base_model_type", None) or getattr(config, "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
-    names = ", ".join(linear_module_names(model)[:12])
+    linears = linear_module_names(model)
+    prefixes = sorted({n.split(".{i}.")[0] for n in linears if ".{i}." in n})
+    blocks = prefixes[0] if len(prefixes) == 1 else "<blocks path>"
     raise LordError(
         f"no layer-kind mapping for architecture {model_type!r} (known: {', '.join(sorted(ARCHITECTURES))}); "
-        f"its linear modules are [{names}]; add one in config as compression.architecture="
-        "{blocks: <blocks path>, kinds: {mlp_down: [<name relative to a block>], ...}}"
+        f"its linear modules are [{', '.join(linears[:12])}]; map it with the config key architecture, e.g. "
+        f"architecture='{{blocks: {blocks}, kinds: {{mlp_down: [<name relative to a block>], ...}}}}' "
+        "(in Python: CompressionConfig(architecture={...}))"
     )
 
 

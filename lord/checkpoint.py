@@ -106,6 +106,9 @@ def save_compressed(model, path, decompositions: list[Decomposition] | None = No
     quantization = modeling_lord.quantization_entry(model)
     if quantization is not None:
         extra = {**(extra or {}), "quantization": quantization}
+    resized = resized_layers(model)
+    if resized:
+        extra = {**(extra or {}), "resized": resized}
     with replaced_directory(path) as tmp:
         config = checkpoint_config(model, decompositions, extra)
         save_file(_tensors_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -117,6 +120,32 @@ def save_compressed(model, path, decompositions: list[Decomposition] | None = No
             tokenizer.save_pretrained(tmp)
         write_model_card(tmp, config, decompositions, card or {}, count_parameters(model))
     return path
+
+
+def resized_layers(model) -> dict[str, list]:
+    """``{layer: [in_features, out_features, bias]}`` of every layer whose size differs from the dense architecture's
+    (neuron selection's smaller MLP layers: ``lord.resized`` in config.json, built by ``modeling_lord.resize_linears``
+    before the weights load), found by comparing the model with a weightless dense model of its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = model.config.to_dict()
+    model_type = d.get("base_model_type") or d["model_type"]
+    d = {k: v for k, v in d.items() if k not in ("model_type", "lord", "base_model_type", "auto_map", "architectures",
+                                                  "base_architectures", "transformers_version")}
+    with torch.device("meta"):
+        dense = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **d))
+    out = {}
+    for name, ref in dense.named_modules():
+        if not isinstance(ref, torch.nn.Linear):
+            continue
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            continue
+        size = (getattr(mod, "in_features", ref.in_features), getattr(mod, "out_features", ref.out_features))
+        if size != (ref.in_features, ref.out_features):
+            out[name] = [*size, getattr(mod, "bias", None) is not None]
+    return out
 
 
 # what the structure must hold: each decomposition's keys with their types
@@ -191,6 +220,7 @@ def read_structure(path) -> tuple[dict, dict, str]:
             raise LordError(f"{where}: decompositions[{i}] has {len(d['members'])} members but {len(d['d_outs'])} "
                             f"d_outs and {len(d['bias'])} bias flags")
     _check_quantization(lord.get("quantization"), where)
+    _check_resized(lord.get("resized"), where)
     aliases = lord.get("aliases", {})
     if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
         raise LordError(f"{where}: 'aliases' must map tensor names to tensor names")
@@ -207,6 +237,15 @@ def _check_quantization(q, where: str) -> None:
     if not ok:
         raise LordError(f"{where}: 'quantization' must be {{\"backend\": \"hqq\", \"modules\": {{name: {{\"bits\": int, "
                         f"\"group_size\": int}}}}}}, got {q!r}; re-save the model")
+
+
+def _check_resized(resized, where: str) -> None:
+    ok = isinstance(resized, dict) and all(
+        isinstance(v, list) and len(v) == 3 and _type_ok(v[0], "int") and _type_ok(v[1], "int")
+        and isinstance(v[2], bool) for v in resized.values())
+    if resized is not None and not ok:
+        raise LordError(f"{where}: 'resized' must map layer names to [in_features, out_features, bias], got "
+                        f"{resized!r}; re-save the model")
 
 
 def _check_shapes(path: Path, model, where: str) -> None:

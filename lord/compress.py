@@ -74,11 +74,20 @@ class Compressor:
 
     def __init__(self, model: nn.Module, kinds=("mlp_down",), group: bool = False, layers=None, architecture=None,
                  batches=None, statistics: dict[str, Moments] | None = None, cache: CompressionCache | None = None,
-                 reuse_bases: bool = False, progress: bool = True, skip_first: int = 0):
+                 reuse_bases: bool = False, progress: bool = True, skip_first: int = 0, neurons=None):
         self.model = model
         self.skip_first = skip_first
         self.architecture = architecture
         self.targets: list[Target] = select_targets(model, list(kinds), group, layers, architecture)
+        # neuron selection (``lord.neuron_selection``; ``neurons``: its NeuronSettings): the selected MLP blocks keep
+        # whole neurons, allocated with the other targets' ranks under one budget, and leave the low-rank targets
+        self.neurons = None
+        if neurons is not None:
+            from lord.neuron_selection import NeuronSelection
+
+            self.neurons = NeuronSelection(self, neurons, list(kinds), layers)
+            mlp = self.neurons.module_names()
+            self.targets = [t for t in self.targets if not set(t.members) <= mlp]
         self.batches = batches
         self.cache = cache
         self.reuse_bases = reuse_bases
@@ -172,8 +181,9 @@ class Compressor:
         return self._curvature[output]
 
     def statistics_for(self, method: Method) -> dict | None:
-        """What ``method``'s bases read: moments, channel statistics, curvature, or nothing (data-free)."""
-        if not method.needs_statistics:
+        """What ``method``'s bases read: moments, channel statistics, curvature, or nothing (data-free, or no
+        low-rank target: every selected layer is an MLP layer of neuron selection)."""
+        if not method.needs_statistics or not self.targets:
             return None
         if _statistic(method) == "curvature":
             return self.curvature(method.output_form)
@@ -212,6 +222,11 @@ class Compressor:
 
     def _device(self):
         return next(self.model.parameters()).device
+
+    def _dense_module(self, name: str) -> nn.Module:
+        """The dense module at ``name``, also while ``apply`` has swapped it out."""
+        original = self._originals.get(name)
+        return original if original is not None else self.model.get_submodule(name)
 
     # bases --------------------------------------------------------------------------------------------------
     def basis(self, method: Method, target: Target, statistics: dict[str, Moments] | None) -> Basis:
@@ -263,12 +278,21 @@ class Compressor:
     # applying ------------------------------------------------------------------------------------------------
     def plan(self, method, rank: RankSpec) -> list[Planned]:
         """Targets with their ranks; at ``rank.unit=budget`` the allocation's (bases needed), dense ones left out."""
+        return self._plan(method, rank)[0]
+
+    def _plan(self, method, rank: RankSpec) -> tuple[list[Planned], dict[str, int]]:
+        """(``plan``, the neurons each MLP block keeps: ``{block name: k}``, blocks left dense out)."""
         method = get_method(method)
         if rank.unit != "budget":
-            return plan_targets(self.model, self.targets, rank, method.keeps_mean)
+            if self.neurons is not None:
+                raise LordError("neuron selection allocates the neurons each MLP block keeps under a parameter "
+                                "budget: set rank.unit=budget (any rank.allocation)")
+            return plan_targets(self.model, self.targets, rank, method.keeps_mean), {}
         ranks = self.allocate(method, rank)
-        return [Planned(t, replace(d, rank=ranks[d.name])) for t, d in self._shapes(method)
-                if ranks[d.name] is not None]
+        planned = [Planned(t, replace(d, rank=ranks[d.name])) for t, d in self._shapes(method)
+                   if ranks[d.name] is not None]
+        blocks = self.neurons.blocks if self.neurons is not None else []
+        return planned, {b.name: ranks[b.name] for b in blocks if ranks[b.name] is not None}
 
     def _shapes(self, method: Method) -> list[Planned]:
         """Every target's decomposition (shapes, biases) before a rank is chosen (rank 1 stands in)."""
@@ -284,7 +308,8 @@ class Compressor:
         return total
 
     def _candidates(self, method: Method, spectra=None) -> list:
-        """Every target as an allocation candidate (zero spectra unless ``spectra`` gives one per name)."""
+        """Every target as an allocation candidate, and every MLP block of neuron selection (zero spectra unless
+        ``spectra`` gives one per name)."""
         # spectra of moment bases are means over the calibration vectors; channel-scaled (ASVD) and data-free
         # spectra are totals
         per_vector = method.needs_statistics and not _reads_channels(method)
@@ -292,13 +317,15 @@ class Compressor:
         for t, d in self._shapes(method):
             spectrum = spectra[t.name] if spectra is not None else torch.zeros(1)
             out.append(candidate_for(d, spectrum, per_vector, self._dense_params(t)))
+        if self.neurons is not None:
+            out += self.neurons.candidates(spectra)
         return out
 
-    def check_budget(self, method, rank: RankSpec) -> None:
+    def check_budget(self, method, rank: RankSpec, grid=None) -> None:
         """What a budget's config can tell before any statistics (a weightless model is enough)."""
         from lord.allocation import check_budget
 
-        check_budget(self._candidates(get_method(method)), rank.value, rank.round_to)
+        check_budget(self._candidates(get_method(method)), rank.value, rank.round_to, grid)
 
     def allocate(self, method, rank: RankSpec) -> dict[str, int | None]:
         """Each target's rank (None: dense) for ``rank.unit=budget``, from the method's spectra (its bases), and
@@ -308,6 +335,8 @@ class Compressor:
         method = get_method(method)
         stats = self.statistics_for(method)
         spectra = {t.name: self.basis(method, t, stats).spectrum for t in self.targets}
+        if self.neurons is not None:
+            spectra.update(self.neurons.spectra())
         candidates = self._candidates(method, spectra)
         if getattr(ALLOCATORS.get(rank.allocation), "needs_measurement", False):
             candidates = self._measured(method, candidates, rank.round_to)
@@ -317,6 +346,8 @@ class Compressor:
         self.events["allocation"] = {"criterion": rank.allocation, "budget_percent": rank.value,
                                      "removed_percent": 100 * (dense - kept) / dense, "selection_params": dense,
                                      "dense_targets": sorted(n for n, r in ranks.items() if r is None)}
+        if self.neurons is not None:
+            self.events["neurons"] = self.neurons.record(ranks, candidates)
         return ranks
 
     def _measured(self, method: Method, candidates: list, step: int) -> list:
@@ -345,7 +376,7 @@ class Compressor:
         if method.decomposes and method.needs_statistics and self.batches is None and self._statistics is None:
             raise LordError(f"method {method.name!r} needs calibration data: pass calibration batches or statistics")
         self.restore()
-        planned = self.plan(method, rank)
+        planned, kept = self._plan(method, rank)
         if not method.decomposes:
             return _report(method, calibration, [])
         if calibration == "sequential" and method.needs_statistics:
@@ -354,8 +385,12 @@ class Compressor:
             self._apply_sequential(method, planned)
         else:
             self.swap_in(method, planned)
-        return _report(method, calibration, [d for _, d in planned],
-                       sum(self._dense_params(t) for t, _ in planned))
+        self.swap_in_neurons(kept)
+        report = _report(method, calibration, [d for _, d in planned],
+                         sum(self._dense_params(t) for t, _ in planned))
+        if self.neurons is not None:
+            report["resized"] = self.resized()
+        return report
 
     def _remember(self, planned: list[Planned]) -> None:
         """Keep the dense modules (and the shared bottlenecks to remove) of ``planned`` for ``restore``."""
@@ -373,6 +408,34 @@ class Compressor:
         for t, d in progress_bar(planned, desc=f"{method.name} decomposition", unit="layer",
                                  disable=not self.progress or len(planned) == 1):
             self._apply_one(method, t, d, bases[t.name] if bases is not None else self.basis(method, t, stats))
+
+    def swap_in_neurons(self, kept: dict[str, int]) -> None:
+        """Each MLP block named in ``kept`` keeps that many neurons (smaller gate/up/down ``nn.Linear`` layers, down
+        refitted: ``lord.neurons``); ``restore`` undoes it."""
+        from lord.hf.modeling_lord import resize_linears
+
+        for name, k in kept.items():
+            weights = self.neurons.weights(name, k)
+            for m in weights:
+                self._originals.setdefault(m, self.model.get_submodule(m))
+            new = resize_linears(self.model, {m: [W.shape[1], W.shape[0], b is not None]
+                                              for m, (W, b) in weights.items()})
+            with torch.no_grad():
+                for m, (W, b) in weights.items():
+                    new[m].weight.copy_(W)
+                    if b is not None:
+                        new[m].bias.copy_(b)
+
+    def resized(self) -> dict[str, list]:
+        """``{layer: [in_features, out_features, bias]}`` of every layer neuron selection has made smaller."""
+        if self.neurons is None:
+            return {}
+        out = {}
+        for m in sorted(self.neurons.module_names()):
+            mod = self.model.get_submodule(m)
+            if mod is not self._dense_module(m):
+                out[m] = [mod.in_features, mod.out_features, mod.bias is not None]
+        return out
 
     def _apply_one(self, method: Method, t: Target, d: Decomposition, basis: Basis) -> None:
         W, b = dense_W_b(self.model, t.members)

@@ -100,7 +100,7 @@ def cpu_model() -> str | None:
 def hardware() -> dict:
     """Where a result was computed. The CPU model and the vector instructions torch's kernels use are recorded
     because float32 results can depend on them: the published 0.5B dense perplexity is 5.763826 in some
-    sessions' results and 5.763958 in others, same weights and windows (README, Reproduction)."""
+    sessions' results and 5.763958 in others, same weights and windows (docs/reproduce.md)."""
     hw = {"machine": platform.machine(), "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():

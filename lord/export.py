@@ -12,6 +12,10 @@ the table (a lookup plus a constant row), but an LM-head bias cannot be held by 
 Every export is checked: the dense model's logits on a probe sequence must match the compressed model's. The
 folder gets its own model card (``lord.model_card.export_card_text``) and ``lord_export.json`` (what was done;
 ``source`` is the checkpoint folder's name, not its path).
+
+MLP layers made smaller by neuron selection (``lord.resized``) export when every MLP block keeps the same number of
+neurons (the dense config's ``intermediate_size`` becomes it); blocks of different sizes are refused in one line,
+since the dense config holds one ``intermediate_size``.
 """
 
 from __future__ import annotations
@@ -93,6 +97,32 @@ def _as_llama(config_dict: dict, homeless: list[str]):
     return LlamaConfig(**keep, attention_bias=bool(needs_attn or d.get("attention_bias")), mlp_bias=needs_mlp)
 
 
+def _kept_intermediate_size(path, config, resized: dict) -> int | None:
+    """The one ``intermediate_size`` every resized MLP layer implies (None when nothing is resized); else one line."""
+    if not resized:
+        return None
+    skeleton = _dense_skeleton(config)
+    sizes = set()
+    for name, (d_in, d_out, _) in resized.items():
+        ref = skeleton.get_submodule(name)
+        sizes |= {d_in} if d_in != ref.in_features else set()
+        sizes |= {d_out} if d_out != ref.out_features else set()
+    if len(sizes) != 1 or getattr(config, "intermediate_size", None) is None:
+        raise LordError(f"cannot export {path} as a dense model: neuron selection left MLP layers of "
+                        f"{len(sizes)} different intermediate sizes ({', '.join(map(str, sorted(sizes)))}), and the "
+                        "dense config holds one intermediate_size; keep the lord checkpoint (trust_remote_code)")
+    return sizes.pop()
+
+
+def _check_sizes(path, state: dict, skeleton, architecture: str) -> None:
+    """Every tensor of the merged state has the dense architecture's shape (MLP blocks of unequal sizes do not)."""
+    for k, v in skeleton.state_dict().items():
+        if k in state and tuple(state[k].shape) != tuple(v.shape):
+            raise LordError(f"cannot export {path} as a dense {architecture} model: {k} has shape "
+                            f"{tuple(state[k].shape)} where its config implies {tuple(v.shape)} (MLP blocks that keep "
+                            "different numbers of neurons); keep the lord checkpoint (trust_remote_code)")
+
+
 def _factor_modules(decompositions) -> list[str]:
     """Modules of the compressed model that hold factors: each member, and each group's shared bottleneck."""
     return [m for d in decompositions for m in d["members"]] + [
@@ -132,6 +162,9 @@ def export_merged(path, out, probe_len: int = 32) -> dict:
     decompositions = lord["decompositions"]
     config = AutoConfig.for_model(base["model_type"], **{k: v for k, v in base.items()
                                                          if k not in ("model_type", "transformers_version")})
+    kept = _kept_intermediate_size(path, config, lord.get("resized"))
+    if kept is not None:
+        config.intermediate_size = kept
     skeleton = _dense_skeleton(config)
     homeless = _bias_homeless(skeleton, decompositions)
     architecture = base["model_type"]
@@ -144,10 +177,13 @@ def export_merged(path, out, probe_len: int = 32) -> dict:
                 "bias-capable equivalent is known for it; keep the lord checkpoint (trust_remote_code) or "
                 "compress with a method that adds no bias (lord, whiten, svd)")
         architecture = "llama"
+        if kept is not None:
+            config.intermediate_size = kept
         skeleton = _dense_skeleton(config)
     model, tok = load_compressed(path)
     merged = merged_weights(model, decompositions)
     state = _dense_state(model, skeleton, merged, _factor_modules(decompositions))
+    _check_sizes(path, state, skeleton, architecture)
     dense = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     missing, unexpected = dense.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (getattr(config, "tie_word_embeddings", False) and k.startswith("lm_head"))]

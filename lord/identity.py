@@ -28,7 +28,8 @@ from lord.atomic import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep")
+OPERATIONAL_KEYS = ("logger", "launcher", "paths", "experiment_name", "budget", "profile_name", "hydra", "sweep",
+                    "dry_run")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # dotted key -> the default under which it changes nothing that runs before it existed did
 #
@@ -46,7 +47,8 @@ ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.ca
               "rank.allocation": "uniform", "data.stdlib_root": None,
               "calibration.draw": None,
               "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]},
-              "eval.share_prefix": True}
+              "eval.share_prefix": True,
+              "neurons": {"enabled": False, "ridge": 0.01, "refit_ridge": 0.001}}
 
 
 def numeric_config(config: dict) -> dict:

@@ -166,13 +166,29 @@ def dense_target_params(config, decompositions) -> int:
     return total
 
 
+def resized_params_removed(config) -> int:
+    """Parameters the layers in ``lord.resized`` (MLP neuron selection) have fewer than the base architecture's."""
+    from lord.modules import dense_weight
+
+    resized = (getattr(config, "lord", None) or {}).get("resized") or {}
+    if not resized:
+        return 0
+    dense, total = _dense_skeleton(config), 0
+    for name, (d_in, d_out, bias) in resized.items():
+        W, b = dense_weight(dense.get_submodule(name))
+        total += W.numel() + (b.numel() if b is not None else 0) - d_in * d_out - (d_out if bias else 0)
+    return total
+
+
 def dense_model_params(config, decompositions, n_params: int) -> int | None:
     """The dense model's parameter count from the compressed one's: each decomposed target's low-rank parameters
-    replaced by its dense ones (``dense_target_params``). None where an embedding or head was decomposed: that
-    unties a tied pair, and the structure does not record whether the pair was tied."""
+    replaced by its dense ones (``dense_target_params``), and the neurons the resized MLP layers dropped added back.
+    None where an embedding or head was decomposed: that unties a tied pair, and the structure does not record
+    whether the pair was tied."""
     if any(d.kind in ("embed", "lm_head") for d in decompositions):
         return None
-    return n_params - sum(d.lowrank_params for d in decompositions) + dense_target_params(config, decompositions)
+    return (n_params - sum(d.lowrank_params for d in decompositions) + dense_target_params(config, decompositions)
+            + resized_params_removed(config))
 
 
 def _ranks(decompositions) -> list[tuple[str, int, str]]:
@@ -299,6 +315,10 @@ def card_text(config, decompositions, card: dict, n_params: int | None = None) -
     lines += [f"| method | {method} |",
               f"| licence | {card.get('licence') or card.get('licence_id') or 'unknown: see the base model'} |",
               f"| decomposed layers | {len(decompositions)} targets |"]
+    resized = (getattr(config, "lord", None) or {}).get("resized")
+    if resized:
+        lines.append(f"| smaller MLP layers (neuron selection) | {len(resized)} layers, "
+                     f"{resized_params_removed(config):,} parameters fewer |")
     if quantization:
         bits = sorted({(q["bits"], q["group_size"]) for q in quantization["modules"].values()})
         lines.append(f"| quantized layers | {len(quantization['modules'])} (HQQ, "

@@ -3,7 +3,8 @@
 ``setting_tag`` is what the result folder appends to the method name: ``-sequential``, ``-skip<k>`` (statistics
 without the first k positions), ``-cal<n>`` (n calibration windows instead of ``budget.calibration_windows``),
 ``-len<L>`` (calibration windows of L tokens), ``-<corpus>`` (another calibration corpus), ``-draw<k>``
-(calibration windows drawn at random with seed k), ``+<stage>`` (each
+(calibration windows drawn at random with seed k), ``-neurons`` (MLP neuron selection; ``-neurons-ridge<x>``,
+``-refitridge<y>`` for ridges other than the defaults), ``+<stage>`` (each
 stage besides calibrate and decompose, with its settings: ``+quantize4bit``); "" for the profile's own
 calibration and stages. Analysis keeps runs whose ``intervention_tag`` differs apart as different settings.
 """
@@ -28,7 +29,20 @@ def setting_tag(cfg) -> str:
     corpus = _get(data, "calibration_corpus")
     tag += f"-{corpus}" if corpus not in (None, "stdlib") else ""
     tag += f"-draw{c['draw']}" if _get(c, "draw") is not None else ""
-    return tag + stages_tag(cfg)
+    return tag + neurons_tag(cfg) + stages_tag(cfg)
+
+
+def neurons_tag(cfg) -> str:
+    """``-neurons`` when MLP blocks keep whole neurons (config ``neurons``), with its ridges when not the defaults."""
+    from lord.identity import ADDED_KEYS
+
+    n, default = _get(cfg, "neurons"), ADDED_KEYS["neurons"]
+    if not _get(n, "enabled"):
+        return ""
+    tag = "-neurons"
+    tag += f"-ridge{n['ridge']:g}" if _get(n, "ridge", default["ridge"]) != default["ridge"] else ""
+    return tag + (f"-refitridge{n['refit_ridge']:g}"
+                  if _get(n, "refit_ridge", default["refit_ridge"]) != default["refit_ridge"] else "")
 
 
 def stages_tag(cfg) -> str:
@@ -42,7 +56,7 @@ def stages_tag(cfg) -> str:
 
 def intervention_tag(cfg) -> str:
     """The part of the setting tag that changes what is measured rather than how well (statistics without the
-    first positions, extra stages): runs that differ in it are different settings, while other calibration
-    differences (windows, window length, corpus, mode) are variants of one setting."""
+    first positions, neuron selection, extra stages): runs that differ in it are different settings, while other
+    calibration differences (windows, window length, corpus, mode) are variants of one setting."""
     skip = _get(cfg["calibration"], "skip_first")
-    return (f"-skip{skip}" if skip else "") + stages_tag(cfg)
+    return (f"-skip{skip}" if skip else "") + neurons_tag(cfg) + stages_tag(cfg)

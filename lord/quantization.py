@@ -3,8 +3,8 @@
 HQQ (Badri & Shaji, 2023, "Half-Quadratic Quantization of Large Machine Learning Models"; package ``hqq``)
 quantizes each group of ``group_size`` consecutive weights of a row to ``bits`` bits with its own scale and zero
 point, found by a half-quadratic solver that minimises the group's ``l_p`` (p < 1) reconstruction error; no
-calibration data. Why this library and not the paper's SpQR or a GPTQ package: the README's "Quantization,
-pruning and LoRA on top of LoRD" section (what installs with the pinned torch/transformers and runs on a CPU).
+calibration data. Why this library and not the paper's SpQR or a GPTQ package: docs/findings/table2.md, "Why HQQ"
+(what installs with the pinned torch/transformers and runs on a CPU).
 
 Every ``nn.Linear`` of the blocks becomes an ``HQQLinear`` holding packed integer weights (a dense model's
 projections, a LoRD model's factors ``A`` and ``B``; a group's shared ``A`` is quantized once and its members

@@ -238,12 +238,12 @@ def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments,
 
 
 def _swap_in_dense(model, targets, compressor) -> dict:
-    """Put ``targets``' dense modules back; returns the low-rank ones to restore."""
+    """Put the dense modules back -- ``targets``' and every other the compressor swapped out (the smaller MLP layers of
+    neuron selection, which are no decomposition) -- and return the compressed ones to restore."""
     low = {}
-    for d in targets:
-        for m in d.members:
-            low[m] = model.get_submodule(m)
-            set_module(model, m, compressor._originals[m])
+    for m in {m for d in targets for m in d.members} | set(compressor._originals):
+        low[m] = model.get_submodule(m)
+        set_module(model, m, compressor._originals[m])
     return low
 
 

@@ -2,7 +2,8 @@
 ``rank.allocation=measured`` (``lord.allocation.knapsack``).
 
 For every target and every rank option (the ranks keeping ``1 - f`` of its parameters, ``f`` in
-``sensitivity.grid``), only that target is decomposed at that rank; the model runs on held-out calibration
+``sensitivity.grid``), only that target is decomposed at that rank (an MLP block of neuron selection: keeps that
+many neurons, ``lord.neuron_selection``); the model runs on held-out calibration
 windows -- windows of the calibration split that the statistics did not use, cut to ``sensitivity.seq_len``
 tokens -- and the cost is the mean per-token KL divergence ``KL(p_dense || p_option)`` of the next-token
 distributions. Blocks before the target's are not run again: each block's dense input is stored once, and the
@@ -88,9 +89,13 @@ class BlockRunner:
 def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid, step: int) -> str:
     from lord.cache import content_key, tensor_hash
 
-    return content_key(compressor.cache.model_key if compressor.cache else None, statistics_key,
-                       method.basis_key(), type(method).__name__, tensor_hash(windows), list(grid), step,
-                       [t.name for t in compressor.targets])
+    parts = [compressor.cache.model_key if compressor.cache else None, statistics_key, method.basis_key(),
+             type(method).__name__, tensor_hash(windows), list(grid), step, [t.name for t in compressor.targets]]
+    n = compressor.neurons
+    if n is not None:  # the MLP blocks of neuron selection, their statistics and settings
+        parts.append(["neurons", n.settings.ridge, n.settings.refit_ridge, n.statistics_keys(),
+                      [b.name for b in n.blocks]])
+    return content_key(*parts)
 
 
 def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor, grid, step: int,
@@ -111,16 +116,23 @@ def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor,
     runner = BlockRunner(model, windows, arch.blocks)
     stats = compressor.statistics_for(method)
     shapes = {t.name: (t, d) for t, d in compressor._shapes(method)}
+    neuron_blocks = compressor.neurons.by_name if compressor.neurons is not None else {}
     for c in progress_bar(todo, desc="sensitivities", unit="matrix", disable=not progress):
-        target, shape = shapes[c.name]
-        if target.block is None:
-            raise LordError(f"allocation 'measured' measures block layers; {c.name} is not in a block")
-        basis = compressor.basis(method, target, stats)
+        if c.name in neuron_blocks:  # an MLP block keeping r neurons (lord.neuron_selection)
+            block = neuron_blocks[c.name].block
+            swap = lambda r, name=c.name: compressor.swap_in_neurons({name: r})  # noqa: E731
+        else:
+            target, shape = shapes[c.name]
+            if target.block is None:
+                raise LordError(f"allocation 'measured' measures block layers; {c.name} is not in a block")
+            block, basis = target.block, compressor.basis(method, target, stats)
+            swap = lambda r, t=target, d=shape, b=basis: compressor.swap_in(  # noqa: E731
+                method, [(t, replace(d, rank=r))], {t.name: b})
         costs = {}
         for r in rank_options(c, grid, step)[1:]:
-            compressor.swap_in(method, [(target, replace(shape, rank=r))], {target.name: basis})
+            swap(r)
             try:
-                costs[r] = runner.kl_from(target.block)
+                costs[r] = runner.kl_from(block)
             finally:
                 compressor.restore()
         table[c.name] = costs

@@ -209,3 +209,12 @@ def test_the_sensitivity_table_is_measured_once_and_is_the_full_models_kl():
     second.apply("whiten", RankSpec("budget", 30, allocation="measured"))
     assert second.events["sensitivity"]["from_cache"] == second.events["sensitivity"]["targets"]
     assert second.events["sensitivity"]["forward_passes"] == 0
+
+
+def test_an_exact_allocation_refuses_a_budget_its_options_cannot_meet_before_any_statistics():
+    from lord.allocation import check_budget
+
+    cands = _candidates(1)
+    check_budget(cands, 40, 1, grid=[10, 50])
+    with pytest.raises(LordError, match="largest option, 30 % removed.*sensitivity.grid"):
+        check_budget(cands, 40, 1, grid=[10, 30])

@@ -259,7 +259,8 @@ def test_humaneval_is_paired_with_the_perplexity_of_the_same_compression(tmp_pat
     point without a perplexity run is left out; pass@1 falling as perplexity rises gives Spearman ρ = -1."""
     from analysis import ablations, figures
 
-    base = dict(model="m", method="lord", layers="mlp_down", skip_first=0, blocks="", dense_perplexity=4.0)
+    base = dict(model="m", method="lord", layers="mlp_down", skip_first=0, blocks="", dense_perplexity=4.0,
+                rank_unit="reduction")
     rows = [dict(base, eval="humaneval", method="dense", layers="none", rank_value=0.0, pass_at_1=40.0,
                  pass_at_1_ci_low=33.0, pass_at_1_ci_high=47.0)]  # results hold pass@k in %
     for rank, ppl, p in ((30, 4.4, 30.0), (50, 5.0, 10.0), (60, 6.0, 5.0)):
@@ -269,12 +270,39 @@ def test_humaneval_is_paired_with_the_perplexity_of_the_same_compression(tmp_pat
             rows.append(dict(base, eval="perplexity", rank_value=float(rank), perplexity=ppl,
                              perplexity_increase_percent=100 * (ppl / 4 - 1)))
     t, rho = ablations.humaneval_vs_perplexity(pd.DataFrame(rows))
-    assert list(t["% rank reduction"]) == [0.0, 30.0, 50.0]
+    assert list(t["rank"]) == ["", "reduction 30", "reduction 50"]
     assert t["Δ log ppl"].tolist() == pytest.approx([0, math.log(1.1), math.log(1.25)])
     assert t["pass@1 relative to dense %"].tolist() == pytest.approx([100, 75, 25])
     assert rho == {"m": (pytest.approx(-1.0), 3)}
     paths = figures.humaneval_vs_perplexity(t, rho, tmp_path / "humaneval_vs_perplexity")
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_humaneval_pairs_only_the_same_compression_never_a_budget_with_a_rank_reduction():
+    """Issue 34: the table paired pareto_humaneval's budget runs with rank-reduction perplexity runs of the same
+    method and value, and printed a pandas Series when two dense runs existed. A budget run pairs with the budget
+    run of the same allocation, a stage with the same stage, and the dense row is the plain dense run."""
+    from analysis import ablations
+
+    base = dict(model="m", method="whiten", layers="all", skip_first=0, blocks="", setting="", calibration="oneshot",
+                dense_perplexity=4.0, quant_bits=None, prune=None)
+    he = dict(base, eval="humaneval", pass_at_1_ci_low=None, pass_at_1_ci_high=None)
+    pp = dict(base, eval="perplexity")
+    rows = [dict(he, method="dense", layers="none", rank_unit=None, rank_value=0.0, pass_at_1=40.0),
+            dict(he, method="dense", layers="none", rank_unit=None, rank_value=0.0, pass_at_1=30.0,
+                 setting="+lorainstructions100"),  # a trained dense run: not the baseline
+            dict(he, rank_unit="budget-uniform", rank_value=10.0, pass_at_1=4.0),
+            dict(he, rank_unit="budget-greedy", rank_value=10.0, pass_at_1=10.0, setting="+refit"),
+            dict(pp, rank_unit="reduction", rank_value=10.0, perplexity=4.6, perplexity_increase_percent=15.0),
+            dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=6.2, perplexity_increase_percent=55.0),
+            dict(pp, rank_unit="budget-greedy", rank_value=10.0, perplexity=6.6, perplexity_increase_percent=65.0),
+            dict(pp, rank_unit="budget-greedy", rank_value=10.0, perplexity=6.4, perplexity_increase_percent=60.0,
+                 setting="+refit")]
+    t, _ = ablations.humaneval_vs_perplexity(pd.DataFrame(rows))
+    got = {(r["method"], r["rank"], r["setting"]): r["ppl increase %"] for _, r in t.iterrows()}
+    assert got == {("dense", "", ""): 0.0, ("whiten", "budget-uniform 10", ""): 55.0,
+                   ("whiten", "budget-greedy 10", "+refit"): 60.0}
+    assert t["pass@1 relative to dense %"].tolist() == pytest.approx([100, 10, 25])
 
 
 def test_quant_noise_table_measures_compression_over_the_noisy_dense_model():
@@ -547,3 +575,39 @@ def test_two_humaneval_runs_compare_task_by_task(tmp_path):
                                      "only A: B unstopped": 1, "only A: B looping": 1}
     with pytest.raises(SystemExit, match="no samples"):
         hf.compare_runs(a, tmp_path / "none.json")
+
+
+def test_results_of_an_experiment_no_preset_names_get_the_general_tables_and_figures():
+    """An ad-hoc sweep (experiment_name=adhoc, or any name) is analysed too; a preset gets exactly its own list."""
+    from analysis.artefacts import ALWAYS, FOR_ANY_RESULTS
+    from analysis.make_all import artefacts_for, preset_artefacts
+
+    presets = preset_artefacts()
+    assert set(artefacts_for(["my_sweep"], presets)) == set(ALWAYS) | set(FOR_ANY_RESULTS)
+    for preset, names in presets.items():  # a preset gets exactly its own list, whatever it is
+        assert set(artefacts_for([preset], presets)) == set(ALWAYS) | set(names)
+    assert set(artefacts_for(["pareto"], presets)) == set(ALWAYS) | {"pareto"}
+
+
+def test_table1_sets_greedy_and_sampled_pass_at_k_next_to_the_papers_values():
+    """Issue 36: one row per (model, method, rank) with greedy pass@1, sampled pass@1 and pass@10 and their
+    intervals, each preset's change from its own dense run, and the paper's StarCoder-16B values at that rank."""
+    base = dict(eval="humaneval", model="m", ranks="653", n_tasks=164, humaneval_seeds=1, max_new_tokens=512,
+                pass_at_10=None, pass_at_10_ci_low=None, pass_at_10_ci_high=None)
+    rows = [dict(base, method="dense", rank_value=0.0, humaneval_preset="greedy", pass_at_1=43.0,
+                 pass_at_1_ci_low=36.0, pass_at_1_ci_high=51.0),
+            dict(base, method="dense", rank_value=0.0, humaneval_preset="code_eval", pass_at_1=40.0,
+                 pass_at_1_ci_low=35.0, pass_at_1_ci_high=45.0, pass_at_10=60.0, pass_at_10_ci_low=52.0,
+                 pass_at_10_ci_high=67.0),
+            dict(base, method="lord", rank_value=27.08, humaneval_preset="greedy", pass_at_1=35.0,
+                 pass_at_1_ci_low=28.0, pass_at_1_ci_high=43.0),
+            dict(base, method="lord", rank_value=27.08, humaneval_preset="code_eval", pass_at_1=30.0,
+                 pass_at_1_ci_low=25.0, pass_at_1_ci_high=35.0, pass_at_10=50.0, pass_at_10_ci_low=42.0,
+                 pass_at_10_ci_high=58.0)]
+    t = tables.humaneval_table(pd.DataFrame(rows)).set_index("method")
+    assert t.loc["lord", "greedy pass@1 change from dense"] == pytest.approx(-8.0)
+    assert t.loc["lord", "sampled pass@1 change from dense"] == pytest.approx(-10.0)
+    assert t.loc["lord", "sampled pass@10"] == 50.0 and t.loc["lord", "sampled pass@10 95 % CI"] == "[42, 58]"
+    assert t.loc["lord", "paper StarCoder-16B pass@1"] == pytest.approx(33.18)  # Table 1 at 27.08 %
+    assert t.loc["dense", "paper StarCoder-16B pass@10"] == pytest.approx(48.28)
+    assert list(t.index) == ["dense", "lord"]

@@ -103,7 +103,8 @@ def test_unknown_architecture_lists_linear_modules_and_how_to_map(probe_ids):
     with pytest.raises(LordError) as e:
         plan(model, CompressionConfig(kinds=["mlp_down"]))
     msg = str(e.value)
-    assert "model.layers.{i}.mlp.down_proj" in msg and "compression.architecture" in msg
+    assert "model.layers.{i}.mlp.down_proj" in msg and "the config key architecture" in msg
+    assert "compression.architecture" not in msg  # no such key (issue 33): the key is the top-level `architecture`
     # the suggested mapping works
     mapping = {"blocks": "model.layers", "kinds": {"mlp_down": ["mlp.down_proj"]}}
     compress_model(model, CompressionConfig(method="svd", kinds=["mlp_down"], rank=RankSpec("rank", 8),

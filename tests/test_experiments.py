@@ -62,12 +62,12 @@ def test_every_experiment_preset_expands_and_validates():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (["method.name=pca"], "method.name='pca' is unknown; allowed: asvd, dense, lord"),
+    (["method.name=pca"], "method.name='pca' is unknown; allowed: asvd, dense, kfac, lord"),
     (["layers.kinds=[mlp_middle]"], "layers.kinds has unknown kind"),
     (["rank.value=150"], r"rank: rank reduction must be in \[0, 100\)"),
     (["rank.unit=rank", "rank.value=0"], "rank: an absolute rank must be a positive integer"),
     (["data=folder"], "missing required value\\(s\\): data.path"),
-    (["stages=[calibrate,squeeze]"], "stages='squeeze' is unknown; allowed: calibrate"),
+    (["stages=[calibrate,squeeze]"], "stages='squeeze' is unknown; allowed: anchor, calibrate"),
     (["method.name=lord", "+method.alpha=0.5"], "method 'lord' has no option\\(s\\) alpha"),
     (["layers.indices=[a]"], r"layers.indices=\['a'\] must be null \(every block\) or a non-empty list"),
     (["layers.indices=[-1]"], "layers.indices=\\[-1\\] must be null"),
@@ -268,11 +268,11 @@ def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
 @pytest.mark.slow
 @pytest.mark.parametrize("args,match", [
     (["experiments.run", "model=gpt5"], "error: model='gpt5' is unknown; allowed: codegen-16B-mono"),
-    (["experiments.run", "-m", "method=lord,pca"], "error: method='pca' is unknown; allowed: asvd, dense, lord"),
+    (["experiments.run", "-m", "method=lord,pca"], "error: method='pca' is unknown; allowed: asvd, dense, kfac, lord"),
     (["experiments.main", "layers=mlp_middle"], "error: layers='mlp_middle' is unknown; allowed: all"),
     (["experiments.run", "model=smollm2-135m", "rank.value=150"], "error: rank: rank reduction must be in [0, 100)"),
     (["experiments.run", "model=smollm2-135m", "rank.unit=budget", "rank.allocation=magic"],
-     "error: rank: unknown rank allocation 'magic'; choose from: greedy, svdllm_v2, uniform"),
+     "error: rank: unknown rank allocation 'magic'; choose from: greedy, loss_estimate, measured, svdllm_v2, uniform"),
 ])
 def test_cli_rejects_unknown_options_in_one_line(args, match, tmp_path):
     p = _cli(args, timeout=120)

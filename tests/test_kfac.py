@@ -121,3 +121,17 @@ def test_diagonal_metric_and_errors():
         _kfac(damping=0)
     with pytest.raises(LordError, match="sequential calibration"):
         c.apply(_kfac(), RankSpec("reduction", 50), calibration="sequential")
+
+
+def test_statistics_that_do_not_fit_are_refused_before_weights_load(monkeypatch):
+    import lord.methods.kfac as kfac_module
+    from lord.params import meta_model
+    from transformers import AutoConfig
+
+    model = meta_model(AutoConfig.for_model("qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                            num_attention_heads=14, num_key_value_heads=2, vocab_size=1000))
+    targets = Compressor(model, kinds=["all"], progress=False).targets
+    monkeypatch.setattr(kfac_module, "_available_memory", lambda: 4 * 2**30)
+    with pytest.raises(LordError, match=r"needs 6\.\d GiB .* use method.output_metric=diagonal"):
+        _kfac().check_targets(model, targets)
+    _kfac(output_metric="diagonal").check_targets(model, targets)  # diag G and A: ~2.5 GiB

@@ -2,7 +2,7 @@
 
     python -m experiments.benchmarks.hqq_sensitivity [--rows 896] [--cols 1024] [--seed 0]
 
-A float32 result computed on two machines can differ in the 5th significant digit (README, Reproduction). This
+A float32 result computed on two machines can differ in the 5th significant digit (docs/reproduce.md). This
 measures what such a difference becomes after quantization: a random Gaussian matrix ``W`` (seeded) and
 ``W ⊙ (1 + ε·N(0, 1))`` for ε in 1e-7 … 1e-4 are each quantized with HQQ (lord.quantization's settings: groups of
 64, 4 and 8 bits), with its half-quadratic solver (``optimize``, as the quantize stage runs it) and without it

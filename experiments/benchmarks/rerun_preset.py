@@ -53,7 +53,7 @@ def compare(new: dict, old: dict) -> dict:
                                            "published": o["relative"]["decode"]["speedup"]},
                         "bytes_on_disk_equal": m["compressed"]["bytes_on_disk"] == o["compressed"]["bytes_on_disk"]}
         out["matches"] = bool(out["params_equal"] and out["speed"]["bytes_on_disk_equal"])
-        out["note"] = "times are compared by eye: they carry the machine's noise (README: +-10-20 % on this CPU)"
+        out["note"] = "times are compared by eye: they carry the machine's noise (docs/findings/fig3.md)"
     return out
 
 

@@ -74,8 +74,10 @@ def merge(point: list[str], command_line: list[str]) -> list[str]:
 def summary(returns: list[dict]) -> tuple[str, list[str]]:
     ran = sum(r.get("status") == "ok" and r.get("outcome") == "ran" for r in returns)
     skipped = sum(r.get("outcome") == "skipped" for r in returns)
+    checked = sum(r.get("outcome") == "dry run" for r in returns)
     failed = [r.get("path") or f"({r.get('error')})" for r in returns if r.get("status") != "ok"]
-    line = f"sweep: {len(returns)} jobs: {ran} ran, {skipped} skipped (already done), {len(failed)} failed"
+    line = f"sweep: {len(returns)} jobs: {ran} ran, {skipped} skipped (already done), " + (
+        f"{checked} checked (dry run), " if checked else "") + f"{len(failed)} failed"
     return line + (": " + ", ".join(failed) if failed else ""), failed
 
 
@@ -105,7 +107,7 @@ class LordSweeper(BasicSweeper):
             first += len(batch)
         line, failed = summary(returns)
         log.info(line)
-        if self.report:
+        if self.report and not all(r.get("outcome") == "dry run" for r in returns):  # a dry run made no results
             get_method(self.report)(Path(self.config.paths.results_dir) / str(self.config.experiment_name))
         if failed:
             sys.exit(1)

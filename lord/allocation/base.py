@@ -107,14 +107,24 @@ def allocate(candidates: list[Candidate], percent: float, criterion: str, step: 
     return fit_to_budget(candidates, ranks, allowed_parameters(candidates, percent), step)
 
 
-def check_budget(candidates: list[Candidate], percent: float, step: int) -> None:
-    """Raise when even the smallest rank everywhere cannot remove ``percent`` % (before any statistics)."""
+def check_budget(candidates: list[Candidate], percent: float, step: int, grid=None) -> None:
+    """Raise when even the smallest rank everywhere cannot remove ``percent`` % (before any statistics); with
+    ``grid`` (the % removed per matrix that an exact allocation offers, ``lord.allocation.knapsack``), when even
+    its largest option everywhere cannot."""
     dense = sum(c.dense_params for c in candidates)
-    least = sum(c.kept(step) if c.max_rank(step) >= step else c.dense_params for c in candidates)
+    if grid is None:
+        least = sum(c.kept(step) if c.max_rank(step) >= step else c.dense_params for c in candidates)
+        how = f"with every matrix at rank {step}"
+    else:
+        from lord.allocation.knapsack import rank_options
+
+        least = sum(min(c.kept(r) for r in rank_options(c, grid, step)) for c in candidates)
+        how = f"with every matrix at its largest option, {max(grid):g} % removed"
     most = 100 * (dense - least) / dense if dense else 0.0
     if most < percent:
-        raise LordError(f"rank budget {percent:g} % is more than this selection can remove ({most:.1f} % with every "
-                        f"matrix at rank {step}); ask for a smaller budget or select more layers")
+        raise LordError(f"rank budget {percent:g} % is more than this selection can remove ({most:.1f} % {how}); "
+                        "ask for a smaller budget, select more layers" + (", or add larger shares to the options "
+                                                                          "(sensitivity.grid)" if grid else ""))
 
 
 def _moves(c: Candidate, rank: int | None, step: int, down: bool):

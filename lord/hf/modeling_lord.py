@@ -323,6 +323,21 @@ def apply_structure(model: nn.Module, decompositions: list[dict], device=None, d
     return new
 
 
+def resize_linears(model: nn.Module, resized: dict | None) -> dict[str, nn.Module]:
+    """Replace each layer ``resized`` lists -- ``{name: [in_features, out_features, bias]}``, ``lord.resized`` in
+    config.json: the smaller MLP layers of neuron selection -- by an empty ``nn.Linear`` of that size; returns them."""
+    new = {}
+    for name, (d_in, d_out, bias) in (resized or {}).items():
+        try:
+            ref = model.get_submodule(name).weight
+        except AttributeError:
+            raise ValueError(f"config.json's lord.resized names {name!r}, which is no layer of this model: the files "
+                             "do not belong together; re-save the model") from None
+        new[name] = nn.Linear(d_in, d_out, bias=bias, device=ref.device, dtype=ref.dtype)
+        set_module(model, name, new[name])
+    return new
+
+
 # ---------------------------------------------------------------------------------------------- config
 
 def _base_config_class(base_model_type: str):
@@ -451,6 +466,7 @@ class _LordMixin:
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
+        resize_linears(self, config.lord.get("resized"))
         apply_structure(self, config.lord["decompositions"])
         # a quantized layer's float weight is not stored and its HQQ state is read after loading (load_quantized)
         patterns = {"^" + re.escape(p) for p in quantized_prefixes(config)}

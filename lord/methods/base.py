@@ -73,6 +73,9 @@ class Method:
                             f"{', '.join(sorted(fields - {'name'})) or 'none'}")
         return cls(cls.config_class(**{**options, "name": cls.name}))
 
+    def check_targets(self, model, targets) -> None:
+        """Config errors only the weightless model can show (before any weights load); none by default."""
+
     def basis_key(self) -> str:
         """Equal keys mean equal bases for the same weights and statistics (they are shared and cached)."""
         opts = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "name"}

@@ -28,6 +28,17 @@ from lord.errors import LordError
 from lord.methods.base import METHODS, Basis, Method, MethodConfig, _sym_sqrt_factor
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available (Linux ``MemAvailable``), None where it cannot be read."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 @dataclass
 class KfacConfig(MethodConfig):
     output_metric: str = "full"  # full | diagonal | identity (lord.curvature.OUTPUT_FORMS)
@@ -75,6 +86,25 @@ class Kfac(Method):
     def output_form(self) -> str:
         """Which K-FAC output factor the statistics must hold (``lord.curvature.collect_curvature``'s ``output``)."""
         return self.config.output_metric
+
+    def check_targets(self, model, targets) -> None:
+        """The factors must fit in memory: every distinct input's A and every member's G (full) in float32."""
+        from lord.calibration import target_shape
+
+        inputs, outputs = {}, 0
+        for t in targets:
+            d_in, d_outs = target_shape(model, t)
+            inputs[t.input_key] = d_in
+            outputs += sum(d * d if self.config.output_metric == "full" else d for d in d_outs) \
+                if self.config.output_metric != "identity" else 0
+        need = 4 * (sum(d * d for d in inputs.values()) + outputs)
+        available = _available_memory()
+        if available is not None and need > 0.8 * available:
+            hint = ("method.output_metric=diagonal (only diag G: memory of the order of the outputs)"
+                    if self.config.output_metric == "full" else "fewer layers (layers=..., layers.indices=...)")
+            raise LordError(f"method kfac ({self.config.output_metric} G) needs {need / 2**30:.1f} GiB for its "
+                            f"statistics of {len(targets)} targets, more than 80 % of the {available / 2**30:.1f} GiB "
+                            f"available; use {hint}")
 
     def basis(self, W, curvature, side) -> Basis:
         if curvature is None:

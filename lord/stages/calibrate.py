@@ -18,9 +18,18 @@ def architecture(cfg):
 
 
 def layer_selection(cfg) -> dict:
+    """The Compressor's selection: layers, architecture, and neuron selection of the MLP blocks (``neurons``)."""
     ly = cfg.layers
     return dict(kinds=list(ly.kinds), group=bool(ly.group), layers=None if ly.indices is None else list(ly.indices),
-                architecture=architecture(cfg))
+                architecture=architecture(cfg), neurons=neuron_settings(cfg))
+
+
+def neuron_settings(cfg):
+    """``NeuronSettings`` of config ``neurons`` (None when off), checked in one line."""
+    from lord.neuron_selection import NeuronSettings
+
+    node = cfg.get("neurons")
+    return NeuronSettings.from_config(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node)
 
 
 @STAGES.register("calibrate")

@@ -33,7 +33,24 @@ class Decompose(Stage):
         self.rank = rank_spec(cfg) if self.method.decomposes else None
 
     def needs_calibration_data(self) -> bool:
-        return self.method.decomposes and self.method.needs_statistics
+        return self.method.decomposes and (self.method.needs_statistics or self.neurons is not None)
+
+    @property
+    def neurons(self):
+        """Neuron selection of the MLP blocks (``NeuronSettings``), or None."""
+        from lord.stages.calibrate import neuron_settings
+
+        return neuron_settings(self.cfg)
+
+    def check_config(self) -> None:
+        if self.neurons is None:
+            return
+        if not self.method.decomposes:
+            raise LordError("neurons.enabled=true selects MLP neurons and decomposes the other selected layers with "
+                            "the method: choose a decomposing method (e.g. method=whiten), not dense")
+        if self.rank.unit != "budget":
+            raise LordError(f"neurons.enabled=true allocates the neurons each MLP block keeps under a parameter "
+                            f"budget; set rank.unit=budget (rank.unit={self.rank.unit} is per matrix)")
 
     def uses_layer_selection(self) -> bool:
         return self.method.decomposes
@@ -50,10 +67,16 @@ class Decompose(Stage):
         if self.cfg.calibration.mode == "sequential":
             check_sequential(self.method, self.rank)
         compressor = Compressor(model, **layer_selection(self.cfg), progress=False)
+        self.method.check_targets(model, compressor.targets)
         if self.rank.unit == "budget":
             compressor.check_budget(self.method, self.rank)
+            grid = None
             if needs_measurement(self.rank.allocation):
-                sensitivity_settings(self.cfg)
+                grid = sensitivity_settings(self.cfg)["grid"]
+            elif self.rank.allocation == "loss_estimate":
+                from lord.allocation.knapsack import LOSS_ESTIMATE_GRID as grid
+            if grid is not None:
+                compressor.check_budget(self.method, self.rank, grid=grid)
         else:
             compressor.plan(self.method, self.rank)
 
@@ -69,6 +92,9 @@ class Decompose(Stage):
         decs = report["decompositions"]
         ctx.decompositions += decs
         log.info("decomposed %d targets with %s in %.1f s", len(decs), self.method.name, time.perf_counter() - t)
+        if c.events.get("neurons"):  # neuron selection: per MLP block the neurons kept, the cost, the seconds
+            log.info("neuron selection: %d of %d MLP neurons kept", c.events["neurons"]["neurons_kept"],
+                     c.events["neurons"]["neurons_dense"])
         record = {
             "method": self.method.name, "kinds": list(self.cfg.layers.kinds), "group": bool(self.cfg.layers.group),
             "calibration": self.cfg.calibration.mode, "rank_spec": OmegaConf.to_container(self.cfg.rank),
@@ -84,6 +110,8 @@ class Decompose(Stage):
             record["allocation"] = c.events.get("allocation")
             if c.events.get("sensitivity"):  # what measuring the sensitivity table cost
                 record["allocation"]["sensitivity"] = c.events["sensitivity"]
+        if c.neurons is not None:
+            record["neurons"] = {**c.events["neurons"], "resized": report["resized"]}
         return record
 
 
