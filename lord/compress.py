@@ -57,7 +57,8 @@ class CompressionConfig:
     def __post_init__(self):
         get_method(self.method)  # unknown names and options fail here
         if self.calibration not in CALIBRATION_MODES:
-            raise LordError(f"unknown calibration mode {self.calibration!r}; choose from: {', '.join(CALIBRATION_MODES)}")
+            raise LordError(f"unknown calibration mode {self.calibration!r}; "
+                            f"choose from: {', '.join(CALIBRATION_MODES)}")
         if isinstance(self.rank, dict):
             self.rank = RankSpec(**self.rank)
         check_skip_first("skip_first", self.skip_first)

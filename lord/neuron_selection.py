@@ -314,7 +314,8 @@ class NeuronSelection:
         for n in b.inputs:
             W, bias = dense_weight(self.compressor._dense_module(n))
             rows = S.to(W.device)
-            out[n] = (W.detach()[rows].to(torch.float64), None if bias is None else bias.detach()[rows].to(torch.float64))
+            out[n] = (W.detach()[rows].to(torch.float64),
+                      None if bias is None else bias.detach()[rows].to(torch.float64))
         W, bias = dense_weight(self.compressor._dense_module(b.down))
         W = W.detach().to(K.device, torch.float64)
         W_kept = refit_down(W, K, S, self.settings.refit_ridge)

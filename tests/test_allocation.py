@@ -88,7 +88,7 @@ def test_a_budget_larger_than_the_selection_can_remove_is_one_clear_error():
 def _budget_run(model, batches, method, criterion, percent=25):
     dense = sum(p.numel() for p in model.parameters())
     c = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False)
-    c.sensitivity = {"windows": calib_batches(seed=9, n=1, batch=2, seq=16)[0], "grid": [20, 40, 60]}  # 'measured' 
+    c.sensitivity = {"windows": calib_batches(seed=9, n=1, batch=2, seq=16)[0], "grid": [20, 40, 60]}  # 'measured'
     report = c.apply(method, RankSpec("budget", percent, allocation=criterion))
     alloc = c.events["allocation"]
     after = sum(p.numel() for p in model.parameters())

@@ -150,7 +150,8 @@ def test_each_artefact_prefers_its_own_presets_rows():
     assert preset_points(None, None, [["method=lord"]]) == [["method=lord"]]
     assert preset_points(None, None, None) == [[]]
     # the command line wins over a preset point's value of the same key
-    assert merge(["model=a", "method=lord"], ["+experiment=x", "model=b"]) == ["+experiment=x", "model=b", "method=lord"]
+    assert (merge(["model=a", "method=lord"], ["+experiment=x", "model=b"])
+            == ["+experiment=x", "model=b", "method=lord"])
 
 
 @pytest.mark.slow  # needs fixture_results (10 runs of SmolLM2-135M)
@@ -513,7 +514,8 @@ def test_humaneval_failure_outcomes_are_read_from_the_samples_next_to_a_result(t
 
     assert hf.outcome("    return 1\n", "failed (exit 1: AssertionError:)", False) == "wrong answer"
     assert hf.outcome("    return 1\n", "failed (AssertionError: Error)", False) == "wrong answer"
-    assert hf.outcome("    x = (\n", "failed (exit 1 before the end: SyntaxError: invalid syntax", False) == "syntax error"
+    assert hf.outcome("    x = (\n", "failed (exit 1 before the end: SyntaxError: invalid syntax",
+                      False) == "syntax error"
     assert hf.outcome("    return y\n", "failed (NameError: NameError: name 'y')", False) == "runtime error"
     assert hf.outcome("    # nothing\n    pass\n", "failed (exit 1: AssertionError:)", False) == "empty body"
     assert hf.outcome("    while 1: pass\n", "timed out", False) == "timed out"

@@ -194,7 +194,8 @@ def test_sampling_draws_only_from_the_nucleus_in_its_proportions(spread):
     outside[nucleus] = False
     assert counts[outside].sum() == 0
     expected = p[nucleus] / p[nucleus].sum()
-    assert (counts[nucleus] / draws - expected).abs().max() < 4 * (expected * (1 - expected) / draws).sqrt().max() + 1e-3
+    assert ((counts[nucleus] / draws - expected).abs().max()
+            < 4 * (expected * (1 - expected) / draws).sqrt().max() + 1e-3)
 
 
 def test_a_sliding_window_model_falls_back_to_static_batches_and_says_so_once(tmp_path, smollm2, caplog):

@@ -246,7 +246,8 @@ def test_export_merges_into_a_dense_checkpoint_with_the_same_logits(tmp_path, pr
     assert (card["base_model"], card["base_model_relation"], card["license"]) == (
         "HuggingFaceTB/SmolLM2-135M-Instruct", "finetune", "apache-2.0")
     assert "merged" in card["tags"] and card["lord"]["merged_from"]["method"] == method
-    assert main(["card", str(tmp_path / "dense")]) == 0 and str(tmp_path) not in (tmp_path / "dense" / "README.md").read_text()
+    assert (main(["card", str(tmp_path / "dense")]) == 0
+            and str(tmp_path) not in (tmp_path / "dense" / "README.md").read_text())
     dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")  # no remote code
     assert all(type(m).__name__ not in ("LowRankLinear", "GroupedLowRankLinear") for m in dense.modules())
     with torch.no_grad():
@@ -274,7 +275,8 @@ _PERPLEXITY = {"name": "perplexity", "options": {"name": "perplexity", "n_window
                            "n_tokens": 8184, "n_windows": 8, "nll_sum": 16287.07, "seq_len": 1024, "seconds": 37.3,
                            "tokens_per_second": 219.6},
                "data": {"validation": {"name": "stdlib", "split": "validation", "n_files": 324,
-                                       "content_sha256": "f7e99e40e79b58b18178e1c058a0eda07a7cba47244dbfe6feeda95f6a08b644",
+                                       "content_sha256":
+                                           "f7e99e40e79b58b18178e1c058a0eda07a7cba47244dbfe6feeda95f6a08b644",
                                        "stdlib_root": "/tmp/Lib311", "validation_percent": 50},
                         "calibration": None, "seq_len": 1024, "validation_windows": 8, "min_chars": 10240}}
 _HUMANEVAL = {"name": "humaneval", "options": {"name": "humaneval", "preset": "greedy"}, "data": None,
@@ -405,7 +407,8 @@ def test_peft_lora_on_a_loaded_checkpoint_all_linear_and_the_default_reach_every
     with torch.no_grad():
         want = model(probe_ids).logits
         assert torch.allclose(peft_model(probe_ids).logits, want, atol=1e-5)  # LoRA starts at zero
-        shared = next(m for n, m in peft_model.named_modules() if n.endswith("self_attn.lord_shared__q_proj__k_proj__v_proj"))
+        shared = next(m for n, m in peft_model.named_modules()
+                      if n.endswith("self_attn.lord_shared__q_proj__k_proj__v_proj"))
         torch.nn.init.normal_(shared.lora_B["default"].weight)  # only the shared A's adapter moves
         adapted = peft_model(probe_ids).logits
     assert not torch.allclose(adapted, want, atol=1e-3)

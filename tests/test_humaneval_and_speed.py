@@ -92,8 +92,8 @@ def test_greedy_humaneval_on_the_real_model(tmp_path, smollm2):
     model, tok, _ = smollm2
     r = evaluate_humaneval(model, tok, tmp_path, preset="greedy", task_ids=["HumanEval/0", "HumanEval/2",
                            "HumanEval/4", "HumanEval/7"], max_new_tokens=96, batch_size=4, progress=False)
-    samples = [json.loads(l) for l in (tmp_path / "samples-greedy-seed0.jsonl").read_text().splitlines()]
-    outcomes = [json.loads(l) for l in (tmp_path / "results-greedy-seed0.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "samples-greedy-seed0.jsonl").read_text().splitlines()]
+    outcomes = [json.loads(line) for line in (tmp_path / "results-greedy-seed0.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and any(s["raw"].strip() for s in samples)  # a 135M model may still miss some
     assert sorted(o["task_id"] for o in outcomes) == sorted(s["task_id"] for s in samples)
     assert all(r["per_seed"][0]["per_task"][t]["n"] == 1 for t in r["per_seed"][0]["per_task"])

@@ -18,7 +18,8 @@ def _layer(d_out, d_in, n=400, seed=0):
     W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
     b = torch.randn(d_out, generator=g, dtype=torch.float64)
     mix = torch.randn(d_in, d_in, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d_in, dtype=torch.float64)
-    X = torch.randn(n, d_in, generator=g, dtype=torch.float64) @ mix.T + 3 * torch.randn(d_in, generator=g, dtype=torch.float64)
+    X = (torch.randn(n, d_in, generator=g, dtype=torch.float64) @ mix.T
+         + 3 * torch.randn(d_in, generator=g, dtype=torch.float64))
     return W, b, X
 
 

@@ -65,7 +65,8 @@ def _input_norms(model, block, names, batches):
     """``||X_j||_2`` of the named linears of ``block``, from a plain forward of ``model`` (independent code)."""
     sq = {}
     hooks = [block.get_submodule(n).register_forward_hook(
-        lambda _m, a, _o, n=n: sq.__setitem__(n, sq.get(n, 0) + a[0].reshape(-1, a[0].shape[-1]).double().square().sum(0)))
+        lambda _m, a, _o, n=n: sq.__setitem__(
+            n, sq.get(n, 0) + a[0].reshape(-1, a[0].shape[-1]).double().square().sum(0)))
         for n in names]
     with torch.no_grad():
         for b in batches:

@@ -97,3 +97,12 @@ def test_imports_follow_the_written_layers_with_no_cycle(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert re.search(r"Contracts: [1-9]\d* kept, 0 broken", out), out
+
+
+def test_the_tree_passes_ruff_check():
+    """ruff with [tool.ruff] of pyproject.toml (pyflakes, pycodestyle errors and warnings, 120 columns) finds
+    nothing in the repository, notebooks included."""
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, f"ruff check . found problems:\n{p.stdout}{p.stderr}"

@@ -180,7 +180,8 @@ def _cli(args, env=None, **kw):
 @pytest.mark.slow
 def test_exit_codes_of_a_single_run(tmp_path, smollm2):
     p = _cli(["experiments.run", *QUICK, f"paths.results_dir={tmp_path}", "layers.indices=[99]"])
-    assert p.returncode == 2 and p.stderr.strip() == "error: layer indices [99] out of range: the model has blocks 0..29"
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: layer indices [99] out of range: the model has blocks 0..29"
     assert not list(tmp_path.rglob("*.json"))
     # files long enough in characters but not in tokens: found only once the tokenizer runs -> a failed run
     corpus = tmp_path / "c"

@@ -127,7 +127,8 @@ def main() -> int:
     ok = (not any(report["bare_environment"][k] for k in ("lord", "hqq", "peft"))
           and all(report[n]["identical_logits"] for n in names) and not report["quantized"]["loaded"]
           and not report["pipeline"]["not_supported_logged"])
-    print("clean environment:", "every check passed" if ok else "a check FAILED", "(results/benchmarks/clean-env-load.json)")
+    print("clean environment:", "every check passed" if ok else "a check FAILED",
+          "(results/benchmarks/clean-env-load.json)")
     return 0 if ok else 1
 
 
