@@ -13,7 +13,8 @@ from analysis.intervals import CI_MISSING
 QUANT_COLUMNS = ["model", "compression", "weights", "params (M)", "MiB in memory", "MiB on disk",
                  "blocks' linears MiB", "metric", "value", "95 % CI", "dense value"]
 LORA_COLUMNS = ["model", "compression", "LoRA data", "params (M)", "metric", "before LoRA", "after LoRA",
-                "after: 95 % CI", "dense value", "gap closed %", "dense + same LoRA", "after vs dense + same LoRA", "steps", "tokens/s", "training peak RSS MiB", "weights+adapter state MiB",
+                "after: 95 % CI", "dense value", "gap closed %", "dense + same LoRA", "after vs dense + same LoRA",
+                "steps", "tokens/s", "training peak RSS MiB", "weights+adapter state MiB",
                 "loss first", "loss last"]
 PRUNE_COLUMNS = ["model", "compression", "pruning", "params (M)", "nonzero params (M)", "metric", "value",
                  "95 % CI", "dense value"]
@@ -127,7 +128,8 @@ def lora_table(df: pd.DataFrame) -> pd.DataFrame:
     control = {(r["eval"], r.model, r.lora_data, r.lora_steps): r
                for _, r in df[df.lora_data.notna() & (df.method == "dense")].iterrows()}
     rows = []
-    for _, r in df[df.lora_data.notna()].sort_values(["model", "lora_data", "method", "layers", "rank_value"]).iterrows():
+    for _, r in df[df.lora_data.notna()].sort_values(
+            ["model", "lora_data", "method", "layers", "rank_value"]).iterrows():
         metric, after, dense = _metric(r, df)
         if r.method == "dense":
             before = dense

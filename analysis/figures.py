@@ -195,7 +195,8 @@ def ablation_layers(df: pd.DataFrame, out: Path) -> list[Path]:
                 whole = layers in COMPONENTS
                 ax.plot(h[x], h.log_ppl_increase, marker="o", color=colors[layers], lw=2.2 if whole else 1.2,
                         label=layers)
-                s = add[(add.method == method) & (add.layers == layers)].dropna(subset=["Σ Δ log ppl (each kind alone)"])
+                s = add[(add.method == method) & (add.layers == layers)].dropna(
+                    subset=["Σ Δ log ppl (each kind alone)"])
                 if whole and len(s):
                     xs = h.set_index("rank_value", drop=False).loc[s["% rank reduction"], x]
                     ax.plot(xs.values, s["Σ Δ log ppl (each kind alone)"], ls="--", color=colors[layers],

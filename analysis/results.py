@@ -15,11 +15,13 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity",
            "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low", "ppl_increase_ci_high",
            "window_deltas",
-           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high", "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high",
+           "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high",
+           "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high",
            "humaneval_preset", "humaneval_seeds", "max_new_tokens", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
-           "skip_first", "corpus", "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
+           "skip_first", "corpus",
+           "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
            "n_tokens",
            "compression_seconds", "compression_peak_rss_mib", "dense_targets", "run_seconds", "device",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
@@ -99,7 +101,8 @@ def _row(r: dict, path: Path) -> dict:
         "params_dense": r["params"]["dense"], "params_compressed": r["params"]["compressed"],
         "params_reduction_percent": r["params"]["reduction_percent"],
         "target_params_removed_percent": _target_removed(comp),
-        "dense_targets": len((comp.get("allocation") or {}).get("dense_targets", [])) if comp.get("allocation") else None,
+        "dense_targets": (len((comp.get("allocation") or {}).get("dense_targets", []))
+                          if comp.get("allocation") else None),
         "skip_first": cfg["calibration"].get("skip_first", 0),
         **_calibration(cfg), **_compression_cost(r), **_composed(r), **_run_cost(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
@@ -163,7 +166,8 @@ def _composed(r: dict) -> dict:
             "float_linear_bytes": q.get("linear_bytes_before"), "model_bytes_on_disk": q.get("model_bytes_on_disk"),
             "nonzero_params": p.get("nonzero_params"), "lora_data": (lo.get("settings") or {}).get("data"),
             "lora_steps": lo.get("steps"), "lora_tokens_per_s": lo.get("tokens_per_s"),
-            "lora_peak_rss_mib": (lo.get("memory") or {}).get("rss_peak_mib"), "lora_state_bytes": lo.get("state_bytes"),
+            "lora_peak_rss_mib": (lo.get("memory") or {}).get("rss_peak_mib"),
+            "lora_state_bytes": lo.get("state_bytes"),
             "lora_loss_first": lo.get("loss_first"), "lora_loss_last": lo.get("loss_last")}
 
 
@@ -255,7 +259,8 @@ def same_models_as(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     own = for_artefact(df, experiment)
     d = df[df.model.isin(set(own.model))]
     d = d.assign(_own=d.experiment != experiment).sort_values("_own", kind="stable")
-    return d.drop_duplicates([k for k in SETTING if k in d]).drop(columns="_own")  # frames built by hand may lack variant
+    # frames built by hand may lack variant
+    return d.drop_duplicates([k for k in SETTING if k in d]).drop(columns="_own")
 
 
 def load_speed_benchmarks(root: str | Path) -> tuple[pd.DataFrame, list[dict]]:

@@ -2,8 +2,8 @@
 
 Results: ``results/<experiment>/<model>/<method>[<setting tag>]/<layers>[.blocks<i>]/<rank>[.<eval tag>]``
 ``-<id8>.json``, one self-describing JSON per run (config, identity and what it hashed, environment, data,
-metrics, parameters, timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two configurations of one point
-never share a file, and skip-if-done compares identities, never paths.
+metrics, parameters, timings). ``<id8>`` is the start of the run's identity (``lord/identity.py``): two
+configurations of one point never share a file, and skip-if-done compares identities, never paths.
 """
 
 from __future__ import annotations

@@ -103,6 +103,12 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return list(seen)
 
 
+def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` of a block, by its name in the block (a shared module once): what the prune, quantize and
+    lora stages act on."""
+    return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
+
+
 def _is_linear_like(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
 

@@ -104,6 +104,51 @@ class StopForward(Exception):
     pass
 
 
+# Block by block: the inputs of a model's first block for every batch, a block run on stored inputs with hooks, and
+# stored inputs advanced through a block (the compressor, sequential calibration, pruning, refit and neuron
+# selection all walk the blocks this way).
+def block_inputs(model, first_block, batches, device) -> list:
+    """The (args, kwargs) the first block receives for every calibration batch."""
+    inputs = []
+
+    def capture(_m, args, kwargs):
+        inputs.append((args, kwargs))
+        raise StopForward
+
+    h = first_block.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                try:
+                    model(input_ids=batch.to(device), use_cache=False)
+                except StopForward:
+                    pass
+    finally:
+        h.remove()
+    return inputs
+
+
+def run_hooked(block, inputs, handles) -> None:
+    """Every stored ``(args, kwargs)`` of ``inputs`` through ``block`` with the forward hooks in ``handles``, removed
+    after (the block's outputs are not kept)."""
+    try:
+        with torch.inference_mode():
+            for args, kwargs in inputs:
+                block(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def advance_inputs(block, inputs) -> None:
+    """Replace each stored block input by the block's output (the next block's input)."""
+    with torch.inference_mode():
+        for j, (args, kwargs) in enumerate(inputs):
+            out = block(*args, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+            inputs[j] = ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+
 def counted_positions(v: torch.Tensor, skip_first: int) -> torch.Tensor:
     """The vectors a statistic counts: all of ``v`` (batch, positions, dim), without its first ``skip_first``
     positions."""

@@ -235,8 +235,9 @@ def _check_quantization(q, where: str) -> None:
         isinstance(v, dict) and all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool)
                                     for k in ("bits", "group_size")) for v in modules.values()))
     if not ok:
-        raise LordError(f"{where}: 'quantization' must be {{\"backend\": \"hqq\", \"modules\": {{name: {{\"bits\": int, "
-                        f"\"group_size\": int}}}}}}, got {q!r}; re-save the model")
+        raise LordError(f"{where}: 'quantization' must be {{\"backend\": \"hqq\", "
+                        f"\"modules\": {{name: {{\"bits\": int, \"group_size\": int}}}}}}, "
+                        f"got {q!r}; re-save the model")
 
 
 def _check_resized(resized, where: str) -> None:

@@ -2,6 +2,7 @@
 
     lord export --merge DIR OUT     a dense checkpoint (W = B·A, bias folded) that loads with no remote code
     lord card DIR                   print the model card of a saved model or of its export
+    lord ls [--json]                every experiment preset and benchmark: what it regenerates, points, time
 
 Experiments have their own commands (``lord-run``, ``lord-main``, ``lord-analysis``; the same as
 ``python -m experiments.run`` etc.). Errors a user can fix are one line on stderr and exit status 2.
@@ -10,6 +11,7 @@ Experiments have their own commands (``lord-run``, ``lord-main``, ``lord-analysi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,6 +41,14 @@ def _card(args) -> int:
     return 0
 
 
+def _ls(args) -> int:
+    from lord.presets import runnables, table
+
+    items = runnables()
+    print(json.dumps([r.to_json() for r in items], indent=2) if args.json else table(items).rstrip("\n"))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lord", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -50,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     card = sub.add_parser("card", help="print the model card of a saved model or of its export")
     card.add_argument("directory", type=Path)
     card.set_defaults(fn=_card)
+    ls = sub.add_parser("ls", help="list the experiment presets and benchmarks: artefact, points, wall time")
+    ls.add_argument("--json", action="store_true", help="one JSON list (kind, name, command, summary, time, "
+                    "timings, points, analysis)")
+    ls.set_defaults(fn=_ls)
     return ap
 
 

@@ -29,8 +29,8 @@ import torch.nn as nn
 from lord.allocation import candidate_for
 from lord.architectures import Target, architecture_for, select_targets
 from lord.cache import CompressionCache
-from lord.calibration import (ChannelAbsMean, Moments, StopForward, channel_key, collect_channel_abs_means,
-                              collect_statistics, register_stat_hooks, stat_slot)
+from lord.calibration import (ChannelAbsMean, Moments, advance_inputs, block_inputs, run_hooked, channel_key,
+                              collect_channel_abs_means, collect_statistics, register_stat_hooks, stat_slot)
 from lord.errors import LordError, check_skip_first
 from lord.methods import Basis, Method, get_method
 from lord.modules import dense_weight, shared_name
@@ -57,7 +57,8 @@ class CompressionConfig:
     def __post_init__(self):
         get_method(self.method)  # unknown names and options fail here
         if self.calibration not in CALIBRATION_MODES:
-            raise LordError(f"unknown calibration mode {self.calibration!r}; choose from: {', '.join(CALIBRATION_MODES)}")
+            raise LordError(f"unknown calibration mode {self.calibration!r}; "
+                            f"choose from: {', '.join(CALIBRATION_MODES)}")
         if isinstance(self.rank, dict):
             self.rank = RankSpec(**self.rank)
         check_skip_first("skip_first", self.skip_first)
@@ -469,7 +470,7 @@ class Compressor:
             run_targets(pre, self.calibrate([p.target for p in pre]))
         if by_block:
             blocks = model.get_submodule(arch.blocks)
-            inputs = _block_inputs(model, blocks[0], self.batches, self._device())
+            inputs = block_inputs(model, blocks[0], self.batches, self._device())
             last = max(by_block)
             for i in progress_bar(range(last + 1), desc="sequential calibration", unit="block",
                                   disable=not self.progress):
@@ -478,7 +479,7 @@ class Compressor:
                     run_targets(by_block[i], _block_statistics(model, block, by_block[i], inputs, self._device(),
                                                                self.skip_first))
                 if i < last:
-                    _advance(block, inputs)
+                    advance_inputs(block, inputs)
             del inputs
         if post:
             run_targets(post, self.calibrate([p.target for p in post]))
@@ -505,55 +506,13 @@ def check_sequential(method: Method, rank: RankSpec) -> None:
                         "calibration.mode=oneshot")
 
 
-def _block_inputs(model, first_block, batches, device) -> list:
-    """The (args, kwargs) the first block receives for every calibration batch."""
-    inputs = []
-
-    def capture(_m, args, kwargs):
-        inputs.append((args, kwargs))
-        raise StopForward
-
-    h = first_block.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                try:
-                    model(input_ids=batch.to(device), use_cache=False)
-                except StopForward:
-                    pass
-    finally:
-        h.remove()
-    return inputs
-
-
 def _block_statistics(model, block, pairs: list[Planned], inputs, device, skip_first: int = 0) -> dict[str, Moments]:
     stats: dict[str, Moments] = {}
     slots = [stat_slot(model, t) for t, _ in pairs]
     for s in slots:
         stats.setdefault(s.key, Moments(s.dim, device=device))
-    _run_hooked(block, inputs, register_stat_hooks(model, slots, stats, skip_first))
+    run_hooked(block, inputs, register_stat_hooks(model, slots, stats, skip_first))
     return stats
-
-
-def _run_hooked(block, inputs, handles) -> None:
-    """Every stored ``(args, kwargs)`` of ``inputs`` through ``block`` with the forward hooks in ``handles``, removed
-    after (the block's outputs are not kept)."""
-    try:
-        with torch.inference_mode():
-            for args, kwargs in inputs:
-                block(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _advance(block, inputs) -> None:
-    """Replace each stored block input by the block's output (the next block's input)."""
-    with torch.inference_mode():
-        for j, (args, kwargs) in enumerate(inputs):
-            out = block(*args, **kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
-            inputs[j] = ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
 
 
 def _report(method: Method, calibration: str, decs: list[Decomposition], dense_params: int = 0) -> dict:

@@ -57,7 +57,8 @@ class Corpus:
     def content_hash(self) -> str:
         """sha256 over the sorted (path, sha256(content)) pairs: identifies exactly which files are in it."""
         h = hashlib.sha256()
-        for path, digest in sorted((r["path"], hashlib.sha256(r["content"].encode()).hexdigest()) for r in self.records):
+        for path, digest in sorted((r["path"], hashlib.sha256(r["content"].encode()).hexdigest())
+                                   for r in self.records):
             h.update(f"{path}\0{digest}\n".encode())
         return h.hexdigest()
 

@@ -171,5 +171,6 @@ def load_curvature(path: str | Path, device=None) -> dict[str, SecondMoment]:
                 m.n = int(f.get_tensor(f"{k}::n").item())
                 stats[k] = m
     except Exception as e:  # truncated or foreign file
-        raise LordError(f"curvature statistics file {path} is unreadable ({e}); delete it and calibrate again") from None
+        raise LordError(f"curvature statistics file {path} is unreadable ({e}); "
+                        "delete it and calibrate again") from None
     return stats

@@ -30,11 +30,10 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from lord.architectures import architecture_for
+from lord.architectures import architecture_for, block_linears
 from lord.errors import LordError
 from lord.memory import PeakMemory
 from lord.progress import progress_bar
-from lord.pruning import block_linears
 
 DATA_SOURCES = ("instructions", "corpus")
 

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from lord.allocation import Candidate
 from lord.architectures import Architecture, architecture_for, expand_kinds
-from lord.calibration import Moments, StatSlot, register_stat_hooks
+from lord.calibration import Moments, StatSlot, advance_inputs, block_inputs, register_stat_hooks
 from lord.errors import LordError
 from lord.modules import dense_weight
 from lord.neurons import (fit_statistics, kept_neurons, leverage_scores, neuron_order, refit_bias, refit_down,
@@ -225,8 +225,6 @@ class NeuronSelection:
         return {b.name: self._spectra[b.name] for b in self.blocks}
 
     def _gather(self, todo: list[MlpBlock]) -> None:
-        from lord.compress import _advance, _block_inputs
-
         c = self.compressor
         if c.batches is None:
             raise LordError("neuron selection needs calibration data: pass calibration batches")
@@ -236,7 +234,7 @@ class NeuronSelection:
         model = c.model
         blocks = model.get_submodule(architecture_for(model, c.architecture).blocks)
         device = c._device()
-        inputs = _block_inputs(model, blocks[0], c.batches, device)
+        inputs = block_inputs(model, blocks[0], c.batches, device)
         wanted = {b.block: b for b in todo}
         last = max(wanted)
         for i in progress_bar(range(last + 1), desc="neuron statistics", unit="block", disable=not c.progress):
@@ -246,7 +244,7 @@ class NeuronSelection:
                 acc[slot.key] = (Float64Moments if b.down_bias else Moments)(b.d_ff, device=device)
                 handles = register_stat_hooks(model, [slot], acc, c.skip_first)
             try:
-                _advance(blocks[i], inputs)  # the block's outputs become the next block's inputs
+                advance_inputs(blocks[i], inputs)  # the block's outputs become the next block's inputs
             finally:
                 for h in handles:
                     h.remove()
@@ -316,7 +314,8 @@ class NeuronSelection:
         for n in b.inputs:
             W, bias = dense_weight(self.compressor._dense_module(n))
             rows = S.to(W.device)
-            out[n] = (W.detach()[rows].to(torch.float64), None if bias is None else bias.detach()[rows].to(torch.float64))
+            out[n] = (W.detach()[rows].to(torch.float64),
+                      None if bias is None else bias.detach()[rows].to(torch.float64))
         W, bias = dense_weight(self.compressor._dense_module(b.down))
         W = W.detach().to(K.device, torch.float64)
         W_kept = refit_down(W, K, S, self.settings.refit_ridge)

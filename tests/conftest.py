@@ -52,3 +52,14 @@ def smollm2():
 
     model, tok, info = load_model("smollm2-135m")
     return model, tok, info
+
+
+def pytest_collection_modifyitems(config, items):
+    """``zoo`` on every test that uses the real SmolLM2-135M (the ``smollm2`` fixture, directly or through another
+    fixture); ``gpu`` tests skipped when torch sees no CUDA device."""
+    no_gpu = pytest.mark.skip(reason="needs CUDA (marker gpu); torch sees no GPU here")
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.zoo)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_gpu)

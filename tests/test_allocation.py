@@ -88,7 +88,7 @@ def test_a_budget_larger_than_the_selection_can_remove_is_one_clear_error():
 def _budget_run(model, batches, method, criterion, percent=25):
     dense = sum(p.numel() for p in model.parameters())
     c = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False)
-    c.sensitivity = {"windows": calib_batches(seed=9, n=1, batch=2, seq=16)[0], "grid": [20, 40, 60]}  # 'measured' 
+    c.sensitivity = {"windows": calib_batches(seed=9, n=1, batch=2, seq=16)[0], "grid": [20, 40, 60]}  # 'measured'
     report = c.apply(method, RankSpec("budget", percent, allocation=criterion))
     alloc = c.events["allocation"]
     after = sum(p.numel() for p in model.parameters())
@@ -98,6 +98,7 @@ def _budget_run(model, batches, method, criterion, percent=25):
     return c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["whiten", "lord_meanfix", "asvd"])
 @pytest.mark.parametrize("criterion", CRITERIA)
 def test_a_budget_removes_its_share_of_the_selected_parameters_from_the_model(method, criterion):
@@ -163,6 +164,7 @@ def test_the_integer_program_finds_the_brute_force_optimum_and_never_exceeds_the
         solve_choice([[(5, 1.0)], [(7, 0.0)]], 11)
 
 
+@pytest.mark.slow
 def test_the_sensitivity_table_is_measured_once_and_is_the_full_models_kl():
     """Each entry is the KL of the whole model with only that matrix at that rank (the block-runner shortcut
     changes nothing); a second allocation, another budget, reads the cached table: no forward pass."""

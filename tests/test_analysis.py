@@ -41,6 +41,7 @@ def fixture_results(tmp_path_factory, smollm2):
     return root
 
 
+@pytest.mark.slow
 def test_every_table_and_figure_is_regenerated_with_the_results_numbers(fixture_results, tmp_path):
     out = make_all(fixture_results, tmp_path / "analysis")
     df = out["frame"]
@@ -94,6 +95,7 @@ def test_fig7_points_by_hand():
     assert sizes[(2304, "SpQR (16-bit indices)")] - sizes[(2304, "LoRD (dense)")] == pytest.approx(24.6, abs=0.05)
 
 
+@pytest.mark.slow
 def test_malformed_results_are_reported_and_skipped(fixture_results, tmp_path):
     import shutil
 
@@ -115,6 +117,7 @@ def test_malformed_results_are_reported_and_skipped(fixture_results, tmp_path):
     assert "truncated.json" in (tmp_path / "analysis" / "index.md").read_text() and out["written"]
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_on_the_fixture(fixture_results, tmp_path):
     import nbformat
     from nbclient import NotebookClient
@@ -147,9 +150,11 @@ def test_each_artefact_prefers_its_own_presets_rows():
     assert preset_points(None, None, [["method=lord"]]) == [["method=lord"]]
     assert preset_points(None, None, None) == [[]]
     # the command line wins over a preset point's value of the same key
-    assert merge(["model=a", "method=lord"], ["+experiment=x", "model=b"]) == ["+experiment=x", "model=b", "method=lord"]
+    assert (merge(["model=a", "method=lord"], ["+experiment=x", "model=b"])
+            == ["+experiment=x", "model=b", "method=lord"])
 
 
+@pytest.mark.slow  # needs fixture_results (10 runs of SmolLM2-135M)
 def test_two_configurations_of_one_point_are_kept_apart_and_named(fixture_results, tmp_path):
     """A point run twice with another setting (here the calibration window count) is never averaged or
     overwritten: both rows stay, each with a variant naming the differing key, and the index lists it."""
@@ -350,6 +355,7 @@ def test_block_label_names_runs_of_blocks():
     assert block_label([7, 0, 1, 2, 2]) == "blocks0-2+7" and block_label([0, 2, 4]) == "blocks0+2+4"
 
 
+@pytest.mark.slow
 def test_the_diagnosis_notebook_runs_on_the_published_results(tmp_path):
     """The diagnosis notebook reads the committed results and benchmarks (no model) and draws its figures."""
     import nbformat
@@ -508,7 +514,8 @@ def test_humaneval_failure_outcomes_are_read_from_the_samples_next_to_a_result(t
 
     assert hf.outcome("    return 1\n", "failed (exit 1: AssertionError:)", False) == "wrong answer"
     assert hf.outcome("    return 1\n", "failed (AssertionError: Error)", False) == "wrong answer"
-    assert hf.outcome("    x = (\n", "failed (exit 1 before the end: SyntaxError: invalid syntax", False) == "syntax error"
+    assert hf.outcome("    x = (\n", "failed (exit 1 before the end: SyntaxError: invalid syntax",
+                      False) == "syntax error"
     assert hf.outcome("    return y\n", "failed (NameError: NameError: name 'y')", False) == "runtime error"
     assert hf.outcome("    # nothing\n    pass\n", "failed (exit 1: AssertionError:)", False) == "empty body"
     assert hf.outcome("    while 1: pass\n", "timed out", False) == "timed out"

@@ -14,6 +14,7 @@ from lord.humaneval.generate import generate_samples, get_preset
 NEAR_TIE = 1e-3
 
 
+@pytest.mark.slow
 def test_continuous_greedy_equals_unbatched_greedy_until_the_first_near_tie(smollm2):
     model, tok, _ = smollm2
     problems = dict(list(load_problems().items())[:8])
@@ -42,6 +43,7 @@ def test_continuous_greedy_equals_unbatched_greedy_until_the_first_near_tie(smol
     assert ref[0, len(prompts[first]):].tolist()[:len(alone[first][0])] == alone[first][0]
 
 
+@pytest.mark.slow
 def test_a_sampled_run_killed_and_resumed_writes_the_samples_of_an_uninterrupted_one(tmp_path, smollm2):
     from transformers import AutoConfig
 
@@ -192,7 +194,8 @@ def test_sampling_draws_only_from_the_nucleus_in_its_proportions(spread):
     outside[nucleus] = False
     assert counts[outside].sum() == 0
     expected = p[nucleus] / p[nucleus].sum()
-    assert (counts[nucleus] / draws - expected).abs().max() < 4 * (expected * (1 - expected) / draws).sqrt().max() + 1e-3
+    assert ((counts[nucleus] / draws - expected).abs().max()
+            < 4 * (expected * (1 - expected) / draws).sqrt().max() + 1e-3)
 
 
 def test_a_sliding_window_model_falls_back_to_static_batches_and_says_so_once(tmp_path, smollm2, caplog):
@@ -218,6 +221,7 @@ def test_a_sliding_window_model_falls_back_to_static_batches_and_says_so_once(tm
     assert said["continuous"] == [] and len(said["static"]) == 1 and "Starcoder2ForCausalLM" in said["static"][0]
 
 
+@pytest.mark.slow
 def test_a_shared_sampled_run_killed_mid_task_resumes_to_the_same_bytes(tmp_path, smollm2):
     """Killed after 4 of a task's samples (and in the middle of writing the fifth): the resumed run prefills that
     task again for its last samples only, and every line it writes is byte for byte the uninterrupted run's --
@@ -275,6 +279,7 @@ def test_bad_decode_curves_and_queues_are_refused_in_one_line():
     assert widths_for(1640)[-1] == 96 and widths_for(1) == [1]
 
 
+@pytest.mark.slow
 def test_auto_width_is_measured_once_recorded_and_reused_on_resume(tmp_path, smollm2):
     from lord.humaneval.evaluate import WIDTH_FILE, evaluate_humaneval
 

@@ -15,6 +15,7 @@ from experiments.benchmarks import common, cuda_check, speed_from_config
 N_EMBD, N_INNER, N_LAYER = 32, 128, 2
 
 
+@pytest.mark.slow
 def test_speed_from_config_sizes_restores_and_feeds_fig3(tmp_path, monkeypatch):
     config = dict(TINY_CONFIGS["gpt_bigcode"], model_type="gpt_bigcode", n_embd=N_EMBD, n_inner=N_INNER,
                   n_layer=N_LAYER, n_positions=1024)
@@ -42,6 +43,7 @@ def test_speed_from_config_sizes_restores_and_feeds_fig3(tmp_path, monkeypatch):
     assert all(p.stat().st_size > 10_000 for p in written)
 
 
+@pytest.mark.slow
 def test_cuda_check_criteria_hold_on_the_cpu():
     """On one device the statistics agree exactly; with enough calibration tokens (the default) full rank
     reproduces the logits and the error falls as the rank grows -- the same criteria the GPU run must meet."""
@@ -53,6 +55,17 @@ def test_cuda_check_criteria_hold_on_the_cpu():
     assert r["stats_rel_diff"] == 0.0 and r["perplexity_gpu_vs_cpu"]["rel_diff"] == 0.0
     assert max(r["full_rank_rel_err"].values()) < cuda_check.TOL["full_rank_rel_err"]
     assert r["error_falls_with_rank"] and r["checkpoint_max_abs_diff"] == 0.0 and r["ok"]
+
+
+@pytest.mark.gpu
+def test_cuda_check_criteria_hold_on_the_gpu():
+    """The same algebra on CUDA, measured against the CPU within cuda_check's own tolerances (statistics,
+    full-rank logits, error falling with rank, perplexity, a checkpoint reloaded onto the GPU, bfloat16)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("qwen2", **TINY_CONFIGS["qwen2"])
+    r = cuda_check.check(config, blocks=2, device=torch.device("cuda"), n_windows=None, seq_len=32)
+    assert r["ok"], {k: v for k, v in r.items() if k != "error_by_reduction"}
 
 
 def test_first_position_shares_equal_those_of_the_captured_outputs():
@@ -224,6 +237,7 @@ def test_hqq_sensitivity_is_deterministic_and_within_the_triangle_bound(tmp_path
         assert 0 <= r["difference"] <= 2.01 * r["quantization_error"] + 6 * r["epsilon"]
 
 
+@pytest.mark.slow
 def test_humaneval_throughput_sampled_mode_runs_its_three_modes_into_one_json(tmp_path, monkeypatch, smollm2):
     """One sample at a time, continuous, continuous with shared prefills: in float64 the same samples (no
     near-tie for rounding to flip), with one prefill per task when shared."""

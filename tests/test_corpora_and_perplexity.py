@@ -38,6 +38,7 @@ def test_stdlib_splits_are_disjoint_deterministic_and_hashed():
     assert set(val.records[0]) >= {"content", "repository_name", "path", "size", "lang"}
 
 
+@pytest.mark.slow
 def test_a_copied_stdlib_root_gives_the_same_splits_and_hashes_and_a_wrong_one_is_named(tmp_path):
     """data.stdlib_root: a copy of the interpreter's Lib read from elsewhere (as on a machine with another Python)
     is the same corpus to the byte; a folder that is no CPython Lib is one clear error, before anything loads."""
@@ -64,6 +65,7 @@ def test_a_copied_stdlib_root_gives_the_same_splits_and_hashes_and_a_wrong_one_i
         RunData(cfg, CharTokenizer()).check_split("validation", 2)
 
 
+@pytest.mark.slow
 def test_the_test_suite_corpus_is_disjoint_from_both_stdlib_splits_and_run_data_reads_it(tmp_path):
     """data.calibration_corpus=stdlib-tests: CPython's Lib/test as calibration, never in either stdlib split;
     calibration.seq_len cuts calibration windows of its own length while validation keeps data.seq_len."""

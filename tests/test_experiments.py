@@ -16,6 +16,7 @@ from experiments import records
 from experiments.run import run
 from hydra_plugins.lord_sweeper.lord_sweeper import expand
 from lord.errors import LordError
+from lord.presets import read_preset
 from lord.zoo import cache_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +45,14 @@ def test_every_option_of_every_group_composes_and_validates(group):
         assert records.result_path(cfg, evaluation, {"id": "0" * 64}).name.endswith("-00000000.json")
 
 
+@pytest.mark.slow
 def test_every_experiment_preset_expands_and_validates():
     # the presets whose command line must name something (the corpus folders of the generalisation check)
     needs = {"pareto_corpus": ["data.path=/corpus/validation", "data.calibration_path=/corpus/calibration"]}
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         cfgs = preset_jobs(preset, needs.get(preset, ()))
         assert len(cfgs) > 1, preset
+        assert len(cfgs) == read_preset(CONF / "experiment" / f"{preset}.yaml").points  # what `lord ls` counts
         stems = {records.result_stem(c, records.validate(c)[1]) for c in cfgs}
         assert len(stems) == len(cfgs)  # no two points share a result name (the identity is appended to it)
     # a key given on the command line wins over the preset's points
@@ -95,6 +98,7 @@ def _private_cache(tmp_path) -> Path:
     return cache
 
 
+@pytest.mark.slow
 def test_main_job_sweep_on_a_real_model_resumes_and_reuses_bases(tmp_path, smollm2):
     cache = _private_cache(tmp_path)
     args = ["experiments.main", "model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}",
@@ -137,6 +141,7 @@ def test_main_job_sweep_on_a_real_model_resumes_and_reuses_bases(tmp_path, smoll
     assert time.perf_counter() - t0 < 60
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_every_job_then_exits_1_naming_the_failed_one(tmp_path, smollm2):
     p = _cli(["experiments.run", "-m", "model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}",
               "method=svd", "rank.value=40,1"])  # 1 % reduction of mlp_down adds parameters: that job fails
@@ -146,6 +151,7 @@ def test_a_sweep_runs_every_job_then_exits_1_naming_the_failed_one(tmp_path, smo
     assert list((tmp_path / "adhoc/smollm2-135m/svd/mlp_down").glob("reduction-40-*.json"))
 
 
+@pytest.mark.slow
 def test_a_method_and_a_stage_registered_outside_lord_run_end_to_end(tmp_path, smollm2):
     """A new method is a Method subclass + a registry entry; a new stage likewise: no edit anywhere else."""
     from lord.methods import METHODS
@@ -208,6 +214,7 @@ def test_rank_errors_are_config_errors_before_weights_load(tmp_path, smollm2, mo
     assert not list(tmp_path.rglob("*.json"))  # a config error writes no result
 
 
+@pytest.mark.slow
 def test_a_budget_with_greedy_allocation_and_refit_runs_end_to_end(tmp_path, smollm2):
     """rank.unit=budget through run(cfg): the allocation's record, the budget met, the refit stage's guarantee,
     each stage's peak memory, and the pareto table that analysis builds from the result."""
@@ -248,6 +255,7 @@ def test_budget_and_method_errors_are_config_errors_before_weights_load(tmp_path
     assert not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
     cfg = _compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "method=svd",
                     "logger=wandb"])
@@ -257,6 +265,7 @@ def test_wandb_offline_run_writes_its_files(tmp_path, smollm2):
     assert runs and any(p.suffix == ".wandb" for p in runs[0].rglob("*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,match", [
     (["experiments.run", "model=gpt5"], "error: model='gpt5' is unknown; allowed: codegen-16B-mono"),
     (["experiments.run", "-m", "method=lord,pca"], "error: method='pca' is unknown; allowed: asvd, dense, kfac, lord"),
@@ -271,6 +280,7 @@ def test_cli_rejects_unknown_options_in_one_line(args, match, tmp_path):
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and match in p.stderr
 
 
+@pytest.mark.slow
 def test_two_job_sweep_through_the_submitit_local_launcher(tmp_path, smollm2):
     p = _cli(["experiments.run", "-m", "launcher=submitit_local", "method=dense,svd", "model=smollm2-135m",
               "profile=quick", f"paths.results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun"])

@@ -68,7 +68,8 @@ def test_lord_drops_exactly_the_out_of_span_output_mean(arch):
     name = f"{arch_map.blocks}.0.{arch_map.kinds[inexact[0]][0]}"
     dense = copy.deepcopy(model.get_submodule(name))
     seen = []
-    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    handle = model.get_submodule(name).register_forward_hook(
+        lambda m, a, o: seen.append(a[0].reshape(-1, a[0].shape[-1])))
     with torch.no_grad():
         for batch in calib_batches():
             model(batch)

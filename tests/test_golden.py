@@ -30,6 +30,7 @@ def test_the_tolerance_is_far_above_what_varies_and_below_what_matters():
     assert GOLD["rtol"] <= 0.005  # a 3 % (or even 0.5 %) shift of any number fails
 
 
+@pytest.mark.slow
 def test_golden_numbers(tmp_path, smollm2):
     cache = tmp_path / "cache"  # fresh statistics, bases and dense baseline: nothing is reused from earlier code
     cache.mkdir()

@@ -34,6 +34,7 @@ CASES = [  # every architecture mapping lord has; grouped and not; tied head kep
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,kinds,group,method,overrides", CASES, ids=[c[0] for c in CASES])
 def test_transformers_loads_the_checkpoint_in_one_call_with_identical_logits(tmp_path, probe_ids, arch, kinds,
                                                                               group, method, overrides):
@@ -99,6 +100,7 @@ def test_where_lord_is_imported_the_folder_loads_without_trust_remote_code_by_lo
 _BLOCK = "import sys\nfor _name in ('lord', 'hqq', 'peft'):\n    sys.modules[_name] = None\n"
 
 
+@pytest.mark.slow
 def test_the_checkpoint_loads_where_lord_cannot_be_imported(tmp_path, probe_ids):
     """The shipped file imports, wherever transformers' import scan looks, only the standard library, torch,
     transformers and safetensors; in a process where lord, hqq and peft cannot be imported, a checkpoint loads
@@ -203,6 +205,7 @@ def test_the_text_generation_pipeline_takes_the_checkpoint_without_complaint(tmp
     assert "not supported" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_format_1_directories_still_load(tmp_path, probe_ids):
     """Format 1: the dense config.json and a separate lord.json (what earlier versions wrote)."""
     model, decs = _compressed("gpt2", ["all", "embed"], False, "whiten")
@@ -243,7 +246,8 @@ def test_export_merges_into_a_dense_checkpoint_with_the_same_logits(tmp_path, pr
     assert (card["base_model"], card["base_model_relation"], card["license"]) == (
         "HuggingFaceTB/SmolLM2-135M-Instruct", "finetune", "apache-2.0")
     assert "merged" in card["tags"] and card["lord"]["merged_from"]["method"] == method
-    assert main(["card", str(tmp_path / "dense")]) == 0 and str(tmp_path) not in (tmp_path / "dense" / "README.md").read_text()
+    assert (main(["card", str(tmp_path / "dense")]) == 0
+            and str(tmp_path) not in (tmp_path / "dense" / "README.md").read_text())
     dense = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")  # no remote code
     assert all(type(m).__name__ not in ("LowRankLinear", "GroupedLowRankLinear") for m in dense.modules())
     with torch.no_grad():
@@ -271,7 +275,8 @@ _PERPLEXITY = {"name": "perplexity", "options": {"name": "perplexity", "n_window
                            "n_tokens": 8184, "n_windows": 8, "nll_sum": 16287.07, "seq_len": 1024, "seconds": 37.3,
                            "tokens_per_second": 219.6},
                "data": {"validation": {"name": "stdlib", "split": "validation", "n_files": 324,
-                                       "content_sha256": "f7e99e40e79b58b18178e1c058a0eda07a7cba47244dbfe6feeda95f6a08b644",
+                                       "content_sha256":
+                                           "f7e99e40e79b58b18178e1c058a0eda07a7cba47244dbfe6feeda95f6a08b644",
                                        "stdlib_root": "/tmp/Lib311", "validation_percent": 50},
                         "calibration": None, "seq_len": 1024, "validation_windows": 8, "min_chars": 10240}}
 _HUMANEVAL = {"name": "humaneval", "options": {"name": "humaneval", "preset": "greedy"}, "data": None,
@@ -402,7 +407,8 @@ def test_peft_lora_on_a_loaded_checkpoint_all_linear_and_the_default_reach_every
     with torch.no_grad():
         want = model(probe_ids).logits
         assert torch.allclose(peft_model(probe_ids).logits, want, atol=1e-5)  # LoRA starts at zero
-        shared = next(m for n, m in peft_model.named_modules() if n.endswith("self_attn.lord_shared__q_proj__k_proj__v_proj"))
+        shared = next(m for n, m in peft_model.named_modules()
+                      if n.endswith("self_attn.lord_shared__q_proj__k_proj__v_proj"))
         torch.nn.init.normal_(shared.lora_B["default"].weight)  # only the shared A's adapter moves
         adapted = peft_model(probe_ids).logits
     assert not torch.allclose(adapted, want, atol=1e-3)
@@ -441,6 +447,7 @@ def test_peft_base_layer_names_resolve_to_their_factors_through_lora_target_modu
         hf.lora_target_modules(["qproj"])
 
 
+@pytest.mark.slow
 def test_lm_eval_reads_the_checkpoint_and_agrees_with_lords_log_likelihood(tmp_path, smollm2, monkeypatch):
     """lm-eval's hf model (trust_remote_code) on a local JSONL task: its rolling log-likelihood of each document
     equals lord's own (the NLL sum of evaluate_perplexity on the same tokens after the same prefix token)."""

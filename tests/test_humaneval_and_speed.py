@@ -67,6 +67,7 @@ def tiny_with_real_tokenizer(smollm2):
     return model, copy.deepcopy(tok)
 
 
+@pytest.mark.slow
 def test_generation_writes_as_it_goes_and_resumes(tmp_path, tiny_with_real_tokenizer):
     model, tok = tiny_with_real_tokenizer
     kw = dict(preset="greedy", limit=3, max_new_tokens=8, batch_size=2, progress=False)
@@ -86,18 +87,20 @@ def test_generation_writes_as_it_goes_and_resumes(tmp_path, tiny_with_real_token
     assert len(r3["per_seed"]) == 2 and "pass@1" in r3 and "pass@10" not in r3
 
 
+@pytest.mark.slow
 def test_greedy_humaneval_on_the_real_model(tmp_path, smollm2):
     model, tok, _ = smollm2
     r = evaluate_humaneval(model, tok, tmp_path, preset="greedy", task_ids=["HumanEval/0", "HumanEval/2",
                            "HumanEval/4", "HumanEval/7"], max_new_tokens=96, batch_size=4, progress=False)
-    samples = [json.loads(l) for l in (tmp_path / "samples-greedy-seed0.jsonl").read_text().splitlines()]
-    outcomes = [json.loads(l) for l in (tmp_path / "results-greedy-seed0.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "samples-greedy-seed0.jsonl").read_text().splitlines()]
+    outcomes = [json.loads(line) for line in (tmp_path / "results-greedy-seed0.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and any(s["raw"].strip() for s in samples)  # a 135M model may still miss some
     assert sorted(o["task_id"] for o in outcomes) == sorted(s["task_id"] for s in samples)
     assert all(r["per_seed"][0]["per_task"][t]["n"] == 1 for t in r["per_seed"][0]["per_task"])
     assert 0 <= r["pass@1"]["mean"] <= 100 and r["pass@1"]["ci_low"] <= r["pass@1"]["mean"]
 
 
+@pytest.mark.slow
 def test_speed_and_size_on_a_tiny_model():
     dense = tiny_model("llama", hidden_size=64, intermediate_size=256, num_hidden_layers=2)
     comp = copy.deepcopy(dense)

@@ -19,7 +19,8 @@ def _layer(d_out, d_in, n=400, seed=0):
     W = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
     b = torch.randn(d_out, generator=g, dtype=torch.float64)
     mix = torch.randn(d_in, d_in, generator=g, dtype=torch.float64) * torch.logspace(0, -2, d_in, dtype=torch.float64)
-    X = torch.randn(n, d_in, generator=g, dtype=torch.float64) @ mix.T + 3 * torch.randn(d_in, generator=g, dtype=torch.float64)
+    X = (torch.randn(n, d_in, generator=g, dtype=torch.float64) @ mix.T
+         + 3 * torch.randn(d_in, generator=g, dtype=torch.float64))
     return W, b, X
 
 
@@ -195,6 +196,7 @@ def test_skip_first_counts_exactly_the_later_positions_of_every_window():
         CompressionConfig(skip_first=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES)
 def test_asvd_is_plain_svd_at_alpha_zero_and_minimises_its_scaled_error(shape):
     """alpha = 0 scales nothing: the projector equals svd's. Any alpha: W' = U_r U_r^T W is the best rank-r

@@ -108,6 +108,7 @@ def _lm_batches(steps, seed=3):
         yield {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [False, True])
 def test_lora_merges_into_the_factors_as_a_change_of_rank_at_most_r(group):
     model = _lord_model(group)
@@ -180,6 +181,7 @@ def test_the_lord_model_trains_with_less_memory_for_its_weights():
     assert b["model_params"] < a["model_params"] and b["state_bytes"] < a["state_bytes"]
 
 
+@pytest.mark.slow
 def test_the_presets_quick_points_run_end_to_end_and_reach_the_table(tmp_path, smollm2):
     """a5_lora on SmolLM2-135M (quick profile, 3 steps): the dense model with instruction LoRA, a LoRD model
     before and after healing -- what the stage records and the analysis table built from the results."""

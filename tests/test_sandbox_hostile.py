@@ -511,7 +511,8 @@ def test_roots_fallback_without_a_user_namespace_holds_too():
     assert not fallback.user_namespace and iso._probe(fallback) is None
     assert not fallback.protections()["user_namespace"] and fallback.protections()["seccomp"]
     nr = seccomp._NUMBERS[seccomp.machine()]
-    probe = SYSCALL + (f"    import os\n    return [os.getuid(), sc({nr['unshare']}, 0x10000000), sc({nr['clone3']}, 0, 0)]"
+    probe = SYSCALL + (f"    import os\n    return [os.getuid(), sc({nr['unshare']}, 0x10000000), "
+                       f"sc({nr['clone3']}, 0, 0)]"
                        "\n")
     outputs, why = run_calls(SEVEN, probe, [plain.encode([[], {}])], FAST, fallback)
     assert why is None, why

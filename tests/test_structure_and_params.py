@@ -139,6 +139,7 @@ def test_table_1_model_sizes(key):
             assert math.floor(got * 10) / 10 == pytest.approx(printed), (name, rank, got)
 
 
+@pytest.mark.slow
 def test_streaming_and_kept_bases_give_the_same_model(probe_ids, tmp_path):
     """compress_model streams float64 bases; a Compressor reusing float32 bases (in memory or on disk) gives the
     same model to float32 precision, restores the dense model exactly, and never recomputes a kept basis."""
@@ -176,6 +177,7 @@ def test_streaming_and_kept_bases_give_the_same_model(probe_ids, tmp_path):
     assert torch.equal(d(probe_ids).logits, e(probe_ids).logits)
 
 
+@pytest.mark.slow
 def test_a_selection_inside_a_cached_one_reads_its_statistics_and_bases(tmp_path):
     """One block's statistics are the all-block pass's numbers for that block (hooks only read): a selection
     inside a cached one reads that file (no calibration), equals a fresh pass bit for bit, and shares its bases;

@@ -45,6 +45,7 @@ def test_pin_and_second_fetch_is_a_no_op(smollm2):
     assert marker.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_perplexity_finite_and_far_below_shuffled(smollm2, windows):
     model, _, _ = smollm2
     _, val = windows
@@ -56,6 +57,7 @@ def test_perplexity_finite_and_far_below_shuffled(smollm2, windows):
     assert ppl_shuffled > 5 * ppl
 
 
+@pytest.mark.slow
 def test_greedy_generation_returns_text(smollm2):
     model, tok, _ = smollm2
     ids = tok("def fibonacci(n):\n", return_tensors="pt")
@@ -64,6 +66,7 @@ def test_greedy_generation_returns_text(smollm2):
     assert text.strip()
 
 
+@pytest.mark.slow
 def test_mlp_down_compression_on_a_real_model(smollm2, windows):
     """Full rank leaves perplexity unchanged; a 10% rank reduction raises it a little (empirical bound)."""
     model, _, _ = smollm2
@@ -130,6 +133,7 @@ def test_corrupted_cache_is_rebuilt(tmp_path, monkeypatch):
     assert zoo._marker_valid(d) is None
 
 
+@pytest.mark.slow
 def test_quant_steps_are_the_gguf_code_steps_and_land_on_the_right_weights(smollm2):
     """Every quantized tensor of the real SmolLM2 GGUF (Q4_1, Q8_0): (value − value at the lowest codes) / Δ is an
     integer code in the format's range, so Δ is the step; gguf_steps maps it onto the converted model (it checks
@@ -161,6 +165,7 @@ def test_quant_steps_are_the_gguf_code_steps_and_land_on_the_right_weights(smoll
     assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.29.mlp.down_proj.weight"} <= set(steps)
 
 
+@pytest.mark.slow
 def test_quant_noise_stays_within_half_a_step_and_keys_the_cache_anew(smollm2, tmp_path):
     from omegaconf import OmegaConf
 

@@ -6,6 +6,9 @@
 Writes results/benchmarks/calibration-<model>-<kinds>.json: plain-forward time over the calibration
 windows (with logits, as a user would run the model), calibration time over the same windows, their
 ratio, time to decompose and replace every target, and the process's peak resident memory.
+
+Time: ~2.5 min on a 2-core CPU, measured (0.5B, mlp_down, 8 windows); ~12 min on a 2-core CPU, measured (1.5B, all
+kinds grouped, 4 windows)
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
    at-a-time generation speed ratio measured on the first ``--ratio-problems`` problems;
 3. the speed and size table for the dense model and for ``mlp_down`` decomposed (LoRD) at 50 % rank
    reduction, measured in the same process.
+
+Time: ~33 min on a 2-core CPU, measured (qwen2.5-coder-0.5b; greedy HumanEval is 17 min of it)
 """
 
 from __future__ import annotations

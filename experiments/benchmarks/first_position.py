@@ -16,6 +16,8 @@ target, in its *output* space ``z = W x`` (input-side statistics are mapped thro
   of that % rank reduction with and without the first ``k`` positions (1: the same subspace).
 
 Writes results/benchmarks/first-position-<model>.json. Statistics only; the model is not evaluated.
+
+Time: ~5 min on a 2-core CPU, measured (0.5B, 16 windows)
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ can differ). And the time of one decode step by the number of rows (``--widths``
 machine at all) with the width ``lord.humaneval.width`` chooses from it, which ``--batch-size auto`` uses.
 Writes results/benchmarks/humaneval-throughput-<model>-<problems>.json (greedy) or
 humaneval-throughput-sampled-<model>-<problems>x<samples>.json.
+
+Time: ~15 min on a 2-core CPU, measured (greedy, --problems 64: the three modes 852 s)
 """
 
 from __future__ import annotations

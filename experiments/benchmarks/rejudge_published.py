@@ -7,6 +7,8 @@ again (isolation as chosen by ``LORD_SANDBOX``, default namespaces where they wo
 with the committed row. The committed rows came from the previous sandbox, whose verdict was an exit status;
 a difference is either a forgery that sandbox let through or a regression — the JSON lists each one with the
 completion, so it can be told which. Writes results/benchmarks/rejudge-<root name>.json.
+
+Time: 2-4.5 min on a 2-core CPU, measured (the 984 Table 1 samples, 2 workers: 108 s and 260 s in two runs)
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ The factors are random too (``nn.Linear`` initialisation). After one discarded w
 measured right after the same dense model (restored between ranks), so slow drift cancels in the ratios.
 ``--model`` takes a shipped paper config (``lord/model_configs``) or a config.json.
 Writes results/benchmarks/speed-from-config-<model>-<device>-<dtype>.json.
+
+Time: 93 s on one H100, measured (StarCoder-16B, float16, --time-compression 128)
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ then measured on ``--probe-windows`` *validation* windows, block by block, on th
 * ``rel_err_out`` = ‖down(h′) − down(h)‖ / ‖down(h)‖ (the MLP output, ``down`` dense).
 
 Writes results/benchmarks/swiglu-<model>[-grouped].json. No perplexity is evaluated.
+
+Time: ~7 min on a 2-core CPU, measured (0.5B, --group)
 """
 
 from __future__ import annotations

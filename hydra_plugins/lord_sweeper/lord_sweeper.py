@@ -17,7 +17,6 @@ job failed.
 """
 
 
-import itertools
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_method
+
+from lord.presets import preset_points  # shared with `lord ls`, which counts a preset's points without Hydra
 
 log = logging.getLogger("lord.sweep")
 
@@ -45,14 +46,6 @@ class LordSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lord", node=LordSweeperConf, provider="lord")
-
-
-def preset_points(grid: dict | None, plus: list | None, points: list | None) -> list[list[str]]:
-    """A preset's points: ``plus`` first, then ``points`` or the grid's cartesian product."""
-    grid = dict(grid or {})
-    product = [[f"{k}={v}" for k, v in zip(grid, combo)] for combo in itertools.product(*grid.values())]
-    main = [list(p) for p in points or []] or (product if grid else [])
-    return [list(p) for p in plus or []] + main or [[]]
 
 
 def expand(conf_dir: str, preset: str, command_line=()) -> list:

@@ -107,6 +107,16 @@ def allocate(candidates: list[Candidate], percent: float, criterion: str, step: 
     return fit_to_budget(candidates, ranks, allowed_parameters(candidates, percent), step)
 
 
+def rank_options(c: Candidate, grid, step: int) -> list[int | None]:
+    """Dense, and the rank keeping ``1 - f/100`` of ``c``'s parameters for each ``f`` of ``grid`` (distinct)."""
+    ranks = [None]
+    for f in grid:
+        r = c.rank_for_fraction(1 - f / 100, step)
+        if r is not None and r not in ranks:
+            ranks.append(r)
+    return ranks
+
+
 def check_budget(candidates: list[Candidate], percent: float, step: int, grid=None) -> None:
     """Raise when even the smallest rank everywhere cannot remove ``percent`` % (before any statistics); with
     ``grid`` (the % removed per matrix that an exact allocation offers, ``lord.allocation.knapsack``), when even
@@ -116,8 +126,6 @@ def check_budget(candidates: list[Candidate], percent: float, step: int, grid=No
         least = sum(c.kept(step) if c.max_rank(step) >= step else c.dense_params for c in candidates)
         how = f"with every matrix at rank {step}"
     else:
-        from lord.allocation.knapsack import rank_options
-
         least = sum(min(c.kept(r) for r in rank_options(c, grid, step)) for c in candidates)
         how = f"with every matrix at its largest option, {max(grid):g} % removed"
     most = 100 * (dense - least) / dense if dense else 0.0

@@ -19,7 +19,7 @@ criterion's grid, plus dense; ``fit_to_budget`` then gives back whole rank steps
 
 from __future__ import annotations
 
-from lord.allocation.base import ALLOCATORS, Allocator, Candidate, allowed_parameters
+from lord.allocation.base import ALLOCATORS, Allocator, Candidate, allowed_parameters, rank_options
 from lord.errors import LordError
 
 LOSS_ESTIMATE_GRID = tuple(range(5, 100, 5))  # % of a matrix's parameters removed: the options of loss_estimate
@@ -48,16 +48,6 @@ def solve_choice(items: list[list[tuple[int, float]]], allowed: int) -> list[int
     if pulp.LpStatus[status] != "Optimal":
         raise LordError(f"the allocation's integer program ended {pulp.LpStatus[status]!r}, not optimal")
     return [max(range(len(row)), key=lambda o: row[o].value() or 0.0) for row in x]
-
-
-def rank_options(c: Candidate, grid, step: int) -> list[int | None]:
-    """Dense, and the rank keeping ``1 - f/100`` of ``c``'s parameters for each ``f`` of ``grid`` (distinct)."""
-    ranks = [None]
-    for f in grid:
-        r = c.rank_for_fraction(1 - f / 100, step)
-        if r is not None and r not in ranks:
-            ranks.append(r)
-    return ranks
 
 
 class ExactChoice(Allocator):

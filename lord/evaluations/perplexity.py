@@ -33,7 +33,8 @@ class Perplexity(Evaluation):
 
     def baseline(self, ctx) -> dict:
         val = ctx.data.windows("validation")
-        f = ctx.cache.root / "dense" / f"{content_key(ctx.cache.model_key, tensor_hash(val), self.options.batch_size)}.json"
+        key = content_key(ctx.cache.model_key, tensor_hash(val), self.options.batch_size)
+        f = ctx.cache.root / "dense" / f"{key}.json"
         dense = read_json(f)
         if dense is None or "window_nll" not in dense:  # cached before per-window NLL was recorded
             dense = self._run(ctx)

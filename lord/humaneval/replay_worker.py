@@ -11,11 +11,11 @@ timeout — decoding hostile values (plain.decode) happens there too, so it cann
             test calls and are not recorded). ``random`` is seeded before the tests load, so tests that draw
             random inputs draw the same ones in every process. Then replay the canonical outputs (below):
             a task whose replay does not pass cannot be judged by replay and is reported with the reason.
-``replay``  Load the prompt and canonical solution (the dataset's code, never the completion) and the tests, seed ``random`` the
-            same way, and run ``check`` with a stub candidate that, call by call, checks the arguments equal
-            the recorded ones and returns the recorded value (decoded by plain.decode: builtins only), or
-            raises the recorded exception, or applies the recorded change to mutable arguments. The verdict
-            is whether ``check`` finishes.
+``replay``  Load the prompt and canonical solution (the dataset's code, never the completion) and the tests,
+            seed ``random`` the same way, and run ``check`` with a stub candidate that, call by call, checks the
+            arguments equal the recorded ones and returns the recorded value (decoded by plain.decode: builtins
+            only), or raises the recorded exception, or applies the recorded change to mutable arguments. The
+            verdict is whether ``check`` finishes.
 """
 
 import builtins

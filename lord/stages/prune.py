@@ -49,8 +49,7 @@ class Prune(Stage):
         spec = prune_spec(self.cfg)
         if spec.n_m is None:
             return
-        from lord.architectures import architecture_for
-        from lord.pruning import block_linears
+        from lord.architectures import architecture_for, block_linears
         from lord.stages.calibrate import architecture
         from lord.stages.decompose import planned_decompositions
 
