@@ -5,7 +5,15 @@ import torch
 
 # the suite uses the one cache root (lord.zoo.cache_root: $LORD_CACHE, else ~/.cache/lord), so a zoo model
 # fetched by the experiments is not fetched again; tests that must start empty use a temporary folder
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+#
+# threads: the cores shared among pytest-xdist's workers (pytest.ini runs one per core, at most 4), so that two
+# workers never ask for more threads than there are cores (OpenMP oversubscription makes a run many times slower);
+# subprocesses that tests start inherit the same count through the environment
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS) if _WORKERS > 1 else min(2, os.cpu_count() or 1)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 VOCAB = 97
 
