@@ -261,9 +261,12 @@ def benchmark_figures(a: Analysis) -> list[Path]:
 
 
 # beyond the paper ----------------------------------------------------------------------------------------------
+PARETO_EXPERIMENTS = ("pareto", "pareto_corpus", "pareto_large")  # pareto_neurons writes into pareto's folder
+
+
 @ARTEFACTS.register("pareto")
 def pareto_artefact(a: Analysis) -> list[Path]:
-    e = a.everything
+    e = a.everything[a.everything.experiment.isin(PARETO_EXPERIMENTS)]
     if not len(pareto.budget_rows(e)):
         return []
     return (a.table(e, "pareto", pareto.pareto_table, "Quality at equal parameters: perplexity increase vs % of the "
@@ -272,6 +275,19 @@ def pareto_artefact(a: Analysis) -> list[Path]:
                     pareto.pareto_figure)
             + tables.write(pareto.pareto_summary(e), a.out / "table_pareto_summary",
                            caption(pareto.budget_rows(e), "Perplexity increase (%) at each budget")))
+
+
+@ARTEFACTS.register("tuning")
+def tuning(a: Analysis) -> list[Path]:
+    """The settings of issue 35's methods tried on the stdlib corpus before any curve is run (experiment=tune_sota):
+    where the choice of the pareto curves' settings comes from."""
+    e = a.of("tune_sota")
+    if not len(pareto.budget_rows(e)):
+        return []
+    return a.table(e, "tuning", pareto.pareto_table, "Settings tried on the stdlib corpus (experiment=tune_sota, "
+                   "the corpus settings are chosen on): perplexity increase at a budget of the blocks' linear-layer "
+                   "parameters removed, per method, allocation, stage and option ([key=value]: the option in which "
+                   "runs of one point differ)")
 
 
 @ARTEFACTS.register("pareto_humaneval")

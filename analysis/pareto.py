@@ -42,7 +42,8 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in d.iterrows():
         dense_targets = r.get("dense_targets")
-        rows.append([r.model, r.get("corpus") or "", label(r.method, r.rank_unit, r.setting), r.rank_value,
+        name = label(r.method, r.rank_unit, r.setting) + (f" [{r.variant}]" if r.get("variant") else "")
+        rows.append([r.model, r.get("corpus") or "", name, r.rank_value,
                      r.target_params_removed_percent,
                      r.perplexity_increase_percent, r.ppl_increase_ci, float(np.log(r.perplexity / r.dense_perplexity)),
                      dense_targets, r.compression_seconds,

@@ -23,7 +23,7 @@ from lord.evaluations import EVALUATIONS, get_evaluation
 from lord.identity import run_identity, weights_id
 from lord.methods import METHODS
 from lord.models import load_config_only
-from lord.naming import setting_tag
+from lord.naming import method_tag, setting_tag
 from lord.params import meta_model
 from lord.run_context import DATA_SOURCES, RunData
 from lord.stages import STAGES, build_stages
@@ -205,7 +205,7 @@ def result_stem(cfg: DictConfig, evaluation) -> Path:
     ``.blocks<i>``: only these blocks (layers.indices, e.g. blocks0-2+7)."""
     model = str(cfg.model.name).replace("/", "--")
     dense = not METHODS.get(cfg.method.name).decomposes
-    method = cfg.method.name + setting_tag(cfg)  # e.g. lord_meanfix-skip1, whiten+quant_noise
+    method = cfg.method.name + method_tag(cfg) + setting_tag(cfg)  # e.g. lord_meanfix-skip1, kfac-damping0.1
     blocks = block_label(cfg.layers.get("indices"))
     layers = "none" if dense else cfg.layers.name + (f".{blocks}" if blocks else "")
     tag = "dense" if dense else rank_tag(cfg)

@@ -31,3 +31,8 @@ def configure(level: str | int = "INFO") -> None:
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
+    # a library's logging.config.dictConfig (disable_existing_loggers defaults to True) disables every logger that
+    # existed before it, lord's included; an entry point shows lord's own messages whatever ran before it
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (name == "lord" or name.startswith("lord.")):
+            logger.disabled = False

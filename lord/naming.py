@@ -7,6 +7,10 @@ without the first k positions), ``-cal<n>`` (n calibration windows instead of ``
 ``-refitridge<y>`` for ridges other than the defaults), ``+<stage>`` (each
 stage besides calibrate and decompose, with its settings: ``+quantize4bit``); "" for the profile's own
 calibration and stages. Analysis keeps runs whose ``intervention_tag`` differs apart as different settings.
+
+``method_tag`` comes first, right after the method's name: ``-<option><number>`` or ``-<word>`` for each of the
+method's options that differs from its registered default (``kfac-damping0.1``, ``kfac-diagonal``); "" at the
+defaults, so a method's default runs keep their folder.
 """
 
 from __future__ import annotations
@@ -16,6 +20,23 @@ DEFAULT_STAGES = ("calibrate", "decompose")
 
 def _get(node, key, default=None):
     return node.get(key, default) if node is not None else default
+
+
+def method_tag(cfg) -> str:
+    """``-<option><number>`` (or ``-<word>`` for a string option) for each option of the run's method that differs
+    from the method's own default (the ``config_class`` of ``lord.methods``), in the order of its fields; "" when all
+    are at their defaults."""
+    import dataclasses
+
+    from lord.methods import METHODS
+
+    method = cfg["method"]
+    name = method["name"]
+    if name not in METHODS:
+        return ""
+    changed = [(f.name, method[f.name]) for f in dataclasses.fields(METHODS.get(name).config_class)
+               if f.name != "name" and f.name in method and method[f.name] != f.default]
+    return "".join(f"-{value}" if isinstance(value, str) else f"-{key}{value:g}" for key, value in changed)
 
 
 def setting_tag(cfg) -> str:

@@ -289,3 +289,22 @@ def test_two_job_sweep_through_the_submitit_local_launcher(tmp_path, smollm2):
     assert sorted(r["config"]["method"]["name"] for r in results) == ["dense", "svd"]
     assert all(r["status"] == "ok" for r in results)
     assert list((tmp_path / "multirun").rglob("*_submitted.pkl"))  # it really went through submitit
+
+
+def test_an_entry_point_shows_lords_messages_after_a_library_disabled_existing_loggers(capsys):
+    """logging.config.dictConfig disables every logger that existed before it unless told otherwise (some libraries
+    call it on import); the sweep's summary line must still reach stderr (it did not, depending on test order)."""
+    import logging
+    import logging.config
+
+    from lord import logs
+
+    sweep = logging.getLogger("lord.sweep")
+    try:
+        logging.config.dictConfig({"version": 1})  # disable_existing_loggers defaults to True
+        assert sweep.disabled
+        logs.configure()
+        sweep.info("sweep: 1 jobs")
+        assert "[lord.sweep] sweep: 1 jobs" in capsys.readouterr().err
+    finally:
+        sweep.disabled = False

@@ -1,6 +1,8 @@
 """The loss-aware method ``kfac`` (lord/methods/kfac.py, lord/curvature.py): its statistics are the loss's own
 gradients, it equals ``whiten`` when G = I, and its rank-r map minimises the K-FAC loss estimate."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,3 +137,21 @@ def test_statistics_that_do_not_fit_are_refused_before_weights_load(monkeypatch)
     with pytest.raises(LordError, match=r"needs 6\.\d GiB .* use method.output_metric=diagonal"):
         _kfac().check_targets(model, targets)
     _kfac(output_metric="diagonal").check_targets(model, targets)  # diag G and A: ~2.5 GiB
+
+
+def test_a_method_option_off_its_default_names_its_own_result_folder():
+    """Two runs of one point that differ only in a method option get different result names (the preset test
+    demands distinct names); at the defaults the folder is the method's name, as every published result has it."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments import records
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    stems = {}
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        for extra in ([], ["method.damping=0.1"], ["method.output_metric=diagonal"], ["method.damping=0.01"]):
+            cfg = compose("config", overrides=["method=kfac", "layers=all", "rank.unit=budget", "rank.value=10",
+                                               *extra])
+            stems[tuple(extra)] = records.result_stem(cfg, records.validate(cfg)[1]).parent.parent.name
+    assert stems == {(): "kfac", ("method.damping=0.1",): "kfac-damping0.1",
+                     ("method.output_metric=diagonal",): "kfac-diagonal", ("method.damping=0.01",): "kfac"}
