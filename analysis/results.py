@@ -31,11 +31,12 @@ COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method",
            "identity", "variant", "path"]
 
 # what makes two runs the same measurement, whichever preset ran them (``corpus``: the validation corpus;
+# ``calibration_draw``: calibration windows drawn at random with that seed, a measurement of its own, not a variant;
 # ``setting``: statistics without the first
 # positions, extra stages -- lord.naming.intervention_tag; ``blocks``: layers.indices); ``variant`` names the
 # config keys in which two runs of one such point differ, empty when they do not
 SETTING = ["eval", "model", "corpus", "method", "setting", "calibration", "layers", "blocks", "rank_unit",
-           "rank_value", "quant_bits", "prune", "variant"]
+           "rank_value", "quant_bits", "prune", "calibration_draw", "variant"]
 
 
 # config keys added after results were published, with the value that reproduces those runs: a run without

@@ -9,7 +9,10 @@ expects; the verdict is
 * **supported** -- the interval excludes 0 on the side the hypothesis expects;
 * **not supported** -- it excludes 0 on the other side;
 * **not resolved** -- it contains 0 (which is not evidence of no effect);
-* **untestable here** -- no experiment this machine can run decides it (the row says what would).
+* **untestable here** -- no experiment this machine can run decides it (the row says what would);
+* **not run yet** -- its runs are not all in the results folder (``runs`` lists those that are).
+
+``runs`` names each side's result files by the identity their names end with (``A: 142cbe45 ...; B: ...``).
 """
 
 from __future__ import annotations
@@ -112,15 +115,35 @@ def _noise_rows(d: pd.DataFrame) -> list[dict]:
         clean_a.append(parts[2])
         runs += [comp.path.iloc[0], dense.path.iloc[0], clean.path.iloc[0]]
     if not noisy_a:
-        return []
+        return [_pending(NOISE_TEXT, NOISE_A, NOISE_B, "")]
     effect = difference_interval(noisy_a, clean_a, paired_draws=True)
-    return [_row("Quantization-like noise makes the model more sensitive to decomposition (4-bit proxy: "
-                 "uniform noise of one GGUF step added again; all grouped, lord_meanfix, 10 %)",
-                 "Δ over the noisy dense model", "Δ over the clean dense model", noisy_a, clean_a, effect, +1,
-                 len(runs), "additive noise cannot remove the quantization already in the weights: a proxy")]
+    return [_row(NOISE_TEXT, NOISE_A, NOISE_B, noisy_a, clean_a, effect, +1, " ".join(_id8(p) for p in runs),
+                 "additive noise cannot remove the quantization already in the weights: a proxy")]
 
 
-def _row(text, a_label, b_label, a, b, effect, expects, n_runs, note="") -> dict:
+NOISE_TEXT = ("Quantization-like noise makes the model more sensitive to decomposition (4-bit proxy: uniform noise of "
+              "one GGUF step added again; all grouped, lord_meanfix, 10 %)")
+NOISE_A, NOISE_B = "Δ over the noisy dense model", "Δ over the clean dense model"
+
+
+def _id8(path) -> str:
+    """The identity a result file's name ends with (``...-<id8>.json``): the run, findable with ``find -name``."""
+    return str(path).rsplit("-", 1)[-1].removesuffix(".json")
+
+
+def _run_names(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """``A: <id8> <id8> ...; B: <id8> ...``: the result files of each side, in draw order."""
+    return "; ".join(f"{side}: {' '.join(_id8(p) for p in x.path)}" for side, x in (("A", a), ("B", b)) if len(x))
+
+
+def _pending(text, a_label, b_label, runs) -> dict:
+    """A hypothesis whose runs are not (all) published yet: listed, with what it waits for."""
+    return {"hypothesis": text, "experiment": f"experiment={EXPERIMENT}", "side A": a_label, "side B": b_label,
+            "A: ppl increase % [95 % CI]": "", "B: ppl increase % [95 % CI]": "",
+            "effect: Δ log ppl A - B [95 % CI]": "", "runs": runs, "verdict": "not run yet"}
+
+
+def _row(text, a_label, b_label, a, b, effect, expects, runs, note="") -> dict:
     verdict = "not resolved"
     if effect is not None and effect.resolved:
         verdict = "supported" if np.sign(effect.estimate) == expects else "not supported"
@@ -132,7 +155,7 @@ def _row(text, a_label, b_label, a, b, effect, expects, n_runs, note="") -> dict
             "side A": a_label, "side B": b_label, "A: ppl increase % [95 % CI]": pct(ia),
             "B: ppl increase % [95 % CI]": pct(ib),
             "effect: Δ log ppl A - B [95 % CI]": "n/a" if effect is None else f"{effect.estimate:+.4f} {fmt(effect)}",
-            "runs": n_runs, "verdict": verdict if effect is not None else "not measured yet"}
+            "runs": runs, "verdict": verdict if effect is not None else "not measured yet"}
 
 
 def verdict_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -140,15 +163,16 @@ def verdict_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for h in HYPOTHESES:
         a, b = _select(d, h.a), _select(d, h.b)
-        a_d = [x for x in a.window_deltas if isinstance(x, np.ndarray)]
-        b_d = [x for x in b.window_deltas if isinstance(x, np.ndarray)]
-        if not a_d or not b_d or (h.paired_draws and len(a_d) != len(b_d)):
+        a, b = (x[x.window_deltas.map(lambda v: isinstance(v, np.ndarray))] for x in (a, b))
+        if not len(a) or not len(b) or (h.paired_draws and len(a) != len(b)):
+            rows.append(_pending(h.text, h.a.label, h.b.label, _run_names(a, b)))
             continue
+        a_d, b_d = list(a.window_deltas), list(b.window_deltas)
         effect = difference_interval(a_d, b_d, paired_windows=h.paired_windows, paired_draws=h.paired_draws)
-        rows.append(_row(h.text, h.a.label, h.b.label, a_d, b_d, effect, h.expects, len(a_d) + len(b_d)))
+        rows.append(_row(h.text, h.a.label, h.b.label, a_d, b_d, effect, h.expects, _run_names(a, b)))
     rows += _noise_rows(d)
     rows += [{"hypothesis": text, "experiment": "none possible here", "side A": "", "side B": "",
               "A: ppl increase % [95 % CI]": "", "B: ppl increase % [95 % CI]": "",
-              "effect: Δ log ppl A - B [95 % CI]": what, "runs": 0, "verdict": "untestable here"}
+              "effect: Δ log ppl A - B [95 % CI]": what, "runs": "", "verdict": "untestable here"}
              for text, what in UNTESTABLE]
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -57,3 +57,27 @@ def test_window_deltas_and_percent():
     with pytest.raises(ValueError):
         window_deltas([1.0], [1.0, 2.0], 4)
     assert mean_interval([0.1]) is None  # one window: no interval
+
+
+def test_the_verdict_table_names_its_runs_and_lists_what_is_not_run_yet():
+    """A clear effect in the expected direction is 'supported', each side's result files are named by their
+    identity, and every hypothesis without (all) its runs is still listed, as 'not run yet'."""
+    import pandas as pd
+
+    from analysis.verdicts import HYPOTHESES, NOISE_TEXT, UNTESTABLE, verdict_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, level in (("lord", 0.12), ("svd", 0.30)):
+        for draw in ((1, 2, 3) if method == "lord" else (None,)):
+            rows.append({"experiment": "verdict_draws", "eval": "perplexity", "model": "qwen2.5-coder-0.5b",
+                         "method": method, "layers": "mlp_down", "rank_value": 25.0, "rank_unit": "reduction",
+                         "setting": "", "calibration_draw": draw,
+                         "window_deltas": level + rng.normal(0, 0.01, 8),
+                         "path": f"results/x/{method}-{draw}/mlp_down/reduction-25-{len(rows):08x}.json"})
+    t = verdict_table(pd.DataFrame(rows))
+    assert len(t) == len(HYPOTHESES) + 1 + len(UNTESTABLE)  # every hypothesis, the 4-bit proxy, the untestable
+    first = t.iloc[0]
+    assert first.verdict == "supported" and first.runs == "A: 00000000 00000001 00000002; B: 00000003"
+    assert set(t.verdict[1:len(HYPOTHESES)]) == {"not run yet"}
+    assert t[t.hypothesis == NOISE_TEXT].verdict.tolist() == ["not run yet"]
