@@ -62,11 +62,13 @@ class Analysis:
     @property
     def standard(self) -> pd.DataFrame:
         """The paper's settings: every block, every window position counted, no extra stage, no budget, the fixed
-        calibration windows (runs with skip_first, extra stages, a subset of blocks or a budget are in the diagnosis
-        and pareto artefacts; runs on randomly drawn calibration windows in the verdicts)."""
+        calibration windows, a model from the zoo or the hub (runs with skip_first, extra stages, a subset of blocks or
+        a budget are in the diagnosis and pareto artefacts; runs on randomly drawn calibration windows in the
+        verdicts; a saved checkpoint loaded again -- model source ``lord-compressed`` -- in its own experiment)."""
         e = self.everything
         keep = ((e.setting.fillna("") == "") & (e.blocks.fillna("") == "")
-                & ~e.rank_unit.fillna("").str.startswith("budget") & e.calibration_draw.isna())
+                & ~e.rank_unit.fillna("").str.startswith("budget") & e.calibration_draw.isna()
+                & (e.model_source.fillna("") != "lord-compressed"))
         return e[keep]
 
     def of(self, experiment: str) -> pd.DataFrame:

@@ -11,10 +11,10 @@ from analysis.intervals import CI_MISSING, fmt, increase_percent, mean_interval,
 from lord.architectures import block_label
 from lord.naming import intervention_tag
 
-COLUMNS = ["experiment", "profile", "eval", "model", "gguf_file_type", "method", "setting", "calibration", "layers",
-           "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity", "dense_perplexity",
-           "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low", "ppl_increase_ci_high",
-           "window_deltas",
+COLUMNS = ["experiment", "profile", "eval", "model", "model_source", "gguf_file_type", "method", "setting",
+           "calibration", "layers", "blocks", "group", "rank_unit", "rank_value", "ranks", "perplexity",
+           "dense_perplexity", "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low",
+           "ppl_increase_ci_high", "window_deltas",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high",
            "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high",
            "humaneval_preset", "humaneval_seeds", "max_new_tokens", "n_tasks",
@@ -92,7 +92,8 @@ def _row(r: dict, path: Path) -> dict:
     val = (r.get("data") or {}).get("validation") or {}
     return {
         "experiment": r["experiment"], "profile": r.get("profile"), "eval": r.get("eval", "perplexity"),
-        "model": r["model"]["name"], "gguf_file_type": r["model"].get("gguf_file_type"),
+        "model": r["model"]["name"], "model_source": r["model"].get("source"),
+        "gguf_file_type": r["model"].get("gguf_file_type"),
         "method": cfg["method"]["name"], "setting": intervention_tag(cfg), "calibration": cfg["calibration"]["mode"],
         "layers": cfg["layers"]["name"],
         "blocks": block_label(cfg["layers"].get("indices")), "group": cfg["layers"]["group"],

@@ -613,3 +613,16 @@ def test_table1_sets_greedy_and_sampled_pass_at_k_next_to_the_papers_values():
     assert t.loc["lord", "paper StarCoder-16B pass@1"] == pytest.approx(33.18)  # Table 1 at 27.08 %
     assert t.loc["dense", "paper StarCoder-16B pass@10"] == pytest.approx(48.28)
     assert list(t.index) == ["dense", "lord"]
+
+
+def test_the_paper_tables_leave_out_draws_budgets_and_a_saved_checkpoint_loaded_again(tmp_path):
+    """``Analysis.standard`` (what the paper-style tables read) keeps only runs at the paper's settings on a zoo or
+    hub model: a calibration draw, a budget run, a run with an intervention, and a saved lord checkpoint loaded
+    again (model source ``lord-compressed``, named by its folder) each stay out."""
+    from analysis.artefacts import Analysis
+
+    base = {"setting": "", "blocks": "", "rank_unit": "reduction", "calibration_draw": None, "model_source": "zoo"}
+    rows = {"paper": {}, "draw": {"calibration_draw": 2}, "budget": {"rank_unit": "budget-greedy"},
+            "skip": {"setting": "-skip1"}, "loaded": {"model_source": "lord-compressed"}, "hub": {"model_source": None}}
+    e = pd.DataFrame([{**base, **change, "name": name} for name, change in rows.items()])
+    assert sorted(Analysis(everything=e, out=tmp_path).standard.name) == ["hub", "paper"]
