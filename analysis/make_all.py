@@ -66,7 +66,9 @@ def make_all(results: Path, out: Path, benchmarks: Path | None = None) -> dict:
     index += [f"- [{p.name}]({p.name})" for p in written]
     if (~standard).any():
         index += ["", f"{int((~standard).sum())} runs with statistics without the first positions, extra stages, "
-                      "a subset of blocks or a parameter budget are in the diagnosis and pareto tables only."]
+                      "a subset of blocks, a parameter budget, randomly drawn calibration windows, or a saved "
+                      "checkpoint loaded again are in the diagnosis, pareto, verdict and their own experiments' "
+                      "tables only."]
     variants = everything.attrs.get("variants", [])
     if variants:  # runs of one point with different configs: each kept as its own row/line, never averaged
         index += ["", "## Points run with different configurations", ""]
