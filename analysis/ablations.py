@@ -139,8 +139,11 @@ PASS_COLUMNS = ["model", "method", "layers", "rank", "setting", "ppl increase %"
                 "pass@1 %", "pass@1 CI low %", "pass@1 CI high %", "pass@1 relative to dense %"]
 # what makes a HumanEval run and a perplexity run the same compression: everything of analysis.results.SETTING but
 # the evaluation (the rank's unit names a budget's allocation; ``setting`` names extra stages: lora, quantize, ...)
+# ``corpus`` is the validation text (a HumanEval run records the config's, which its perplexity twin must share), and
+# the calibration keys say which windows the statistics came from (corpus, random draw, count, length)
 SAME_COMPRESSION = ["model", "method", "setting", "calibration", "layers", "blocks", "rank_unit", "rank_value",
-                    "quant_bits", "prune"]
+                    "quant_bits", "prune", "corpus", "calibration_corpus", "calibration_draw", "calibration_windows",
+                    "calibration_seq_len"]
 
 
 def _same_compression_key(df: pd.DataFrame) -> pd.DataFrame:
@@ -153,11 +156,14 @@ def _same_compression_key(df: pd.DataFrame) -> pd.DataFrame:
 def humaneval_vs_perplexity(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Greedy pass@1 next to the perplexity increase of the *same* compression: a HumanEval run is paired only with a
     perplexity run equal in every key of ``SAME_COMPRESSION`` (method, layers, rank unit -- a budget's allocation
-    included -- and value, stages, calibration mode, block subset, quantization, pruning). The dense model (no
+    included -- and value, stages, calibration mode, block subset, quantization, pruning, validation corpus, and
+    the calibration windows: corpus, draw, count, length). The dense model (no
     stage) is each model's first row, with no increase by definition. Per model, the Spearman rank correlation
     between Δ log ppl and pass@1 over the paired points (dense included): {model: (rho, n)}."""
     df = with_ci(df)
-    ev = _same_compression_key(df[(df["eval"] == "humaneval") & (df.skip_first.fillna(0).astype(int) == 0)])
+    greedy = df.get("humaneval_preset", pd.Series("greedy", index=df.index)).fillna("greedy") == "greedy"
+    ev = _same_compression_key(df[(df["eval"] == "humaneval") & (df.skip_first.fillna(0).astype(int) == 0)
+                                  & greedy])
     ppl = _same_compression_key(df[(df["eval"] == "perplexity") & (df.skip_first.fillna(0).astype(int) == 0)
                                    & (df.method != "dense")].copy())
     ppl["log_ppl_increase"] = np.log(ppl.perplexity.astype(float)) - np.log(ppl.dense_perplexity.astype(float))

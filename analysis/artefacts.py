@@ -26,13 +26,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import ablations, analytic, composition, figures, humaneval_failures, pareto, rank_sweep, tables
+from analysis import (ablations, analytic, anchor_fit, composition, figures, humaneval_failures, pareto, rank_sweep,
+                      tables)
 from analysis.results import for_artefact, load_speed_benchmarks, same_models_as
 from lord.params import zoo_model_configs
 from lord.registry import Registry
 
 ARTEFACTS: Registry = Registry("analysis artefact", "analysis")
-ALWAYS = ("paper_values", "analytic", "benchmark_figures", "gpu_speed", "humaneval_failures", "run_times")
+ALWAYS = ("paper_values", "analytic", "benchmark_figures", "gpu_speed", "humaneval_failures", "run_times",
+          "dense_baselines")
 # what results of an experiment that no preset names get (an ad-hoc sweep, experiment_name=my_sweep): the tables and
 # figures that read any run of the standard settings
 FOR_ANY_RESULTS = ("perplexity_table", "table1_humaneval", "speed", "methods", "fig1", "fig2")
@@ -287,10 +289,18 @@ def tuning(a: Analysis) -> list[Path]:
     e = a.of("tune_sota")
     if not len(pareto.budget_rows(e)):
         return []
-    return a.table(e, "tuning", pareto.pareto_table, "Settings tried on the stdlib corpus (experiment=tune_sota, "
-                   "the corpus settings are chosen on): perplexity increase at a budget of the blocks' linear-layer "
-                   "parameters removed, per method, allocation, stage and option ([key=value]: the option in which "
-                   "runs of one point differ)")
+    written = a.table(e, "tuning", pareto.pareto_table, "Settings tried on the stdlib corpus (experiment=tune_sota, "
+                      "the corpus settings are chosen on): perplexity increase at a budget of the blocks' "
+                      "linear-layer parameters removed, per method, allocation, stage and option ([key=value]: the "
+                      "option in which runs of one point differ)")
+    anchored = e[e.setting.fillna("").str.contains("anchor")]
+    if len(anchored):
+        written += a.table(anchored, "anchor_fit", anchor_fit.anchor_fit_table,
+                           "The anchor stage layer by layer, from each run's record (stages.anchor.targets): layers "
+                           "whose objective on the calibration tokens the fit raised (above float rounding), layers "
+                           "worse than the decomposition on the held-out batch and their blocks, and the ridge each "
+                           "layer chose on that batch (relative to the mean eigenvalue)")
+    return written
 
 
 @ARTEFACTS.register("pareto_humaneval")
@@ -379,3 +389,13 @@ def run_times(a: Analysis) -> list[Path]:
                         "Time of the runs as they recorded it (sum of each result's timings: load, dense baseline, "
                         "stages, evaluation), per experiment, model, evaluation and device. Runs that shared the "
                         "machine with other jobs took longer than they would alone")
+
+
+@ARTEFACTS.register("dense_baselines")
+def dense_baselines(a: Analysis) -> list[Path]:
+    """The dense perplexity of each model as the sessions' machines measured it (docs: reproduce)."""
+    return tables.write(tables.dense_baselines_table(a.everything), a.out / "table_dense_baselines",
+                        "Dense perplexity as each run measured its own baseline, per model and validation text, with "
+                        "how many results hold each value: the same weights on the same windows, measured on the "
+                        "CPUs of different sessions (runs whose setting changes the dense model are left out)",
+                        numparse=False)

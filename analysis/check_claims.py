@@ -13,10 +13,14 @@ skipped too.
 Where numbers are looked for: every number in the JSON files under ``results/published`` and
 ``results/benchmarks``, the tables under ``docs/generated``, the paper's values (``analysis/paper/*.csv``) and
 the configs (``conf/``). A printed number matches a source value when the value, or 100 times it (a fraction
-shown in %), rounds to it at the printed precision; a duration matches a recorded time in seconds within 1 %,
-or the sum of one experiment's recorded times within 15 %. A claim that should stay although it is listed (a
-value computed in the prose from two traced numbers, say) goes in ``analysis/claims_allowlist.txt`` with its
-reason: ``<file>:<number>  <why>``.
+shown in %), rounds to it at the printed precision; a duration matches a recorded time in seconds that rounds
+to it ("10 min 31 s": 630.5-631.5 s; "13 min": 750-810 s), or the sum of one experiment's recorded times within
+15 %. A count out of a total ("4 of 40", "26 of its 44") holds only where one JSON object, or one row of a
+generated table, holds both numbers; a small count of something the results count ("16 tasks", "3 draws") only
+where a key named for it holds that value ("n_tasks": 16). Memory matches any recorded peak at the printed
+precision; with about 1,300 recorded peaks a coincident value can pass, so memory claims are the weakest check.
+A claim that should stay although it is listed (a value computed in the prose from two traced numbers, say) goes
+in ``analysis/claims_allowlist.txt`` with its reason: ``<file>:<number>  <why>``.
 """
 
 from __future__ import annotations
@@ -73,13 +77,28 @@ def prose_lines(text: str):
 
 
 COMPOUND = re.compile(r"(?P<min>\d+)\s?min\s(?P<sec>\d+)\s?s\b")
+# "4 of 40", "26 of its 44", "3 out of 8": a count out of a total, checked as a pair
+PAIR = re.compile(r"(?<![\w.,#])(?P<x>\d[\d,]*)\s+(?:out\s+)?of\s+(?:its\s+|the\s+|all\s+)?(?P<y>\d[\d,]*)"
+                  r"(?![\w.,%]|\s?(?:%|×))")
+# a small count of something the results count, and the words of the keys that count it
+COUNTED = {"task": ("task",), "problem": ("problem", "task"), "sample": ("sample",), "completion": ("sample", "task"),
+           "draw": ("draw",), "seed": ("seed",), "window": ("window",)}
+NOUN_COUNT = re.compile(r"(?<![\w.,#])(?P<n>\d+)\s+(?:\w+\s+)?(?P<noun>" + "|".join(COUNTED) + r")s?\b")
 
 
 def numbers_in(line: str):
-    """(value, decimals, unit, raw) of every checkable number in a prose line ("10 min 31 s" is one duration)."""
+    """(value, decimals, unit, raw) of every checkable number in a prose line ("10 min 31 s" is one duration;
+    a pair "4 of 40" has unit "of" and value (4, 40); "16 tasks" has unit "count:task")."""
     for m in COMPOUND.finditer(line):
         yield int(m.group("min")) * 60 + int(m.group("sec")), 0, "s", m.group(0)
     line = COMPOUND.sub(" ", line)
+    for m in PAIR.finditer(line):
+        if not REFERENCE.search(line[:m.start()]):
+            yield (int(m.group("x").replace(",", "")), int(m.group("y").replace(",", ""))), 0, "of", m.group(0)
+    line = PAIR.sub(" ", line)
+    for m in NOUN_COUNT.finditer(line):
+        if int(m.group("n")) < 100 and not REFERENCE.search(line[:m.start()]):
+            yield int(m.group("n")), 0, f"count:{m.group('noun')}", m.group(0)
     for m in NUMBER.finditer(line):
         raw, num, unit = m.group(0), m.group("num"), (m.group("unit") or "").strip()
         before = line[:m.start()]
@@ -103,18 +122,44 @@ MEMORY = {"GB": 1e9, "GiB": 2**30, "MB": 1e6, "MiB": 2**20, "KB": 1e3, "kB": 1e3
 MEMORY_KEYS = {"mib": 2**20, "gib": 2**30, "bytes": 1, "_mb": 1e6, "_gb": 1e9}
 
 
-def _walk(x, out: list, key: str = ""):
+def _objects(x, out: list) -> None:
+    """For every dict (at any depth) with two or more numbers among its own values, the set of those numbers."""
+    if isinstance(x, dict):
+        own = {abs(float(v)) for v in x.values() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and math.isfinite(v)}
+        if len(own) > 1:
+            out.append(own)
+        for v in x.values():
+            _objects(v, out)
+    elif isinstance(x, list) and len(x) <= LONG_LIST:
+        for v in x:
+            _objects(v, out)
+
+
+def _walk(x, out: list, key: str = "", path: tuple = ()):
+    """(key, value, path) of every number: ``key`` the innermost dict key, ``path`` every key above it."""
     if isinstance(x, bool) or any(s in key for s in SKIPPED_KEYS):
         return
     if isinstance(x, (int, float)):
         if math.isfinite(x):
-            out.append((key, float(x)))
+            out.append((key, float(x), path))
     elif isinstance(x, dict):
         for k, v in x.items():
-            _walk(v, out, str(k))
+            _walk(v, out, str(k), (*path, str(k)))
     elif isinstance(x, list) and len(x) <= LONG_LIST:
         for v in x:
-            _walk(v, out, key)
+            _walk(v, out, key, path)
+
+
+def _seconds_per_unit(path: tuple) -> float | None:
+    """1 for a number recorded in seconds, 1e-3 in milliseconds (by its own key or a dict's above it:
+    ``wall_s: {namespaces: 39.8}``), else None."""
+    for k in reversed(path):
+        if k.endswith("_ms") or k == "ms":
+            return 1e-3
+        if k.endswith("_s") or "second" in k:
+            return 1.0
+    return None
 
 
 class Sources:
@@ -122,6 +167,7 @@ class Sources:
 
     def __init__(self, root: Path = ROOT):
         values: list[tuple[str, float]] = []
+        self.objects: list[set] = []  # the numbers one JSON object, or one generated table row, holds together
         self.durations: list[float] = []
         self.memory: list[float] = []  # bytes
         sums: dict[str, float] = defaultdict(float)
@@ -133,10 +179,11 @@ class Sources:
                     continue
                 found: list = []
                 _walk(data, found)
-                values += found
-                for k, v in found:
-                    if k.endswith("_s") or "second" in k or k in ("wall_s", "seconds"):
-                        self.durations.append(v)
+                values += [(k, v) for k, v, _ in found]
+                _objects(data, self.objects)
+                for k, v, path in found:
+                    if (unit := _seconds_per_unit(path)) is not None:
+                        self.durations.append(v * unit)
                     scale = next((f for s, f in MEMORY_KEYS.items() if s in k.lower()), None)
                     if scale is not None and any(w in k.lower() for w in ("rss", "peak", "memory")):
                         self.memory.append(v * scale)
@@ -144,21 +191,28 @@ class Sources:
                     sums[str(data.get("experiment"))] += sum(v for v in data["timings"].values()
                                                             if isinstance(v, (int, float)))
         for f in list((root / "docs" / "generated").glob("*.md")) + list((root / "analysis" / "paper").glob("*.csv")):
-            for cell in re.findall(r"[+−-]?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", f.read_text()):
-                try:
-                    values.append(("", float(cell.replace(",", "").replace("−", "-"))))
-                except ValueError:
-                    pass
+            for row in f.read_text().splitlines():
+                cells = []
+                for cell in re.findall(r"[+−-]?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", row):
+                    try:
+                        cells.append(float(cell.replace(",", "").replace("−", "-")))
+                    except ValueError:
+                        pass
+                values += [("", v) for v in cells]
+                if len(cells) > 1:
+                    self.objects.append({abs(v) for v in cells})
         for f in (root / "conf").rglob("*.yaml"):
             found = []
             _walk(yaml.safe_load(f.read_text()) or {}, found)
-            values += found
+            values += [(k, v) for k, v, _ in found]
         self.values = sorted({abs(v) for _, v in values})
         # a "%" claim is looked for among tables, paper values and keys that hold shares (not byte counts)
         self.percents = sorted({abs(v) for k, v in values if not k or any(
             w in k.lower() for w in ("percent", "pass", "increase", "fraction", "share", "ratio", "rate", "ci_",
                                      "perplexity", "mean"))})
         self.sums = list(sums.values())
+        self.counted = {noun: {abs(v) for k, v in values if any(w in k.lower() for w in words)}
+                        for noun, words in COUNTED.items()}
 
     @staticmethod
     def _near(pool: list[float], lo: float, hi: float) -> bool:
@@ -167,15 +221,20 @@ class Sources:
         i = bisect.bisect_left(pool, lo)
         return i < len(pool) and pool[i] <= hi
 
-    def holds(self, value: float, decimals, unit: str) -> bool:
+    def holds(self, value, decimals, unit: str) -> bool:
+        if unit == "of":
+            x, y = value
+            return any(x in o and y in o for o in self.objects)
+        if unit.startswith("count:"):
+            return value in self.counted[unit.split(":", 1)[1]]
         if unit in MEMORY:  # against recorded memory, GB and GiB alike (prose mixes them)
             half = 0.5 * 10 ** -(decimals or 0)
             return any(abs(m / f - value) <= half for m in self.memory for f in (MEMORY[unit], 1e9, 2**30, 2**20, 1e6)
                        if f in (MEMORY[unit],) or unit in ("GB", "GiB") and f in (1e9, 2**30)
                        or unit in ("MB", "MiB") and f in (1e6, 2**20))
-        if unit in SECONDS:
-            secs = value * SECONDS[unit]
-            return (any(abs(d - secs) <= 0.01 * secs + 0.5 for d in self.durations)
+        if unit in SECONDS:  # a recorded time that rounds to it at its printed precision ("10 min 31 s": +-0.5 s)
+            secs, half = value * SECONDS[unit], 0.5 * 10 ** -(decimals or 0) * SECONDS[unit]
+            return (any(abs(d - secs) <= half for d in self.durations)
                     or any(abs(s - secs) <= 0.15 * secs for s in self.sums))
         value = abs(value)
         pool = self.percents if unit == "%" else self.values

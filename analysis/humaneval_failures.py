@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 OUTCOMES = ["passed", "wrong answer", "syntax error", "runtime error", "timed out", "empty body", "other"]
-COLUMNS = ["model", "experiment", "compression", "pass@1 %", "samples", *OUTCOMES, "unstopped", "looping",
-           "ended by end-of-text", "median chars"]
+COLUMNS = ["model", "experiment", "compression", "preset", "pass@1 %", "samples", *OUTCOMES, "unstopped",
+           "ran to the cap", "looping", "ended by end-of-text", "median chars"]
 
 SYNTAX = ("SyntaxError", "IndentationError", "TabError")
 EMPTY_BODIES = {"pass", "...", "return", "return None"}
@@ -80,7 +80,7 @@ def _jsonl(path: Path) -> dict:
 def count_outcomes(pairs: list[tuple[Path, Path]]) -> dict:
     """Outcome counts over every sample with a verdict, plus how many ran on unstopped and how many looped."""
     counts = dict.fromkeys(OUTCOMES + ["unstopped", "looping", "samples"], 0)
-    eos, recorded, lengths = 0, True, []
+    eos, cap, recorded, lengths = 0, 0, True, []
     for samples_path, verdicts_path in pairs:
         samples, verdicts = _jsonl(samples_path), _jsonl(verdicts_path)
         for key, v in verdicts.items():
@@ -91,12 +91,14 @@ def count_outcomes(pairs: list[tuple[Path, Path]]) -> dict:
             lengths.append(len(s["completion"]))
             recorded = recorded and "stop" in s
             eos += s.get("stop") == "eos"
+            cap += s.get("stop") == "cap"
             counts[outcome(s["completion"], v.get("outcome", ""), bool(v["passed"]))] += 1
             if unstopped(s):
                 counts["unstopped"] += 1
                 counts["looping"] += repeated_share(s["completion"]) >= LOOP_SHARE
     # how many ended with the end-of-text token: None where the samples predate that record
     counts["ended by end-of-text"] = eos if recorded and lengths else None
+    counts["ran to the cap"] = cap if recorded and lengths else None
     counts["median chars"] = float(pd.Series(lengths).median()) if lengths else None
     return counts
 
@@ -113,16 +115,26 @@ def _compression(r) -> str:
     return base + (f" {setting}" if setting.startswith("+") else f" + {setting}" if setting else "")
 
 
+def _preset(r) -> str:
+    """"greedy", or e.g. "code_eval x 5 seeds" for a sampled run with several seeds."""
+    preset = r.get("humaneval_preset") if isinstance(r.get("humaneval_preset"), str) else "greedy"
+    seeds = r.get("humaneval_seeds")
+    return preset + (f" x {int(seeds)} seeds" if pd.notna(seeds) and seeds and int(seeds) > 1 else "")
+
+
 def failures_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per HumanEval run whose samples are on disk: its pass@1 and the count of each outcome."""
+    """One row per HumanEval run whose samples are on disk: its preset (greedy, or sampled: code_eval, with its seeds),
+    pass@1 and the count of each outcome over all its samples (every seed's), how many ran on unstopped, how many of
+    those reached the token cap (where samples record why they stopped) and how many looped."""
     rows = []
     for _, r in df[df["eval"] == "humaneval"].iterrows():
         pairs = run_files(r.path)
         if not pairs:
             continue
         c = count_outcomes(pairs)
-        rows.append([r.model, r.experiment, _compression(r), r.pass_at_1, c["samples"], *(c[o] for o in OUTCOMES),
-                     c["unstopped"], c["looping"], c["ended by end-of-text"], c["median chars"]])
+        rows.append([r.model, r.experiment, _compression(r), _preset(r), r.pass_at_1, c["samples"],
+                     *(c[o] for o in OUTCOMES), c["unstopped"], c["ran to the cap"], c["looping"],
+                     c["ended by end-of-text"], c["median chars"]])
     t = pd.DataFrame(rows, columns=COLUMNS)
     return t.sort_values(["model", "experiment", "pass@1 %"], ascending=[True, True, False]).reset_index(drop=True)
 

@@ -3,6 +3,8 @@ layers' parameters removed, per method and rank allocation (``rank.unit=budget``
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +18,7 @@ KNOWN = {("lord_meanfix", "uniform", ""): "LoRD with mean compensation (lord_mea
          ("whiten", "svdllm_v2", ""): "SVD-LLM V2 (whiten, svdllm_v2)"}
 
 COLUMNS = ["model", "corpus", "method", "budget %", "% of selection params removed", "ppl increase %", CI_COLUMN,
-           "Δ log ppl", "dense targets", "compression s", "peak RSS GiB"]
+           "Δ log ppl", "dense targets", "targets selected", "compression s", "peak RSS GiB"]
 
 
 def budget_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,9 +35,15 @@ def label(method: str, rank_unit: str, setting: str) -> str:
     return KNOWN.get((method, allocation, setting), f"{method}, {allocation}{' ' + setting if setting else ''}")
 
 
+def _selected(dense, decomposed):
+    """Matrices in the selection: those the allocation kept dense plus those decomposed (``compression.n_targets``)."""
+    return None if pd.isna(dense) or pd.isna(decomposed) else int(dense) + int(decomposed)
+
+
 def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, method/allocation, budget): the parameters actually removed, the perplexity
-    increase (and Δ log ppl), how many matrices stayed dense, and the compression's time and peak memory."""
+    increase (and Δ log ppl), how many matrices stayed dense out of the selection's, and the compression's time
+    and peak memory."""
     import numpy as np
 
     d = with_ci(budget_rows(df))
@@ -46,7 +54,7 @@ def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append([r.model, r.get("corpus") or "", name, r.rank_value,
                      r.target_params_removed_percent,
                      r.perplexity_increase_percent, r.ppl_increase_ci, float(np.log(r.perplexity / r.dense_perplexity)),
-                     dense_targets, r.compression_seconds,
+                     dense_targets, _selected(dense_targets, r.get("n_targets")), r.compression_seconds,
                      None if pd.isna(r.compression_peak_rss_mib) else r.compression_peak_rss_mib / 1024])
     t = pd.DataFrame(rows, columns=COLUMNS)
     return t.sort_values(["model", "corpus", "budget %", "ppl increase %"]).reset_index(drop=True)
@@ -103,9 +111,15 @@ def method_colours(methods) -> dict[str, str]:
     return {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(methods)))}
 
 
+def _bounds(cell) -> tuple[float, float] | None:
+    """"[9.55, 17.5]" -> (9.55, 17.5); "n/a" or empty -> None."""
+    m = re.fullmatch(r"\[([^,]+), ([^\]]+)\]", str(cell))
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
 def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     """A panel per model (and validation corpus, when there are several), a curve per method: perplexity
-    increase (log) against % of the selection removed."""
+    increase (log) against % of the selection removed, with the 95 % interval of each point that has one."""
     import matplotlib.pyplot as plt
 
     from analysis.figures import _note, _save, _style
@@ -121,6 +135,13 @@ def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
             h = h.sort_values("budget %")
             ax.plot(h["% of selection params removed"], h["ppl increase %"], marker="o", color=colours[name],
                     lw=2.2 if name.startswith("paper") else 1.3, label=name)
+            bounds = h[CI_COLUMN].map(_bounds)
+            has = bounds.notna()
+            if has.any():  # the 95 % interval of each increase that has one (results with per-window NLL)
+                lo, hi = zip(*bounds[has])
+                y = h["ppl increase %"][has]
+                ax.errorbar(h["% of selection params removed"][has], y, yerr=[y - list(lo), list(hi) - y], fmt="none",
+                            ecolor=colours[name], elinewidth=0.9, capsize=2.5)
         _style(ax, "% of the blocks' linear-layer parameters removed", "perplexity increase (%)",
                f"{model}, {corpus}" if several else model, log=True,
                legend_size=6)

@@ -23,7 +23,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "model_source", "gguf_file_
            "skip_first", "corpus",
            "calibration_windows", "calibration_seq_len", "calibration_corpus", "calibration_draw",
            "n_tokens",
-           "compression_seconds", "compression_peak_rss_mib", "dense_targets", "run_seconds", "device",
+           "compression_seconds", "compression_peak_rss_mib", "dense_targets", "n_targets", "run_seconds", "device",
            "quant_bits", "prune", "model_bytes", "float_model_bytes", "model_bytes_on_disk", "linear_bytes",
            "float_linear_bytes", "nonzero_params", "lora_data", "lora_steps", "lora_tokens_per_s",
            "lora_peak_rss_mib", "lora_state_bytes", "lora_loss_first", "lora_loss_last",
@@ -33,11 +33,17 @@ COLUMNS = ["experiment", "profile", "eval", "model", "model_source", "gguf_file_
 # what makes two runs the same measurement, whichever preset ran them (``corpus``: the validation corpus;
 # ``calibration_draw``: calibration windows drawn at random with that seed, a measurement of its own, not a variant;
 # ``setting``: statistics without the first
-# positions, extra stages -- lord.naming.intervention_tag; ``blocks``: layers.indices); ``variant`` names the
+# positions, extra stages -- lord.naming.intervention_tag; ``blocks``: layers.indices; ``humaneval_preset``: greedy
+# and sampled HumanEval are two measurements of one point); ``variant`` names the
 # config keys in which two runs of one such point differ, empty when they do not
-SETTING = ["eval", "model", "corpus", "method", "setting", "calibration", "layers", "blocks", "rank_unit",
-           "rank_value", "quant_bits", "prune", "calibration_draw", "variant"]
+SETTING = ["eval", "humaneval_preset", "model", "corpus", "method", "setting", "calibration", "layers", "blocks",
+           "rank_unit", "rank_value", "quant_bits", "prune", "calibration_draw", "variant"]
 
+
+# config keys in which two runs of one point may differ and still measure the same thing: a HumanEval run with more
+# seeds holds a run with fewer (it copies their samples, lord.humaneval.seed_reuse); the tables take the one with
+# the most seeds
+SAME_POINT_KEYS = {"eval.seeds"}
 
 # config keys added after results were published, with the value that reproduces those runs: a run without
 # the key and one with this value are the same configuration (not a variant)
@@ -105,6 +111,7 @@ def _row(r: dict, path: Path) -> dict:
         "target_params_removed_percent": _target_removed(comp),
         "dense_targets": (len((comp.get("allocation") or {}).get("dense_targets", []))
                           if comp.get("allocation") else None),
+        "n_targets": comp.get("n_targets"),
         "skip_first": cfg["calibration"].get("skip_first", 0),
         **_calibration(cfg), **_compression_cost(r), **_composed(r), **_run_cost(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),
@@ -196,8 +203,9 @@ def _mark_variants(rows: list[dict], flats: list[dict]) -> list[dict]:
     one note per such point. Nothing is averaged or dropped: each variant stays its own row."""
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
-        groups.setdefault(tuple(r[k] for k in SETTING if k != "variant"), []).append(i)
+        groups.setdefault(tuple(r.get(k) for k in SETTING if k != "variant"), []).append(i)
     notes = []
+    flats = [{k: v for k, v in f.items() if k not in SAME_POINT_KEYS} for f in flats]
     for point, idx in groups.items():
         if len({json.dumps(flats[i], sort_keys=True) for i in idx}) < 2:
             continue
@@ -205,7 +213,10 @@ def _mark_variants(rows: list[dict], flats: list[dict]) -> list[dict]:
         differ = [k for k in keys if len({flats[i].get(k, LATER_KEYS.get(k)) for i in idx}) > 1]
         for i in idx:
             rows[i]["variant"] = ", ".join(f"{k}={flats[i].get(k, 'absent')}" for k in differ)
-        notes.append({"point": dict(zip([k for k in SETTING if k != "variant"], point)), "keys": differ,
+        named = dict(zip([k for k in SETTING if k != "variant"], point))
+        if named.get("humaneval_preset") is None:  # a perplexity or speed point
+            named.pop("humaneval_preset", None)
+        notes.append({"point": named, "keys": differ,
                       "paths": [rows[i]["path"] for i in idx]})
     return notes
 

@@ -60,19 +60,33 @@ def _ci(lo, hi) -> str:
 
 
 def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 side by side with the paper: per model, method and rank, greedy pass@1 and the sampled (code_eval:
-    n = 10, T = 0.2) pass@1 and pass@10, each with its 95 % bootstrap interval over tasks (one seed; with several
-    seeds the mean, its spread in ``seeds``), the change from the same preset's dense run, and the paper's
-    StarCoder-16B values at the same % rank reduction (interpolated between its ranks)."""
+    """Table 1 side by side with the paper: per model, method, layers and rank (and config variant), greedy pass@1
+    and the sampled (code_eval: n = 10, T = 0.2) pass@1 and pass@10, each with its 95 % bootstrap interval over
+    tasks (with several seeds: the seeds' mean, tasks resampled with all their seeds), the change from the same
+    preset's dense run, and the paper's StarCoder-16B values at the same % rank reduction (interpolated between
+    its ranks). Where one point was sampled with several seed sets (seed 0, then more), the run with the most seeds
+    stands for it: it holds the others' samples (lord.humaneval.seed_reuse)."""
     d = df[df["eval"] == "humaneval"].copy()
     if d.empty:
         return d
+    d = d.sort_values("humaneval_seeds", ascending=False, kind="stable")  # the run with the most seeds first
     t1 = paper("table1_humaneval")
     sc = t1[t1.family == "starcoder"].sort_values("percent_rank_reduction")
+    key = ["model", "method", "layers", "rank_value"]
+    if "variant" in d and (d.assign(v=d.variant.fillna("")).groupby([*key, "humaneval_preset"]).v.nunique() > 1).any():
+        key.append("variant")  # runs of one point that differ in config (among these rows): each its own row
+    labels = {"greedy": "greedy", "code_eval": "sampled"}
+    columns = ["model", "method", "layers", "% rank reduction", *key[4:], "ranks"]
+    for label in labels.values():
+        columns += [f"{label} pass@1", f"{label} pass@1 95 % CI", f"{label} pass@1 change from dense"]
+    columns += ["sampled pass@10", "sampled pass@10 95 % CI", "sampled: seeds, max new tokens",
+                "paper StarCoder-16B pass@1", "paper StarCoder-16B pass@10"]
     out = []
-    for (model, method, rank), g in d.groupby(["model", "method", "rank_value"], sort=True):
-        row = {"model": model, "method": method, "% rank reduction": rank, "ranks": g.ranks.iloc[0]}
-        for preset, label in (("greedy", "greedy"), ("code_eval", "sampled")):
+    for point, g in d.groupby(key, sort=True, dropna=False):
+        model, method, layers, rank = point[:4]
+        row = dict(zip(["model", "method", "layers", "% rank reduction", *key[4:]], point)) | {
+            "ranks": g.ranks.iloc[0]}
+        for preset, label in labels.items():
             r = g[g.humaneval_preset == preset]
             dense = d[(d.model == model) & (d.method == "dense") & (d.humaneval_preset == preset)]
             base = dense.pass_at_1.iloc[0] if len(dense) else float("nan")
@@ -89,8 +103,10 @@ def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
         row["paper StarCoder-16B pass@1"] = _interp(rank, sc.percent_rank_reduction, sc.pass_at_1)
         row["paper StarCoder-16B pass@10"] = _interp(rank, sc.percent_rank_reduction, sc.pass_at_10)
         out.append(row)
-    return pd.DataFrame(out).sort_values(["model", "method", "% rank reduction"], key=lambda c: c if c.name != "method"
-                                         else c.map(lambda m: (m != "dense", m))).reset_index(drop=True)
+    t = pd.DataFrame(out)
+    t = t[[c for c in columns if c in t]]  # a fixed column order, whichever preset came first
+    return t.sort_values(["model", "method", "layers", "% rank reduction"], key=lambda c: c if c.name != "method"
+                         else c.map(lambda m: (m != "dense", m))).reset_index(drop=True)
 
 
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -131,12 +147,34 @@ def run_times_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index()
 
 
-def write(table: pd.DataFrame, out: Path, caption: str) -> list[Path]:
-    """Markdown (for the docs' generated regions) and LaTeX (for papers), each with its caption."""
+def dense_baselines_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The dense perplexity each run measured as its own baseline, per model and validation text (corpus, split
+    hash, tokens), as recorded (8 significant digits): the same weights on the same windows differ only by the
+    float32 kernels of the machine a session ran on. Runs with an intervention that changes the dense model itself
+    (a setting such as quantization noise) are left out; ``relative spread`` is (largest - smallest) / smallest of
+    the group."""
+    d = df[(df["eval"] == "perplexity") & (df.setting.fillna("") == "") & df.dense_perplexity.notna()
+           & (df.model_source.fillna("") != "lord-compressed")]
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(split=d.validation_sha256.fillna("").str[:12], corpus=d.corpus.fillna(""))
+    rows = []
+    for (model, corpus, split, tokens), g in d.groupby(["model", "corpus", "split", "n_tokens"], sort=True):
+        lo, hi = g.dense_perplexity.min(), g.dense_perplexity.max()
+        for value, runs in g.dense_perplexity.value_counts().sort_index().items():
+            rows.append({"model": model, "corpus": corpus, "validation split": split, "tokens": int(tokens),
+                         "dense perplexity": f"{value:#.8g}", "results": int(runs),
+                         "relative spread": f"{(hi - lo) / lo:.2g}"})
+    return pd.DataFrame(rows)
+
+
+def write(table: pd.DataFrame, out: Path, caption: str, numparse: bool = True) -> list[Path]:
+    """Markdown (for the docs' generated regions) and LaTeX (for papers), each with its caption. ``numparse=False``
+    prints text cells as they are (a number kept as text keeps all its digits)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     md, tex = out.with_suffix(".md"), out.with_suffix(".tex")
-    md.write_text(f"{caption}\n\n" + (table.to_markdown(index=False, floatfmt=".4g") if len(table) else
-                                      "(no results yet)") + "\n")
+    md.write_text(f"{caption}\n\n" + (table.to_markdown(index=False, floatfmt=".4g", disable_numparse=not numparse)
+                                      if len(table) else "(no results yet)") + "\n")
     tex.write_text(table.to_latex(index=False, float_format="%.4g", caption=caption, label=f"tab:{out.stem}",
                                   escape=True) if len(table) else f"% {caption}: no results yet\n")
     return [md, tex]

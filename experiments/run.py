@@ -98,7 +98,7 @@ def _execute(cfg: DictConfig, stages, evaluation, data: RunData, out_path: Path,
     data.tokenizer = tok
     ctx = RunContext(cfg, model, tok, info, data=data,
                      cache=CompressionCache(cfg.paths.cache_dir, model_key(cfg, info)),
-                     artifacts=out_path.with_suffix(""), timings=timings)
+                     artifacts=out_path.with_suffix(""), timings=timings, identity=identity)
     dense_params = count_parameters(model)
 
     with _timed(timings, "baseline_s"):

@@ -136,6 +136,7 @@ class RunContext:
     records: dict = field(default_factory=dict)  # per stage: what it did (goes into the result)
     decompositions: list = field(default_factory=list)  # every replaced target so far
     compressor: object = None  # the calibrate stage's Compressor, used by the stages after it
+    identity: dict | None = None  # the run's identity (lord/identity.py), when it runs through experiments.run
 
     @property
     def changed(self) -> bool:

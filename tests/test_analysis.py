@@ -286,7 +286,8 @@ def test_humaneval_pairs_only_the_same_compression_never_a_budget_with_a_rank_re
     from analysis import ablations
 
     base = dict(model="m", method="whiten", layers="all", skip_first=0, blocks="", setting="", calibration="oneshot",
-                dense_perplexity=4.0, quant_bits=None, prune=None)
+                dense_perplexity=4.0, quant_bits=None, prune=None, corpus="stdlib", calibration_corpus="stdlib",
+                calibration_draw=None, calibration_windows=16, calibration_seq_len=1024, humaneval_preset="greedy")
     he = dict(base, eval="humaneval", pass_at_1_ci_low=None, pass_at_1_ci_high=None)
     pp = dict(base, eval="perplexity")
     rows = [dict(he, method="dense", layers="none", rank_unit=None, rank_value=0.0, pass_at_1=40.0),
@@ -294,6 +295,17 @@ def test_humaneval_pairs_only_the_same_compression_never_a_budget_with_a_rank_re
                  setting="+lorainstructions100"),  # a trained dense run: not the baseline
             dict(he, rank_unit="budget-uniform", rank_value=10.0, pass_at_1=4.0),
             dict(he, rank_unit="budget-greedy", rank_value=10.0, pass_at_1=10.0, setting="+refit"),
+            dict(he, rank_unit="budget-uniform", rank_value=10.0, pass_at_1=7.0, humaneval_preset="code_eval"),
+            # listed first, and each differs from the HumanEval run in one thing only: the validation corpus, a
+            # random calibration draw, fewer or shorter calibration windows -- none may pair
+            dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=5.4, perplexity_increase_percent=36.0,
+                 corpus="folder:distributed", calibration_corpus="folder:_inductor"),
+            dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=6.0, perplexity_increase_percent=50.0,
+                 calibration_draw=1.0),
+            dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=6.1, perplexity_increase_percent=52.0,
+                 calibration_windows=8),
+            dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=6.1, perplexity_increase_percent=53.0,
+                 calibration_seq_len=128),
             dict(pp, rank_unit="reduction", rank_value=10.0, perplexity=4.6, perplexity_increase_percent=15.0),
             dict(pp, rank_unit="budget-uniform", rank_value=10.0, perplexity=6.2, perplexity_increase_percent=55.0),
             dict(pp, rank_unit="budget-greedy", rank_value=10.0, perplexity=6.6, perplexity_increase_percent=65.0),
@@ -550,7 +562,20 @@ def test_humaneval_failure_outcomes_are_read_from_the_samples_next_to_a_result(t
                 dict(samples[2], completion="    return 2\n", raw="    return 2\n", stop="eos")]
     (folder / "samples-greedy-seed0.jsonl").write_text("".join(json.dumps(s) + "\n" for s in recorded))
     r = hf.failures_table(pd.DataFrame([row])).iloc[0]
-    assert (r.unstopped, r.looping, r["ended by end-of-text"]) == (2, 1, 1)
+    assert (r.unstopped, r.looping, r["ended by end-of-text"], r["ran to the cap"]) == (2, 1, 1, 1)
+    assert r.preset == "greedy"
+
+    # a sampled run: every sample of every seed is counted, and the preset says it was sampled, with its seeds
+    for seed in (0, 1):
+        (folder / f"samples-code_eval-seed{seed}.jsonl").write_text(
+            "".join(json.dumps(dict(s, sample=i)) + "\n" for s in recorded for i in range(2)))
+        (folder / f"results-code_eval-seed{seed}.jsonl").write_text(
+            "".join(json.dumps(dict(v, sample=i)) + "\n" for v in verdicts for i in range(2)))
+    for name in ("samples-greedy-seed0.jsonl", "results-greedy-seed0.jsonl"):
+        (folder / name).unlink()
+    r = hf.failures_table(pd.DataFrame([dict(row, humaneval_preset="code_eval", humaneval_seeds=2)])).iloc[0]
+    assert r.preset == "code_eval x 2 seeds" and r.samples == 12
+    assert (r.unstopped, r["ran to the cap"], r.looping, r["ended by end-of-text"]) == (8, 4, 4, 4)
 
 
 def test_two_humaneval_runs_compare_task_by_task(tmp_path):
@@ -594,8 +619,9 @@ def test_results_of_an_experiment_no_preset_names_get_the_general_tables_and_fig
 def test_table1_sets_greedy_and_sampled_pass_at_k_next_to_the_papers_values():
     """Issue 36: one row per (model, method, rank) with greedy pass@1, sampled pass@1 and pass@10 and their
     intervals, each preset's change from its own dense run, and the paper's StarCoder-16B values at that rank."""
-    base = dict(eval="humaneval", model="m", ranks="653", n_tasks=164, humaneval_seeds=1, max_new_tokens=512,
-                pass_at_10=None, pass_at_10_ci_low=None, pass_at_10_ci_high=None)
+    base = dict(eval="humaneval", model="m", layers="mlp_down", variant="", ranks="653", n_tasks=164,
+                humaneval_seeds=1, max_new_tokens=512, pass_at_10=None, pass_at_10_ci_low=None,
+                pass_at_10_ci_high=None)
     rows = [dict(base, method="dense", rank_value=0.0, humaneval_preset="greedy", pass_at_1=43.0,
                  pass_at_1_ci_low=36.0, pass_at_1_ci_high=51.0),
             dict(base, method="dense", rank_value=0.0, humaneval_preset="code_eval", pass_at_1=40.0,
@@ -613,6 +639,15 @@ def test_table1_sets_greedy_and_sampled_pass_at_k_next_to_the_papers_values():
     assert t.loc["lord", "paper StarCoder-16B pass@1"] == pytest.approx(33.18)  # Table 1 at 27.08 %
     assert t.loc["dense", "paper StarCoder-16B pass@10"] == pytest.approx(48.28)
     assert list(t.index) == ["dense", "lord"]
+    # seed 0 first, then five seeds: the five-seed run (which holds seed 0's samples) stands for the point
+    five = dict(rows[3], humaneval_seeds=5, pass_at_1=31.0, pass_at_10=52.0, pass_at_10_ci_low=47.0,
+                pass_at_10_ci_high=57.0)
+    t = tables.humaneval_table(pd.DataFrame([rows[3], five, rows[2]])).set_index("method")
+    assert len(t) == 1 and t.loc["lord", "sampled pass@10"] == 52.0
+    assert t.loc["lord", "sampled: seeds, max new tokens"] == "5, 512"
+    # the columns keep their order whichever preset's run comes first
+    assert list(t.columns[:6]) == ["model", "layers", "% rank reduction", "ranks", "greedy pass@1",
+                                   "greedy pass@1 95 % CI"]
 
 
 def test_the_paper_tables_leave_out_draws_budgets_and_a_saved_checkpoint_loaded_again(tmp_path):
@@ -626,3 +661,65 @@ def test_the_paper_tables_leave_out_draws_budgets_and_a_saved_checkpoint_loaded_
             "skip": {"setting": "-skip1"}, "loaded": {"model_source": "lord-compressed"}, "hub": {"model_source": None}}
     e = pd.DataFrame([{**base, **change, "name": name} for name, change in rows.items()])
     assert sorted(Analysis(everything=e, out=tmp_path).standard.name) == ["hub", "paper"]
+
+
+def test_the_anchor_table_counts_what_each_layer_of_the_record_did(tmp_path):
+    """By hand: three layers in blocks 0, 1 and 3; the fitted (ridge) objective rises for one beyond rounding;
+    two are worse on the held-out batch; two chose the largest ridge of the grid."""
+    from analysis.anchor_fit import anchor_fit_table
+
+    def layer(name, block, before, after, ridge):
+        return {"name": name, "block": block, "objective_before": 1.0, "objective_after": 2.0,  # unridged: ignored
+                "ridge_objective_before": before, "ridge_objective_after": after, "ridge": ridge}
+
+    record = {"fit": "both", "ridges": [1e-6, 0.01, 0.1], "seconds": 3.0, "held_out_worse": ["a", "c"],
+              "targets": [layer("a", 0, 1.0, 1.0 + 1e-9, 0.1), layer("b", 1, 1.0, 1.1, 0.1),
+                          layer("c", 3, 1.0, 0.5, 0.01)]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"stages": {"anchor": record, "calibrate": {}}}))
+    other = tmp_path / "s.json"
+    other.write_text(json.dumps({"stages": {"calibrate": {}}}))  # no anchor stage: no row
+    df = pd.DataFrame([{"model": "m", "method": "whiten", "rank_unit": "budget-uniform", "rank_value": 10, "path": p}
+                       for p in (path, other)])
+    row = anchor_fit_table(df).iloc[0]
+    assert len(anchor_fit_table(df)) == 1
+    assert (row["layers fitted"], row["objective raised on calibration"],
+            row["worse on the held-out batch"]) == (3, 1, 2)
+    assert row["blocks of those"] == "0, 3" and row["at the largest ridge"] == 2
+    assert (row["most chosen ridge"], row["layers choosing it"]) == (0.1, 2)
+
+
+def test_the_pareto_figure_draws_the_interval_of_each_point_that_has_one(tmp_path):
+    """A point with a 95 % interval gets an error bar from its low to its high end; a point without ("n/a") none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis import pareto
+
+    assert pareto._bounds("[9.55, 17.5]") == (9.55, 17.5) and pareto._bounds("n/a") is None
+    row = {"eval": "perplexity", "setting": "", "corpus": "stdlib", "model": "a", "method": "kfac",
+           "rank_unit": "budget-loss_estimate", "target_params_removed_percent": 10.0, "dense_perplexity": 10.0,
+           "dense_targets": 0, "compression_seconds": 1.0, "compression_peak_rss_mib": 1024.0}
+    frame = pd.DataFrame([dict(row, rank_value=10.0, perplexity=11.0, perplexity_increase_percent=10.0,
+                               ppl_increase_ci="[8, 12]"),
+                          dict(row, rank_value=20.0, target_params_removed_percent=20.0, perplexity=13.0,
+                               perplexity_increase_percent=30.0, ppl_increase_ci="n/a")])
+    seen = {}
+    original = plt.subplots
+
+    def capture(*args, **kwargs):
+        seen["fig"], axes = original(*args, **kwargs)
+        seen["axes"] = axes
+        return seen["fig"], axes
+
+    plt.subplots = capture
+    try:
+        pareto.pareto_figure(frame, tmp_path / "p")
+    finally:
+        plt.subplots = original
+    bars = [c for c in seen["axes"][0][0].collections if isinstance(c, matplotlib.collections.LineCollection)]
+    assert len(bars) == 1 and len(bars[0].get_segments()) == 1
+    (x0, y0), (x1, y1) = bars[0].get_segments()[0]
+    assert (x0, x1) == (10.0, 10.0) and sorted((y0, y1)) == [8.0, 12.0]

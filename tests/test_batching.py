@@ -304,3 +304,34 @@ def test_the_decode_curve_can_be_measured_on_a_sliding_window_cache_too():
 
     curve = measure_decode_curve(tiny_model("starcoder2", sliding_window=8), [1, 3], context=12, steps=2)
     assert set(curve) == {1, 3} and all(ms > 0 for ms in curve.values())
+
+
+def _finished_run(folder, stem, inputs, files):
+    """A finished HumanEval result ``<stem>.json`` with these identity inputs, and its samples folder."""
+    (folder / stem).mkdir(parents=True)
+    for name, text in files.items():
+        (folder / stem / name).write_text(text)
+    (folder / f"{stem}.json").write_text(json.dumps(
+        {"status": "ok", "identity": {"id": stem.rsplit("-", 1)[1] + "0" * 56, "inputs": inputs}}))
+
+
+def test_more_seeds_copy_the_seeds_a_run_differing_only_in_seeds_has_and_nothing_else(tmp_path):
+    from lord.humaneval.seed_reuse import reuse_seeds
+
+    config = {"eval": {"preset": "code_eval", "seeds": [0], "max_new_tokens": 512}, "method": {"name": "lord"}}
+    inputs = {"config": config, "weights": "w", "data": {"validation": "v"}}
+    seed0 = {"samples-code_eval-seed0.jsonl": "s0\n", "results-code_eval-seed0.jsonl": "r0\n"}
+    _finished_run(tmp_path, "reduction-50.humaneval-code_eval-aaaaaaaa", inputs, seed0)
+    # another budget of new tokens: same seed, other samples -- never copied
+    other = {**inputs, "config": {**config, "eval": {**config["eval"], "max_new_tokens": 384}}}
+    _finished_run(tmp_path, "reduction-50.humaneval-code_eval-bbbbbbbb", other,
+                  {"samples-code_eval-seed1.jsonl": "wrong\n"})
+    mine = {**inputs, "config": {**config, "eval": {**config["eval"], "seeds": [0, 1, 2]}}}
+    here = tmp_path / "reduction-50.humaneval-code_eval-cccccccc"
+    assert reuse_seeds(here, {"id": "c" * 64, "inputs": mine}, [0, 1, 2]) == {0: "aaaaaaaa"}
+    assert {p.name: p.read_text() for p in here.iterdir()} == seed0
+    # a seed this run already has is never overwritten, and a run without an identity copies nothing
+    (here / "samples-code_eval-seed0.jsonl").write_text("mine\n")
+    assert reuse_seeds(here, {"id": "c" * 64, "inputs": mine}, [0, 1, 2]) == {}
+    assert (here / "samples-code_eval-seed0.jsonl").read_text() == "mine\n"
+    assert reuse_seeds(tmp_path / "elsewhere", None, [0]) == {}

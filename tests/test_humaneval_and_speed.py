@@ -12,7 +12,7 @@ from lord.compress import CompressionConfig, compress_model
 from lord.errors import LordError
 from lord.humaneval.evaluate import evaluate_humaneval
 from lord.humaneval.generate import PRESETS, get_preset, truncate
-from lord.humaneval.passk import pass_at_k, summarise
+from lord.humaneval.passk import pass_at_k, summarise, summarise_seeds
 from lord.humaneval.sandbox import judge_completion
 from lord.ranks import RankSpec
 from lord import speed
@@ -33,6 +33,21 @@ def test_bootstrap_interval_brackets_the_estimate():
     for k in ("pass@1", "pass@10"):
         assert s[k]["ci_low"] <= s[k]["value"] <= s[k]["ci_high"]
     assert "pass@100" not in summarise(counts, ks=(100,))  # only k <= n
+
+
+def test_pass_at_k_over_seeds_is_the_seeds_mean_with_an_interval_over_tasks():
+    one = {f"t{i}": (10, i % 11) for i in range(40)}
+    other = {f"t{i}": (10, (3 * i) % 11) for i in range(40)}
+    assert summarise_seeds([one]) == {k: v | {"seeds": 1} for k, v in summarise(one).items()}
+    # the same samples twice: the same per-task scores, so the same value and, resampling tasks, the same interval
+    same = summarise_seeds([one, one])
+    assert all(same[k][q] == pytest.approx(summarise(one)[k][q]) for k in same for q in ("value", "ci_low", "ci_high"))
+    both = summarise_seeds([one, other])
+    for k in ("pass@1", "pass@10"):
+        assert both[k]["value"] == pytest.approx((summarise(one)[k]["value"] + summarise(other)[k]["value"]) / 2)
+        assert both[k]["ci_low"] <= both[k]["value"] <= both[k]["ci_high"]
+    with pytest.raises(LordError, match="same tasks in every seed"):
+        summarise_seeds([one, {"t0": (10, 1)}])
 
 
 def test_presets_truncate_as_their_harness_does():

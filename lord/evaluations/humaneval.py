@@ -8,6 +8,7 @@ from lord.evaluations.base import EVALUATIONS, Evaluation
 from lord.humaneval.evaluate import evaluate_humaneval
 from lord.humaneval.isolation import choose as choose_isolation
 from lord.humaneval.sandbox import Limits
+from lord.humaneval.seed_reuse import reuse_seeds
 
 
 @EVALUATIONS.register("humaneval")
@@ -41,6 +42,7 @@ class HumanEval(Evaluation):
 
     def measure(self, ctx, baseline) -> dict:
         e = self.options
+        reused = reuse_seeds(ctx.artifacts, ctx.identity, list(e.seeds))
         he = evaluate_humaneval(ctx.model, ctx.tokenizer, ctx.artifacts, preset=e.preset, limit=e.limit,
                                 task_ids=None if e.task_ids is None else list(e.task_ids), seeds=list(e.seeds),
                                 batch_size=e.batch_size, chat_template=e.chat_template,
@@ -48,7 +50,7 @@ class HumanEval(Evaluation):
                                 workers=e.workers, share_prefix=e.get("share_prefix", True))
         return {k: v for k, v in he.items() if k != "per_seed"} | {
             "per_seed": [{k: v for k, v in s.items() if k != "per_task"} for s in he["per_seed"]],
-            "per_task": he["per_seed"][0]["per_task"]}
+            "per_task": he["per_seed"][0]["per_task"]} | ({"seeds_reused": reused} if reused else {})
 
     def headline(self, m: dict) -> str:
         return ", ".join(f"{k} {v['mean']:.2f}" for k, v in m.items() if k.startswith("pass@"))

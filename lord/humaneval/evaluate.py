@@ -23,7 +23,7 @@ import numpy as np
 from lord.atomic import read_json, write_json_atomic
 from lord.errors import LordError
 from lord.humaneval.generate import generate_samples, get_preset, read_jsonl
-from lord.humaneval.passk import summarise
+from lord.humaneval.passk import summarise, summarise_seeds
 from lord.humaneval.sandbox import Judge, Limits
 from lord.humaneval.width import automatic_width
 
@@ -130,11 +130,13 @@ def evaluate_humaneval(model, tokenizer, out_dir, preset: str = "greedy", limit:
               "sandbox": judge.describe()}
     if width_measured is not None:
         report["generation_width"] = width_measured
+    pooled = summarise_seeds([{t: (c["n"], c["correct"]) for t, c in s["per_task"].items()} for s in per_seed],
+                             ks=p.ks)  # with one seed, the seed's own interval
     for key in per_seed[0]:
         if key.startswith("pass@"):
             vals = np.array([s[key]["value"] for s in per_seed])
             report[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                           "ci_low": per_seed[0][key]["ci_low"] if len(vals) == 1 else None,
-                           "ci_high": per_seed[0][key]["ci_high"] if len(vals) == 1 else None,
+                           "ci_low": float(pooled[key]["ci_low"]), "ci_high": float(pooled[key]["ci_high"]),
+                           "ci_over": "tasks, each with all its seeds" if len(vals) > 1 else "tasks",
                            "per_seed": vals.tolist()}
     return report
