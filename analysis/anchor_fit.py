@@ -37,8 +37,8 @@ def anchor_row(record: dict) -> dict:
     top, top_n = chosen.most_common(1)[0] if chosen else (None, 0)
     return {"fit": record.get("fit"), "layers fitted": len(targets),
             "objective raised on calibration": sum(
-                t.get("ridge_objective_after", t["objective_after"])
-                > t.get("ridge_objective_before", t["objective_before"]) * (1 + 1e-6) for t in targets),
+                t.get("ridge_objective_after", t.get("objective_after"))
+                > t.get("ridge_objective_before", t.get("objective_before")) * (1 + 1e-6) for t in targets),
             "worse on the held-out batch": len(worse), "blocks of those": _blocks(worse),
             "ridge grid": ", ".join(f"{r:g}" for r in ridges),
             "at the largest ridge": chosen.get(max(ridges), 0) if ridges else None,

@@ -78,8 +78,9 @@ def prose_lines(text: str):
 
 COMPOUND = re.compile(r"(?P<min>\d+)\s?min\s(?P<sec>\d+)\s?s\b")
 # "4 of 40", "26 of its 44", "3 out of 8": a count out of a total, checked as a pair
-PAIR = re.compile(r"(?<![\w.,#])(?P<x>\d[\d,]*)\s+(?:out\s+)?of\s+(?:its\s+|the\s+|all\s+)?(?P<y>\d[\d,]*)"
-                  r"(?![\w.,%]|\s?(?:%|×))")
+INTEGER = r"\d{1,3}(?:,\d{3})+|\d+"
+PAIR = re.compile(rf"(?<![\w.,#])(?P<x>{INTEGER})\s+(?:out\s+)?of\s+(?:its\s+|the\s+|all\s+)?(?P<y>{INTEGER})"
+                  r"(?![\w%]|[.,]\d|\s?(?:%|×))")
 # a small count of something the results count, and the words of the keys that count it
 COUNTED = {"task": ("task",), "problem": ("problem", "task"), "sample": ("sample",), "completion": ("sample", "task"),
            "draw": ("draw",), "seed": ("seed",), "window": ("window",)}
@@ -154,6 +155,8 @@ def _walk(x, out: list, key: str = "", path: tuple = ()):
 def _seconds_per_unit(path: tuple) -> float | None:
     """1 for a number recorded in seconds, 1e-3 in milliseconds (by its own key or a dict's above it:
     ``wall_s: {namespaces: 39.8}``), else None."""
+    if any("per_s" in k or "per_second" in k for k in path):
+        return None  # a rate (tokens per second), not a time
     for k in reversed(path):
         if k.endswith("_ms") or k == "ms":
             return 1e-3

@@ -140,7 +140,8 @@ def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
             if has.any():  # the 95 % interval of each increase that has one (results with per-window NLL)
                 lo, hi = zip(*bounds[has])
                 y = h["ppl increase %"][has]
-                ax.errorbar(h["% of selection params removed"][has], y, yerr=[y - list(lo), list(hi) - y], fmt="none",
+                below, above = (y - list(lo)).clip(lower=0), (list(hi) - y).clip(lower=0)  # bounds print rounded
+                ax.errorbar(h["% of selection params removed"][has], y, yerr=[below, above], fmt="none",
                             ecolor=colours[name], elinewidth=0.9, capsize=2.5)
         _style(ax, "% of the blocks' linear-layer parameters removed", "perplexity increase (%)",
                f"{model}, {corpus}" if several else model, log=True,

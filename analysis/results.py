@@ -111,7 +111,7 @@ def _row(r: dict, path: Path) -> dict:
         "target_params_removed_percent": _target_removed(comp),
         "dense_targets": (len((comp.get("allocation") or {}).get("dense_targets", []))
                           if comp.get("allocation") else None),
-        "n_targets": comp.get("n_targets"),
+        "n_targets": None if comp.get("neurons") else comp.get("n_targets"),  # resized MLPs are in neither count
         "skip_first": cfg["calibration"].get("skip_first", 0),
         **_calibration(cfg), **_compression_cost(r), **_composed(r), **_run_cost(r),
         "validation_sha256": val.get("content_sha256"), "identity": (r.get("identity") or {}).get("id"),

@@ -73,10 +73,13 @@ def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
     t1 = paper("table1_humaneval")
     sc = t1[t1.family == "starcoder"].sort_values("percent_rank_reduction")
     key = ["model", "method", "layers", "rank_value"]
+    # what else tells these rows' compressions apart (a folder of ad-hoc runs: stages, budgets, quantization, ...)
+    key += [k for k in SETTING if k not in (*key, "eval", "humaneval_preset", "variant") and k in d
+            and d[k].dropna().astype(str).nunique() > 1]  # two values besides "none" (a dense run's rank unit)
     if "variant" in d and (d.assign(v=d.variant.fillna("")).groupby([*key, "humaneval_preset"]).v.nunique() > 1).any():
         key.append("variant")  # runs of one point that differ in config (among these rows): each its own row
     labels = {"greedy": "greedy", "code_eval": "sampled"}
-    columns = ["model", "method", "layers", "% rank reduction", *key[4:], "ranks"]
+    columns = ["model", "method", "layers", "% rank reduction", *key[4:], "ranks"]  # key[4:]: settings, variant
     for label in labels.values():
         columns += [f"{label} pass@1", f"{label} pass@1 95 % CI", f"{label} pass@1 change from dense"]
     columns += ["sampled pass@10", "sampled pass@10 95 % CI", "sampled: seeds, max new tokens",
@@ -89,6 +92,8 @@ def humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
         for preset, label in labels.items():
             r = g[g.humaneval_preset == preset]
             dense = d[(d.model == model) & (d.method == "dense") & (d.humaneval_preset == preset)]
+            if "setting" in dense:  # the plain dense model, not a trained, pruned or quantized one
+                dense = dense[dense.setting.fillna("") == ""]
             base = dense.pass_at_1.iloc[0] if len(dense) else float("nan")
             if not len(r):
                 continue

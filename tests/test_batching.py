@@ -326,12 +326,20 @@ def test_more_seeds_copy_the_seeds_a_run_differing_only_in_seeds_has_and_nothing
     other = {**inputs, "config": {**config, "eval": {**config["eval"], "max_new_tokens": 384}}}
     _finished_run(tmp_path, "reduction-50.humaneval-code_eval-bbbbbbbb", other,
                   {"samples-code_eval-seed1.jsonl": "wrong\n"})
+    # the same run but for its seeds, [0, 1]: it has seed 1's files, yet it failed -- never copied from
+    _finished_run(tmp_path, "reduction-50.humaneval-code_eval-dddddddd",
+                  {**inputs, "config": {**config, "eval": {**config["eval"], "seeds": [0, 1]}}},
+                  {"samples-code_eval-seed1.jsonl": "failed run\n"})
+    failed = tmp_path / "reduction-50.humaneval-code_eval-dddddddd.json"
+    failed.write_text(json.dumps({**json.loads(failed.read_text()), "status": "error"}))
+    (tmp_path / "not-a-result.json").write_text("[1, 2]")  # any other JSON in the folder is passed over
     mine = {**inputs, "config": {**config, "eval": {**config["eval"], "seeds": [0, 1, 2]}}}
     here = tmp_path / "reduction-50.humaneval-code_eval-cccccccc"
     assert reuse_seeds(here, {"id": "c" * 64, "inputs": mine}, [0, 1, 2]) == {0: "aaaaaaaa"}
-    assert {p.name: p.read_text() for p in here.iterdir()} == seed0
-    # a seed this run already has is never overwritten, and a run without an identity copies nothing
+    assert {p.name: p.read_text() for p in here.iterdir() if p.suffix == ".jsonl"} == seed0
+    # started again (a resumed run): the copy is not repeated, and the result still says where seed 0 came from;
+    # a seed this run already has is never overwritten
     (here / "samples-code_eval-seed0.jsonl").write_text("mine\n")
-    assert reuse_seeds(here, {"id": "c" * 64, "inputs": mine}, [0, 1, 2]) == {}
+    assert reuse_seeds(here, {"id": "c" * 64, "inputs": mine}, [0, 1, 2]) == {0: "aaaaaaaa"}
     assert (here / "samples-code_eval-seed0.jsonl").read_text() == "mine\n"
     assert reuse_seeds(tmp_path / "elsewhere", None, [0]) == {}

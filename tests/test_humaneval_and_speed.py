@@ -42,7 +42,15 @@ def test_pass_at_k_over_seeds_is_the_seeds_mean_with_an_interval_over_tasks():
     # the same samples twice: the same per-task scores, so the same value and, resampling tasks, the same interval
     same = summarise_seeds([one, one])
     assert all(same[k][q] == pytest.approx(summarise(one)[k][q]) for k in same for q in ("value", "ci_low", "ci_high"))
-    both = summarise_seeds([one, other])
+    both = summarise_seeds([one, other], n_boot=500, seed=3)
+    # by hand: resample tasks, each with both seeds (the mean over seeds of its per-task estimate)
+    import numpy as np
+
+    tasks = sorted(one)
+    idx = np.random.default_rng(3).integers(0, len(tasks), size=(500, len(tasks)))
+    per_task = np.array([(pass_at_k(*one[t], 10) + pass_at_k(*other[t], 10)) / 2 for t in tasks])
+    lo, hi = np.quantile(per_task[idx].mean(axis=1), [0.025, 0.975])
+    assert (both["pass@10"]["ci_low"], both["pass@10"]["ci_high"]) == (pytest.approx(100 * lo), pytest.approx(100 * hi))
     for k in ("pass@1", "pass@10"):
         assert both[k]["value"] == pytest.approx((summarise(one)[k]["value"] + summarise(other)[k]["value"]) / 2)
         assert both[k]["ci_low"] <= both[k]["value"] <= both[k]["ci_high"]

@@ -131,7 +131,7 @@ def evaluate_humaneval(model, tokenizer, out_dir, preset: str = "greedy", limit:
     if width_measured is not None:
         report["generation_width"] = width_measured
     pooled = summarise_seeds([{t: (c["n"], c["correct"]) for t, c in s["per_task"].items()} for s in per_seed],
-                             ks=p.ks)  # with one seed, the seed's own interval
+                             ks=p.ks, seed=seeds[0] if len(seeds) == 1 else 0)  # one seed: its own interval
     for key in per_seed[0]:
         if key.startswith("pass@"):
             vals = np.array([s[key]["value"] for s in per_seed])

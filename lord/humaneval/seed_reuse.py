@@ -17,7 +17,10 @@ import re
 import shutil
 from pathlib import Path
 
+from lord.atomic import read_json, write_json_atomic
+
 log = logging.getLogger(__name__)
+RECORD = "seeds-reused.json"
 
 
 def _without_seeds(inputs: dict) -> dict:
@@ -36,9 +39,9 @@ def _seed_files(folder: Path, seed: int) -> list[Path]:
 def reuse_seeds(artifacts: Path, identity: dict | None, seeds) -> dict:
     """Copy into ``artifacts`` (this run's samples folder) the files of each seed in ``seeds`` that this run has
     not generated yet and that a finished sibling run with the same identity less ``eval.seeds`` has. Returns
-    {seed: the sibling's identity prefix} for the seeds copied."""
+    {seed: the sibling's identity prefix} for every seed copied, now or by an earlier start of this run."""
     if not identity or "inputs" not in identity:
-        return {}
+        return _recorded(artifacts)
     artifacts = Path(artifacts)
     mine = _without_seeds(identity["inputs"])
     missing = [s for s in seeds if not any(p.name.startswith("samples-") for p in _seed_files(artifacts, s))]
@@ -52,8 +55,9 @@ def reuse_seeds(artifacts: Path, identity: dict | None, seeds) -> dict:
             result = json.loads(result_file.read_text())
         except (OSError, ValueError):
             continue
-        other = result.get("identity") or {}
-        if result.get("status") != "ok" or "inputs" not in other or _without_seeds(other["inputs"]) != mine:
+        other = result.get("identity") if isinstance(result, dict) else None
+        if (not isinstance(other, dict) or result.get("status") != "ok" or not isinstance(other.get("inputs"), dict)
+                or _without_seeds(other["inputs"]) != mine):
             continue
         folder = result_file.with_suffix("")
         for seed in list(missing):
@@ -64,8 +68,16 @@ def reuse_seeds(artifacts: Path, identity: dict | None, seeds) -> dict:
             artifacts.mkdir(parents=True, exist_ok=True)
             for p in files:
                 shutil.copyfile(p, artifacts / p.name)
-            reused[seed] = other["id"][:8]
+            reused[seed] = str(other.get("id", ""))[:8]
             missing.remove(seed)
             log.info("seed %d: samples and verdicts copied from %s (the same run but for eval.seeds)", seed,
                      result_file)
-    return reused
+    if reused:  # kept with the samples, so that a resumed run still says where its copied seeds came from
+        write_json_atomic(artifacts / RECORD, {str(s): i for s, i in {**_recorded(artifacts), **reused}.items()})
+    return {**_recorded(artifacts), **reused}
+
+
+def _recorded(artifacts: Path) -> dict:
+    """{seed: identity prefix} of the seeds copied into ``artifacts`` by an earlier start of this run."""
+    known = read_json(Path(artifacts) / RECORD)
+    return {int(s): i for s, i in known.items()} if isinstance(known, dict) else {}
