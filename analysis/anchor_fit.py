@@ -9,20 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from lord.architectures import block_label
+
 COLUMNS = ["model", "method", "budget %", "fit", "layers fitted", "objective raised on calibration",
            "worse on the held-out batch", "blocks of those", "ridge grid", "at the largest ridge",
            "most chosen ridge", "layers choosing it", "anchor s"]
 
 
 def _blocks(blocks: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5"."""
-    runs: list[list[int]] = []
-    for b in sorted(set(blocks)):
-        if runs and b == runs[-1][1] + 1:
-            runs[-1][1] = b
-        else:
-            runs.append([b, b])
-    return ", ".join(f"{a}" if a == z else f"{a}-{z}" for a, z in runs)
+    """[0, 1, 2, 5] -> "0-2, 5" (lord.architectures.block_label's runs, comma-separated)."""
+    return block_label(blocks).removeprefix("blocks").replace("+", ", ")
 
 
 def anchor_row(record: dict) -> dict:
