@@ -98,13 +98,17 @@ def test_published_humaneval_results_keep_their_identity_under_todays_eval_confi
 
     paths = sorted((ROOT / "results" / "published").rglob("*.humaneval-*.json"))
     stored = [r for r in map(json.loads, (p.read_text() for p in paths)) if r.get("identity")]
-    assert len(stored) >= 10 and {r["config"]["eval"]["preset"] for r in stored} == {"greedy"}
-    today = OmegaConf.to_container(_compose([*QUICK, "eval=humaneval_greedy"]).eval, resolve=True)
+    presets = {r["config"]["eval"]["preset"] for r in stored}
+    assert presets <= {"greedy", "code_eval"}
+    assert sum("share_prefix" not in r["config"]["eval"] for r in stored) >= 10  # results from before sharing
+    today = {p: OmegaConf.to_container(_compose([*QUICK, f"eval=humaneval_{p}"]).eval, resolve=True) for p in presets}
     for r in stored:
         inputs, old_eval = r["identity"]["inputs"], r["config"]["eval"]
         assert run_identity(r["config"], inputs["weights"], inputs["data"])["id"] == r["identity"]["id"]
-        added = {k: today[k] for k in today if k not in old_eval}
-        assert added == {"share_prefix": True} == {k: ADDED_KEYS[f"eval.{k}"] for k in added}
+        current = today[old_eval["preset"]]
+        added = {k: current[k] for k in current if k not in old_eval}
+        assert added == {k: ADDED_KEYS[f"eval.{k}"] for k in added}
+        assert added == ({"share_prefix": True} if "share_prefix" not in old_eval else {})
         now = {**r["config"], "eval": {**old_eval, **added}}
         assert run_identity(now, inputs["weights"], inputs["data"])["id"] == r["identity"]["id"]
     # a sampled run: the width is the word auto whatever the machine measures; sharing off is another question
