@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import (ablations, analytic, anchor_fit, composition, figures, humaneval_failures, pareto, rank_sweep,
-                      tables)
+                      refit_diagnosis, tables)
 from analysis.results import for_artefact, load_speed_benchmarks, same_models_as
 from lord.params import zoo_model_configs
 from lord.registry import Registry
@@ -301,6 +301,21 @@ def tuning(a: Analysis) -> list[Path]:
                            "worse than the decomposition on the held-out batch and their blocks, and the ridge each "
                            "layer chose on that batch (relative to the mean eigenvalue)")
     return written
+
+
+@ARTEFACTS.register("refit_diagnosis")
+def refit_diagnosis_artefact(a: Analysis) -> list[Path]:
+    """Why refit hurts at large budgets (experiment=refit_diagnosis): one candidate cause changed per run."""
+    e = a.of("refit_diagnosis")
+    if not len(pareto.budget_rows(e)):
+        return []
+    return a.table(e, "refit_diagnosis", refit_diagnosis.refit_diagnosis_table,
+                   "Why refit hurts at large budgets (experiment=refit_diagnosis): each candidate cause changed "
+                   "alone -- the first window position left out of the fit (refit.skip_first), the ridge chosen per "
+                   "layer on held-out calibration batches, four times the calibration windows -- against the run "
+                   "without refit on the same windows (paired over the validation windows; positive: refit is "
+                   "worse). Medians over the refitted layers from each run's record (stages.refit.targets); the "
+                   "first position's share of the squared residual before the fit is 1 / 1024 for a typical position")
 
 
 @ARTEFACTS.register("pareto_humaneval")

@@ -33,6 +33,12 @@ vectors of ``W* L``, ``L L^T = K``. With ``x~ = x`` (no compressed block before 
 ``whiten`` fitted to the layer's own outputs (tested). ``A = U_r^T W*`` and ``B = U_r`` replace the factors;
 the ranks stay those of ``decompose``.
 
+``skip_first=k`` leaves the first ``k`` positions of every window out of the fit (the moments; the blocks still run
+on them), to measure whether the attention-sink position's large outputs dominate the least squares. Whatever it is,
+each layer's record keeps ``first_position_residual_share``: the first position's share of the summed squared
+residual ``|y - W_0 x~|^2`` of the factors in place before the fit, over every calibration token (``1 / seq_len`` if
+the first position were like any other).
+
 Held-out tokens (``holdout``, a share of the calibration batches, the last ones): each candidate ridge of
 ``ridges`` is fitted on the other batches and scored on those; the one with the lowest held-out objective is
 refitted on all batches. The record keeps, per layer, the held-out objective of the factors before and of the
@@ -47,7 +53,7 @@ import torch
 import torch.nn as nn
 
 from lord.architectures import architecture_for
-from lord.calibration import CHUNK_ROWS, advance_inputs, block_inputs, run_hooked
+from lord.calibration import CHUNK_ROWS, advance_inputs, block_inputs, counted_positions, run_hooked
 from lord.progress import progress_bar
 from lord.structure import set_module
 
@@ -133,12 +139,13 @@ def _factors(model: nn.Module, members) -> tuple[torch.Tensor, list[nn.Linear]]:
 
 
 def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True,
-          fit: str = "B", holdout: float = 0.0, ridges=None) -> dict:
+          fit: str = "B", holdout: float = 0.0, ridges=None, skip_first: int = 0) -> dict:
     """Refit every block target of ``decompositions`` (already applied by ``compressor``) in place; returns a
     record: per layer, the objective before and after (and the ridge term's lam).
 
     ``fit``: "B" (``B`` and bias, ``A`` fixed) or "both" (the whole rank-r map). ``holdout`` > 0 keeps that share
-    of the batches (the last ones) out of each candidate fit of ``ridges`` (default: ``[ridge]``) to choose it."""
+    of the batches (the last ones) out of each candidate fit of ``ridges`` (default: ``[ridge]``) to choose it;
+    ``skip_first`` leaves that many leading positions of every window out of the fit."""
     if fit not in ("B", "both"):
         raise ValueError(f"fit must be 'B' or 'both', got {fit!r}")
     arch = architecture_for(model, compressor.architecture)
@@ -167,17 +174,47 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
         targets = by_block[i]
         dims = {d.name: d.rank if fit == "B" else d.d_in for d in targets}
         acc = {d.name: [PairMoments(sum(d.d_outs), dims[d.name], device) for _ in range(2)] for d in targets}
+        residual = {d.name: FirstPositionShare(*_start_map(model, d, fit, device)) for d in targets}
         for j in range(len(compressed)):
             ys = _dense_outputs(model, blocks[i], targets, compressor, dense, j)
             zs = (_compressed_codes if fit == "B" else _compressed_inputs)(model, blocks[i], targets, compressed, j)
             for d in targets:
-                acc[d.name][j >= held_from].update(ys[d.name], zs[d.name])
+                residual[d.name].update(ys[d.name], zs[d.name])
+                acc[d.name][j >= held_from].update(counted_positions(ys[d.name], skip_first),
+                                                   counted_positions(zs[d.name], skip_first))
         for d in targets:
-            layers.append(_refit_target(model, d, i, *acc[d.name], fit, candidates, device))
+            layers.append({**_refit_target(model, d, i, *acc[d.name], fit, candidates, device),
+                           "first_position_residual_share": residual[d.name].share()})
         advance_inputs(blocks[i], compressed)
         _advance_dense(model, blocks[i], targets, compressor, dense)
     return {"targets": layers, "skipped": skipped, "ridge": ridge, "fit": fit, "holdout": holdout,
-            "ridges": candidates, "held_out_batches": len(batches) - held_from}
+            "ridges": candidates, "held_out_batches": len(batches) - held_from, "skip_first": skip_first}
+
+
+class FirstPositionShare:
+    """The first position's share of ``sum |y - (M z + c)|^2`` over every token of the windows seen."""
+
+    def __init__(self, M: torch.Tensor, c: torch.Tensor):
+        self.M, self.c = M.float(), c.float()  # a diagnostic share: float32 products, float64 sums
+        self.first, self.total = 0.0, 0.0
+
+    def update(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        if y.dim() != 3:  # (batch, positions, dim) only; other shapes carry no positions
+            return
+        for b in range(y.shape[0]):
+            r = y[b].to(self.M.device, torch.float32) - (z[b].to(self.M.device, torch.float32) @ self.M.T + self.c)
+            sq = r.square().sum(-1, dtype=torch.float64)
+            self.first += float(sq[0])
+            self.total += float(sq.sum())
+
+    def share(self) -> float | None:
+        return self.first / self.total if self.total > 0 else None
+
+
+def _start_map(model, d, fit: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c): the map from the fit's ``z`` to the layer's output as the factors in place compute it."""
+    B0, c0, _, A, _ = _current(model, d, device)
+    return (B0 if fit == "B" else B0 @ A.detach().double().to(device)), c0
 
 
 def _current(model, d, device):

@@ -723,3 +723,47 @@ def test_the_pareto_figure_draws_the_interval_of_each_point_that_has_one(tmp_pat
     assert len(bars) == 1 and len(bars[0].get_segments()) == 1
     (x0, y0), (x1, y1) = bars[0].get_segments()[0]
     assert (x0, x1) == (10.0, 10.0) and sorted((y0, y1)) == [8.0, 12.0]
+
+
+def test_the_refit_diagnosis_pairs_each_refit_run_with_the_run_without_refit_on_the_same_windows(tmp_path):
+    """By hand: two runs without refit (16 and 64 windows) and two with (16 windows: one skipping the first position);
+    each refit run's difference is its windows' mean Δ minus that of the run without refit on the same windows,
+    and the record's medians are what its layers say."""
+    import numpy as np
+
+    from analysis.intervals import difference_interval
+    from analysis.refit_diagnosis import refit_diagnosis_table
+
+    def layer(block, ratio, share, held=None):
+        return {"block": block, "objective_before": 2.0, "objective_after": 2.0 * ratio,
+                "first_position_residual_share": share, **({"held_out_before": 1.0, "held_out_after": held}
+                                                            if held is not None else {})}
+
+    records = {"skip": {"skip_first": 1, "ridges": [1e-6], "seconds": 5.0,
+                        "targets": [layer(0, 0.5, 0.1), layer(1, 0.7, 0.3), layer(2, 0.9, 0.2)]},
+               "ridge": {"skip_first": 0, "ridges": [1e-6, 1.0], "seconds": 6.0,
+                         "targets": [layer(0, 0.4, 0.01, 2.0), layer(1, 0.6, 0.03, 0.5)]}}
+    g = np.random.default_rng(0)
+    runs = []
+    for name, setting, windows in (("plain16", "", 16), ("plain64", "", 64), ("skip", "+refit", 16),
+                                   ("ridge", "+refit", 16)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"stages": {"refit": records[name]} if name in records else {}}))
+        runs.append({"eval": "perplexity", "model": "m", "method": "whiten", "rank_unit": "budget-greedy",
+                     "rank_value": 40, "setting": setting, "calibration_windows": windows,
+                     "calibration_seq_len": 1024, "perplexity_increase_percent": 100.0,
+                     "window_deltas": g.normal(1.0, 0.1, 8), "path": str(path)})
+    df = pd.DataFrame(runs)
+    t = refit_diagnosis_table(df)
+    assert len(t) == 4 and list(t["calibration windows"]) == [16, 16, 16, 64]
+    plain = t[t["layers refitted"].isna()]
+    assert len(plain) == 2 and plain["Δ log ppl vs no refit"].isna().all()
+    skip = t[t["refit.skip_first"] == 1].iloc[0]
+    expected = difference_interval(runs[2]["window_deltas"], runs[0]["window_deltas"])
+    assert skip["Δ log ppl vs no refit"] == pytest.approx(expected.estimate)
+    assert skip["layers refitted"] == 3 and skip["calibration objective after/before (median)"] == pytest.approx(0.7)
+    assert skip["first position's residual share (median)"] == pytest.approx(0.2)
+    assert skip["first position vs a typical one (median ×)"] == pytest.approx(0.2 * 1024)
+    assert pd.isna(skip["held-out after/before (median)"]) and skip["ridge chosen on held-out from"] == ""
+    ridge = t[t["ridge chosen on held-out from"] != ""].dropna(subset=["layers refitted"]).iloc[0]
+    assert ridge["ridge chosen on held-out from"] == "1e-06, 1" and ridge["held-out after/before (median)"] == 1.25

@@ -252,6 +252,15 @@ def test_budget_and_method_errors_are_config_errors_before_weights_load(tmp_path
         run(_compose([*base, "method=asvd", "calibration.mode=sequential"]))
     with pytest.raises(LordError, match="put it after 'decompose'"):
         run(_compose([*base, "stages=[calibrate,refit,decompose]"]))
+    refit = [*base, "stages=[calibrate,decompose,refit]"]
+    with pytest.raises(LordError, match=r"refit has unknown key\(s\) \['skipfirst'\]; allowed: ridge, ridges"):
+        run(_compose([*refit, "+refit.skipfirst=1"]))
+    with pytest.raises(LordError, match=r"refit.skip_first=-1 must be a non-negative integer"):
+        run(_compose([*refit, "+refit.skip_first=-1"]))
+    with pytest.raises(LordError, match=r"refit.skip_first=4096 leaves no position of a \d+-token window"):
+        run(_compose([*refit, "+refit.skip_first=4096"]))
+    with pytest.raises(LordError, match=r"anchor has unknown key\(s\) \['ridge'\]; allowed: ridges, holdout"):
+        run(_compose([*base, "stages=[calibrate,decompose,anchor]", "+anchor.ridge=0.1"]))
     assert not list(tmp_path.rglob("*.json"))
 
 

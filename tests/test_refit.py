@@ -6,7 +6,7 @@ import torch
 from conftest import calib_batches, tiny_model
 from lord.compress import Compressor
 from lord.ranks import RankSpec
-from lord.refit import PairMoments, refit
+from lord.refit import FirstPositionShare, PairMoments, refit
 
 
 def _pairs(seed=0, n=600, d_out=12, r=5):
@@ -96,3 +96,39 @@ def test_the_anchored_fit_lowers_its_ridge_objective_and_chooses_the_ridge_on_he
         assert layer["held_out_after"] == min(layer["held_out_by_ridge"])
         assert layer["ridge"] == [1e-6, 1e-2, 1.0][layer["held_out_by_ridge"].index(layer["held_out_after"])]
     assert torch.isfinite(model(input_ids=torch.randint(0, 97, (1, 16))).logits).all()
+
+
+def test_the_first_position_share_is_that_positions_part_of_the_squared_residual():
+    g = torch.Generator().manual_seed(3)
+    y, z = torch.randn(2, 7, 6, generator=g), torch.randn(2, 7, 4, generator=g)
+    y[:, 0] *= 10  # a sink-like first position
+    M, c = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    share = FirstPositionShare(M, c)
+    for b in range(2):  # batch by batch, as the refit sees them
+        share.update(y[b:b + 1], z[b:b + 1])
+    r = (y.double() - z.double() @ M.T - c).square().sum(-1)
+    assert share.share() == pytest.approx(float(r[:, 0].sum() / r.sum()), rel=1e-5) and share.share() > 1 / 7
+
+
+@pytest.mark.parametrize("fit", ["B", "both"])
+def test_skip_first_leaves_the_leading_positions_out_of_the_fit_and_still_never_raises_its_objective(fit):
+    """The fit counts ``T - k`` positions of every window (the blocks still run on all ``T``); its guarantee holds on
+    the tokens it counts, and with ``k = 0`` it is the default fit."""
+    runs = {}
+    for skip in (0, 3):
+        model = tiny_model("llama")
+        batches = calib_batches()
+        c = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False)
+        report = c.apply("whiten", RankSpec("reduction", 50, force=True))
+        runs[skip] = refit(model, c, report["decompositions"], batches, ridge=1e-6, fit=fit, progress=False,
+                           skip_first=skip)
+        n, T = sum(b.shape[0] for b in batches), batches[0].shape[1]
+        assert runs[skip]["skip_first"] == skip
+        for layer in runs[skip]["targets"]:
+            assert layer["tokens"] == n * (T - skip)
+            assert layer["ridge_objective_after"] <= layer["ridge_objective_before"] * (1 + 1e-9) + 1e-12
+            assert 0 < layer["first_position_residual_share"] < 1
+    # the share is measured on the factors in place before the fit, on every position: the same with or without skip
+    for a, b in zip(runs[0]["targets"], runs[3]["targets"]):
+        if a["block"] == 0:
+            assert a["first_position_residual_share"] == pytest.approx(b["first_position_residual_share"], rel=1e-4)

@@ -7,7 +7,8 @@ The ridge of each layer is chosen from ``anchor.ridges`` (relative to the mean e
 covariance) on held-out calibration batches (``anchor.holdout``, their share), then the layer is fitted on all
 of them: a full-rank least-squares map of a 4,864-wide input on ~16k tokens would otherwise fit noise (this is
 why ``refit`` made budgets of 30-40 % worse; docs/findings/beyond-the-paper.md). Run it as
-``stages=[calibrate,decompose,anchor]``.
+``stages=[calibrate,decompose,anchor]``. ``anchor.skip_first=k`` leaves the first ``k`` positions of every
+window out of the fit (as ``refit.skip_first``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from lord.errors import LordError
+from lord.errors import LordError, check_skip_first
 from lord.stages.base import STAGES, Stage
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,25 @@ def fit_settings(cfg, key: str, default_ridges, default_holdout) -> tuple[list[f
         raise LordError(f"{key}.ridges lists {len(ridges)} ridges but {key}.holdout=0 leaves no batch to choose "
                         f"among them; set {key}.holdout (e.g. 0.25) or give one ridge")
     return ridges, holdout
+
+
+FIT_KEYS = {"anchor": ("ridges", "holdout", "skip_first"), "refit": ("ridge", "ridges", "holdout", "skip_first")}
+
+
+def check_fit_keys(cfg, key: str) -> None:
+    """One line for a key of ``anchor``/``refit`` that the stage does not read (a typo would be ignored silently)."""
+    unknown = sorted(set(cfg.get(key) or {}) - set(FIT_KEYS[key]))
+    if unknown:
+        raise LordError(f"{key} has unknown key(s) {unknown}; allowed: {', '.join(FIT_KEYS[key])}")
+
+
+def skip_setting(cfg, key: str) -> int:
+    """``<key>.skip_first`` of stage ``key`` (``anchor``, ``refit``): leading window positions left out of its fit,
+    checked against the calibration windows' length (one line for a bad value)."""
+    skip = (cfg.get(key) or {}).get("skip_first", 0)
+    c = cfg.calibration
+    check_skip_first(f"{key}.skip_first", skip, c.get("seq_len") or cfg.data.get("seq_len"))
+    return skip
 
 
 def check_after_decompose(stage: Stage) -> None:
@@ -67,9 +87,11 @@ class Anchor(Stage):
         return True
 
     def check_config(self) -> None:
+        check_fit_keys(self.cfg, "anchor")
         _, holdout = fit_settings(self.cfg, "anchor", DEFAULT_RIDGES, DEFAULT_HOLDOUT)
         check_after_decompose(self)
         check_held_out_batches(self.cfg, "anchor", holdout)
+        skip_setting(self.cfg, "anchor")
 
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
@@ -80,7 +102,7 @@ class Anchor(Stage):
         batches = list(ctx.data.windows("calibration").split(self.cfg.calibration.batch_size))
         t = time.perf_counter()
         record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge=ridges[0], fit="both",
-                       holdout=holdout, ridges=ridges)
+                       holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "anchor"))
         layers = record["targets"]
         worse = [r["name"] for r in layers if r.get("held_out_after", 0) > r.get("held_out_before", 0)]
         log.info("anchored fit of %d layers in %.1f s; held-out objective worse than the decomposition's on %d",

@@ -3,7 +3,9 @@
 ``decompose``, refit every decomposed layer's ``B`` and bias on the compressed model's own inputs, ``A`` fixed
 (``lord.refit``). Run it as ``stages=[calibrate,decompose,refit]``; it reads the calibration windows again and
 keeps the hidden states of both the dense and the compressed model (two forward passes, and one more of the
-compressed blocks)."""
+compressed blocks). ``refit.skip_first=k`` leaves the first ``k`` positions of every window out of the fit (the
+attention-sink diagnosis of docs/findings/beyond-the-paper.md); every layer's record has the first position's
+share of the residual before the fit either way."""
 
 from __future__ import annotations
 
@@ -26,15 +28,19 @@ class Refit(Stage):
         return True
 
     def check_config(self) -> None:
+        from lord.stages.anchor import check_fit_keys
+
+        check_fit_keys(self.cfg, "refit")
         ridge = ridge_setting(self.cfg)
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
             raise LordError(f"refit.ridge={ridge!r} must be a number >= 0 (a ridge term relative to the mean "
                             "eigenvalue of E[z z^T])")
-        from lord.stages.anchor import check_after_decompose, check_held_out_batches, fit_settings
+        from lord.stages.anchor import check_after_decompose, check_held_out_batches, fit_settings, skip_setting
 
         check_after_decompose(self)
         _, holdout = fit_settings(self.cfg, "refit", None, 0.0)
         check_held_out_batches(self.cfg, "refit", holdout)
+        skip_setting(self.cfg, "refit")
 
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
@@ -44,11 +50,11 @@ class Refit(Stage):
         c = self.cfg.calibration
         batches = list(ctx.data.windows("calibration").split(c.batch_size))
         t = time.perf_counter()
-        from lord.stages.anchor import fit_settings
+        from lord.stages.anchor import fit_settings, skip_setting
 
         ridges, holdout = fit_settings(self.cfg, "refit", None, 0.0)
         record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge_setting(self.cfg),
-                       holdout=holdout, ridges=ridges)
+                       holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "refit"))
         layers = record["targets"]
         worse = [r["name"] for r in layers if r["ridge_objective_after"] > r["ridge_objective_before"] * (1 + 1e-9)]
         if worse:  # the maths says it cannot happen; say so loudly if float arithmetic ever makes it
