@@ -14,10 +14,12 @@ import pandas as pd
 from analysis.intervals import difference_interval, fmt, increase_percent, mean_interval
 from analysis.pareto import budget_rows, label
 
-COLUMNS = ["model", "budget %", "method", "calibration windows", "refit.skip_first", "ridge chosen on held-out from",
+COLUMNS = ["model", "budget %", "method", "calibration windows", "refit.skip_first", "refit.order",
+           "ridge chosen on held-out from",
            "ppl increase %", "ppl increase 95 % CI", "Δ log ppl vs no refit", "Δ vs no refit 95 % CI",
            "layers refitted", "calibration objective after/before (median)", "held-out after/before (median)",
-           "first position's residual share (median)", "first position vs a typical one (median ×)", "refit s"]
+           "first position's residual share (median)", "first position vs a typical one (median ×)",
+           "first position's residual share (largest)", "layer with the largest share", "refit s"]
 
 
 def refit_summary(record: dict | None, seq_len: int | None) -> dict:
@@ -30,14 +32,18 @@ def refit_summary(record: dict | None, seq_len: int | None) -> dict:
     shares = [t["first_position_residual_share"] for t in targets
               if t.get("first_position_residual_share") is not None]
     share = median(shares) if shares else None
+    largest = max((t for t in targets if t.get("first_position_residual_share") is not None),
+                  key=lambda t: t["first_position_residual_share"], default=None)
     ridges = record.get("ridges") or []
-    return {"refit.skip_first": record.get("skip_first", 0),
+    return {"refit.skip_first": record.get("skip_first", 0), "refit.order": record.get("order", "block"),
             "ridge chosen on held-out from": ", ".join(f"{r:g}" for r in ridges) if len(ridges) > 1 else "",
             "layers refitted": len(targets),
             "calibration objective after/before (median)": median(ratios) if ratios else None,
             "held-out after/before (median)": median(held) if held else None,
             "first position's residual share (median)": share,
             "first position vs a typical one (median ×)": share * seq_len if share is not None and seq_len else None,
+            "first position's residual share (largest)": largest["first_position_residual_share"] if largest else None,
+            "layer with the largest share": largest.get("name", f"block {largest.get('block')}") if largest else "",
             "refit s": record.get("seconds")}
 
 
@@ -56,7 +62,7 @@ def refit_diagnosis_table(df: pd.DataFrame) -> pd.DataFrame:
         deltas = r.window_deltas if isinstance(r.window_deltas, np.ndarray) else None
         ci = mean_interval(deltas) if deltas is not None else None
         row = {"model": r.model, "budget %": r.rank_value, "method": label(r.method, r.rank_unit, r.setting),
-               "calibration windows": r.calibration_windows, "refit.skip_first": None,
+               "calibration windows": r.calibration_windows, "refit.skip_first": None, "refit.order": "",
                "ppl increase %": r.perplexity_increase_percent,
                "ppl increase 95 % CI": fmt(increase_percent(ci)) if ci is not None else fmt(None),
                **refit_summary(record, r.calibration_seq_len)}
@@ -69,5 +75,5 @@ def refit_diagnosis_table(df: pd.DataFrame) -> pd.DataFrame:
             row["Δ log ppl vs no refit"], row["Δ vs no refit 95 % CI"] = diff.estimate, fmt(diff)
         rows.append(row)
     t = pd.DataFrame(rows, columns=COLUMNS)
-    return t.sort_values(["model", "budget %", "calibration windows", "method", "refit.skip_first"],
+    return t.sort_values(["model", "budget %", "calibration windows", "method", "refit.skip_first", "refit.order"],
                          na_position="first").reset_index(drop=True)

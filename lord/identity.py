@@ -48,6 +48,7 @@ ADDED_KEYS = {"calibration.skip_first": 0, "calibration.seq_len": None, "data.ca
               "calibration.draw": None,
               "sensitivity": {"windows": 4, "seq_len": 256, "grid": [10, 20, 30, 40, 50, 60, 70]},
               "eval.share_prefix": True, "refit.skip_first": 0, "anchor.skip_first": 0,
+              "refit.order": "block", "anchor.order": "block",
               "neurons": {"enabled": False, "ridge": 0.01, "refit_ridge": 0.001}}
 
 

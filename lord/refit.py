@@ -19,9 +19,13 @@ Streaming, block by block: the calibration windows' hidden states are kept for t
 the compressed one (two copies of the hidden states, as sequential calibration keeps one). For each block: one
 pass of the dense block (its dense modules put back for the pass) gives ``y`` and advances the dense states;
 one pass of the compressed block gives ``z`` on the same tokens; every target of the block is refitted; a last
-pass of the refitted block advances the compressed states. Targets of one block are refitted together, so a
-later one of them (``o_proj`` after q/k/v) is fitted on inputs from the block's earlier targets before their
-refit. Embedding and LM-head targets are not refitted.
+pass of the refitted block advances the compressed states. With ``order="block"`` (the default) targets of one
+block are refitted together, so a later one of them (``o_proj`` after q/k/v, ``down_proj`` after gate/up) is fitted
+on inputs from the block's earlier targets *before* their refit, and after the refit it sees other inputs than it
+was fitted on. ``order="sublayer"`` refits a block's targets group by group in forward order (a group: the targets
+that read one input tensor, such as q/k/v or gate/up), each group on the compressed inputs from the block's already
+refitted earlier groups, so every layer's fit holds for the inputs it sees afterwards (one dense and one compressed
+pass of the block per group and batch instead of one). Embedding and LM-head targets are not refitted.
 
 ``fit="both"`` (stage ``anchor``, the AA-SVD / SAES-SVD idea) chooses the whole rank-r map, not only ``B``:
 
@@ -138,16 +142,22 @@ def _factors(model: nn.Module, members) -> tuple[torch.Tensor, list[nn.Linear]]:
     return mods[0]._shared.weight, [m.B for m in mods]
 
 
+ORDERS = ("block", "sublayer")
+
+
 def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True,
-          fit: str = "B", holdout: float = 0.0, ridges=None, skip_first: int = 0) -> dict:
+          fit: str = "B", holdout: float = 0.0, ridges=None, skip_first: int = 0, order: str = "block") -> dict:
     """Refit every block target of ``decompositions`` (already applied by ``compressor``) in place; returns a
     record: per layer, the objective before and after (and the ridge term's lam).
 
     ``fit``: "B" (``B`` and bias, ``A`` fixed) or "both" (the whole rank-r map). ``holdout`` > 0 keeps that share
     of the batches (the last ones) out of each candidate fit of ``ridges`` (default: ``[ridge]``) to choose it;
-    ``skip_first`` leaves that many leading positions of every window out of the fit."""
+    ``skip_first`` leaves that many leading positions of every window out of the fit; ``order``: "block" (a block's
+    targets fitted together) or "sublayer" (group by group in forward order, see the module's docstring)."""
     if fit not in ("B", "both"):
         raise ValueError(f"fit must be 'B' or 'both', got {fit!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     arch = architecture_for(model, compressor.architecture)
     blocks = model.get_submodule(arch.blocks)
     device = next(model.parameters()).device
@@ -172,23 +182,57 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
             _advance_dense(model, blocks[i], [], compressor, dense)
             continue
         targets = by_block[i]
-        dims = {d.name: d.rank if fit == "B" else d.d_in for d in targets}
-        acc = {d.name: [PairMoments(sum(d.d_outs), dims[d.name], device) for _ in range(2)] for d in targets}
-        residual = {d.name: FirstPositionShare(*_start_map(model, d, fit, device)) for d in targets}
-        for j in range(len(compressed)):
-            ys = _dense_outputs(model, blocks[i], targets, compressor, dense, j)
-            zs = (_compressed_codes if fit == "B" else _compressed_inputs)(model, blocks[i], targets, compressed, j)
-            for d in targets:
-                residual[d.name].update(ys[d.name], zs[d.name])
-                acc[d.name][j >= held_from].update(counted_positions(ys[d.name], skip_first),
-                                                   counted_positions(zs[d.name], skip_first))
-        for d in targets:
-            layers.append({**_refit_target(model, d, i, *acc[d.name], fit, candidates, device),
-                           "first_position_residual_share": residual[d.name].share()})
+        groups = [targets] if order == "block" else forward_groups(blocks[i], model, targets, compressed)
+        for group in groups:
+            layers += _refit_group(model, compressor, blocks[i], i, group, dense, compressed, held_from, fit,
+                                   candidates, skip_first, device)
         advance_inputs(blocks[i], compressed)
         _advance_dense(model, blocks[i], targets, compressor, dense)
     return {"targets": layers, "skipped": skipped, "ridge": ridge, "fit": fit, "holdout": holdout,
-            "ridges": candidates, "held_out_batches": len(batches) - held_from, "skip_first": skip_first}
+            "ridges": candidates, "held_out_batches": len(batches) - held_from, "skip_first": skip_first,
+            "order": order}
+
+
+def _refit_group(model, compressor, block, i, group, dense, compressed, held_from, fit, candidates, skip_first,
+                 device) -> list[dict]:
+    """Refit the targets of ``group`` (of block ``i``) together on every calibration batch; their records."""
+    dims = {d.name: d.rank if fit == "B" else d.d_in for d in group}
+    acc = {d.name: [PairMoments(sum(d.d_outs), dims[d.name], device) for _ in range(2)] for d in group}
+    residual = {d.name: FirstPositionShare(*_start_map(model, d, fit, device)) for d in group}
+    for j in range(len(compressed)):
+        ys = _dense_outputs(model, block, group, compressor, dense, j)
+        zs = (_compressed_codes if fit == "B" else _compressed_inputs)(model, block, group, compressed, j)
+        for d in group:
+            residual[d.name].update(ys[d.name], zs[d.name])
+            acc[d.name][j >= held_from].update(counted_positions(ys[d.name], skip_first),
+                                               counted_positions(zs[d.name], skip_first))
+    return [{**_refit_target(model, d, i, *acc[d.name], fit, candidates, device),
+             "first_position_residual_share": residual[d.name].share()} for d in group]
+
+
+def forward_groups(block: nn.Module, model: nn.Module, targets, states) -> list[list]:
+    """``targets`` of ``block`` in the order the block calls them on its first stored input, consecutive targets that
+    read the same input tensor (q/k/v, gate/up) in one group."""
+    seen: list[tuple] = []
+    handles = []
+    for d in targets:
+        def hook(_mod, args, _out, d=d):
+            if all(d is not e for e, _ in seen):
+                seen.append((d, args[0]))
+        handles.append(model.get_submodule(d.members[0]).register_forward_hook(hook))
+    run_hooked(block, states[:1], handles)
+    missing = [d.name for d in targets if all(d is not e for e, _ in seen)]
+    if missing:
+        raise RuntimeError(f"refit: the block never called {missing}; cannot order its targets")
+    groups: list[list] = []
+    last = None
+    for d, x in seen:
+        if last is not None and x is last:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+        last = x
+    return groups
 
 
 class FirstPositionShare:

@@ -741,7 +741,7 @@ def test_the_refit_diagnosis_pairs_each_refit_run_with_the_run_without_refit_on_
 
     records = {"skip": {"skip_first": 1, "ridges": [1e-6], "seconds": 5.0,
                         "targets": [layer(0, 0.5, 0.1), layer(1, 0.7, 0.3), layer(2, 0.9, 0.2)]},
-               "ridge": {"skip_first": 0, "ridges": [1e-6, 1.0], "seconds": 6.0,
+               "ridge": {"skip_first": 0, "ridges": [1e-6, 1.0], "seconds": 6.0, "order": "sublayer",
                          "targets": [layer(0, 0.4, 0.01, 2.0), layer(1, 0.6, 0.03, 0.5)]}}
     g = np.random.default_rng(0)
     runs = []
@@ -764,6 +764,10 @@ def test_the_refit_diagnosis_pairs_each_refit_run_with_the_run_without_refit_on_
     assert skip["layers refitted"] == 3 and skip["calibration objective after/before (median)"] == pytest.approx(0.7)
     assert skip["first position's residual share (median)"] == pytest.approx(0.2)
     assert skip["first position vs a typical one (median ×)"] == pytest.approx(0.2 * 1024)
+    assert skip["first position's residual share (largest)"] == pytest.approx(0.3)
+    assert skip["layer with the largest share"] == "block 1"
+    assert skip["refit.order"] == "block"  # a record from before refit.order: its layers were fitted together
     assert pd.isna(skip["held-out after/before (median)"]) and skip["ridge chosen on held-out from"] == ""
     ridge = t[t["ridge chosen on held-out from"] != ""].dropna(subset=["layers refitted"]).iloc[0]
     assert ridge["ridge chosen on held-out from"] == "1e-06, 1" and ridge["held-out after/before (median)"] == 1.25
+    assert ridge["refit.order"] == "sublayer"

@@ -259,6 +259,8 @@ def test_budget_and_method_errors_are_config_errors_before_weights_load(tmp_path
         run(_compose([*refit, "+refit.skip_first=-1"]))
     with pytest.raises(LordError, match=r"refit.skip_first=4096 leaves no position of a \d+-token window"):
         run(_compose([*refit, "+refit.skip_first=4096"]))
+    with pytest.raises(LordError, match=r"refit.order='forward' must be one of block, sublayer"):
+        run(_compose([*refit, "+refit.order=forward"]))
     with pytest.raises(LordError, match=r"anchor has unknown key\(s\) \['ridge'\]; allowed: ridges, holdout"):
         run(_compose([*base, "stages=[calibrate,decompose,anchor]", "+anchor.ridge=0.1"]))
     assert not list(tmp_path.rglob("*.json"))

@@ -132,3 +132,59 @@ def test_skip_first_leaves_the_leading_positions_out_of_the_fit_and_still_never_
     for a, b in zip(runs[0]["targets"], runs[3]["targets"]):
         if a["block"] == 0:
             assert a["first_position_residual_share"] == pytest.approx(b["first_position_residual_share"], rel=1e-4)
+
+
+def _refitted_twice(order: str):
+    """A tiny llama compressed with whiten, refitted in ``order``, then refitted again: the second run's objective
+    before its fit is each layer's objective on the inputs it sees after the first refit."""
+    model = tiny_model("llama")
+    batches = calib_batches()
+    c = Compressor(model, kinds=["all"], group=False, batches=batches, progress=False)
+    report = c.apply("whiten", RankSpec("reduction", 50, force=True))
+    first = refit(model, c, report["decompositions"], batches, ridge=1e-6, progress=False, order=order)
+    second = refit(model, c, report["decompositions"], batches, ridge=1e-6, progress=False, order=order)
+    return first, second
+
+
+def test_a_sublayer_order_refit_holds_on_the_inputs_each_layer_sees_afterwards():
+    """Refitting in forward order, each group on its refitted predecessors' outputs, leaves every layer fitted to the
+    inputs it gets: a second refit finds each layer's objective where the first left it. Fitting a block's layers
+    together (the default) does not: o_proj and down_proj then see other inputs than they were fitted on."""
+    first, second = _refitted_twice("sublayer")
+    assert first["order"] == "sublayer" and len(first["targets"]) == len(second["targets"])
+    for a, b in zip(first["targets"], second["targets"]):
+        assert a["name"] == b["name"]
+        assert b["objective_before"] == pytest.approx(a["objective_after"], rel=1e-3, abs=1e-9)
+    first, second = _refitted_twice("block")
+    stale = [a["name"] for a, b in zip(first["targets"], second["targets"])
+             if abs(b["objective_before"] - a["objective_after"]) > 0.01 * a["objective_after"]]
+    assert stale and all(n.endswith(("o_proj", "down_proj")) for n in stale)
+
+
+def test_forward_groups_are_the_layers_that_read_one_input_in_call_order():
+    from lord.calibration import block_inputs
+    from lord.refit import forward_groups
+
+    model = tiny_model("llama")
+    batches = calib_batches()
+    c = Compressor(model, kinds=["all"], group=False, batches=batches, progress=False)
+    report = c.apply("whiten", RankSpec("reduction", 50, force=True))
+    block0 = [d for d in report["decompositions"] if d.block == 0]
+    states = block_inputs(model, model.model.layers[0], batches, torch.device("cpu"))
+    names = [[d.name.rsplit(".", 1)[-1] for d in g] for g in forward_groups(model.model.layers[0], model,
+                                                                             block0[::-1], states)]
+    assert names == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+
+
+def test_refit_and_anchor_settings_name_their_results_and_the_defaults_keep_the_old_names():
+    """Results of one preset that differ only in refit settings must not share a name; results at the defaults (all
+    published refit and anchor runs) keep theirs."""
+    from lord.stages.anchor import Anchor
+    from lord.stages.refit import Refit
+
+    assert Refit.tag({"refit": None}) == "" and Anchor.tag({}) == ""
+    assert Anchor.tag({"anchor": {"ridges": [1e-6, 1e-4, 1e-3, 1e-2, 1e-1], "holdout": 0.25}}) == ""
+    assert Refit.tag({"refit": {"skip_first": 1}}) == "-skip1"
+    assert Refit.tag({"refit": {"ridges": [1e-6, 1], "holdout": 0.25}}) == "-ridges1e-06_1-holdout0.25"
+    assert Refit.tag({"refit": {"ridge": 0.01, "order": "sublayer"}}) == "-ridge0.01-sublayer"
+    assert Anchor.tag({"anchor": {"holdout": 0.5, "order": "sublayer"}}) == "-holdout0.5-sublayer"

@@ -8,7 +8,8 @@ covariance) on held-out calibration batches (``anchor.holdout``, their share), t
 of them: a full-rank least-squares map of a 4,864-wide input on ~16k tokens would otherwise fit noise (this is
 why ``refit`` made budgets of 30-40 % worse; docs/findings/beyond-the-paper.md). Run it as
 ``stages=[calibrate,decompose,anchor]``. ``anchor.skip_first=k`` leaves the first ``k`` positions of every
-window out of the fit (as ``refit.skip_first``).
+window out of the fit (as ``refit.skip_first``); ``anchor.order=sublayer`` fits a block's layers in forward order
+(as ``refit.order``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def fit_settings(cfg, key: str, default_ridges, default_holdout) -> tuple[list[f
     return ridges, holdout
 
 
-FIT_KEYS = {"anchor": ("ridges", "holdout", "skip_first"), "refit": ("ridge", "ridges", "holdout", "skip_first")}
+FIT_KEYS = {"anchor": ("ridges", "holdout", "skip_first", "order"),
+            "refit": ("ridge", "ridges", "holdout", "skip_first", "order")}
 
 
 def check_fit_keys(cfg, key: str) -> None:
@@ -60,6 +62,35 @@ def skip_setting(cfg, key: str) -> int:
     c = cfg.calibration
     check_skip_first(f"{key}.skip_first", skip, c.get("seq_len") or cfg.data.get("seq_len"))
     return skip
+
+
+def order_setting(cfg, key: str) -> str:
+    """``<key>.order`` of stage ``key``: "block" (a block's targets fitted together, the default) or "sublayer" (group
+    by group in forward order, each on inputs from the block's refitted earlier groups; ``lord.refit``)."""
+    from lord.refit import ORDERS
+
+    order = (cfg.get(key) or {}).get("order", "block")
+    if order not in ORDERS:
+        raise LordError(f"{key}.order={order!r} must be one of {', '.join(ORDERS)} (block: a block's layers fitted "
+                        "together; sublayer: in forward order, each on its refitted predecessors' outputs)")
+    return order
+
+
+def fit_tag(cfg, key: str, default_ridges, default_holdout) -> str:
+    """What a result name appends to ``+<key>`` for the settings of stage ``key`` that differ from its defaults:
+    ``-ridge<x>`` (refit's single ridge), ``-ridges<a>_<b>..``, ``-holdout<h>``, ``-skip<k>``, ``-sublayer``; ""
+    at the defaults, so the results from before these settings keep their names."""
+    node = cfg.get(key) or {}
+    tag = ""
+    if key == "refit" and node.get("ridge", 1e-6) != 1e-6:
+        tag += f"-ridge{node['ridge']:g}"
+    ridges = node.get("ridges", default_ridges)
+    if ridges is not None and (default_ridges is None or list(ridges) != list(default_ridges)):
+        tag += "-ridges" + "_".join(f"{r:g}" for r in ridges)
+    if node.get("holdout", default_holdout) != default_holdout:
+        tag += f"-holdout{node['holdout']:g}"
+    tag += f"-skip{node['skip_first']}" if node.get("skip_first", 0) else ""
+    return tag + ("-sublayer" if node.get("order", "block") == "sublayer" else "")
 
 
 def check_after_decompose(stage: Stage) -> None:
@@ -83,6 +114,10 @@ def check_held_out_batches(cfg, key: str, holdout: float) -> None:
 
 @STAGES.register("anchor")
 class Anchor(Stage):
+    @classmethod
+    def tag(cls, cfg) -> str:
+        return fit_tag(cfg, "anchor", DEFAULT_RIDGES, DEFAULT_HOLDOUT)
+
     def needs_calibration_data(self) -> bool:
         return True
 
@@ -92,6 +127,7 @@ class Anchor(Stage):
         check_after_decompose(self)
         check_held_out_batches(self.cfg, "anchor", holdout)
         skip_setting(self.cfg, "anchor")
+        order_setting(self.cfg, "anchor")
 
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
@@ -102,7 +138,8 @@ class Anchor(Stage):
         batches = list(ctx.data.windows("calibration").split(self.cfg.calibration.batch_size))
         t = time.perf_counter()
         record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge=ridges[0], fit="both",
-                       holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "anchor"))
+                       holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "anchor"),
+                       order=order_setting(self.cfg, "anchor"))
         layers = record["targets"]
         worse = [r["name"] for r in layers if r.get("held_out_after", 0) > r.get("held_out_before", 0)]
         log.info("anchored fit of %d layers in %.1f s; held-out objective worse than the decomposition's on %d",

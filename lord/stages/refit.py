@@ -5,7 +5,9 @@
 keeps the hidden states of both the dense and the compressed model (two forward passes, and one more of the
 compressed blocks). ``refit.skip_first=k`` leaves the first ``k`` positions of every window out of the fit (the
 attention-sink diagnosis of docs/findings/beyond-the-paper.md); every layer's record has the first position's
-share of the residual before the fit either way."""
+share of the residual before the fit either way. ``refit.order=sublayer`` refits a block's layers group by group in
+forward order (q/k/v, then o, then gate/up, then down), each on the inputs from its refitted predecessors, where the
+default ``block`` fits them together on inputs from before the block's refit."""
 
 from __future__ import annotations
 
@@ -24,6 +26,12 @@ def ridge_setting(cfg) -> float:
 
 @STAGES.register("refit")
 class Refit(Stage):
+    @classmethod
+    def tag(cls, cfg) -> str:
+        from lord.stages.anchor import fit_tag
+
+        return fit_tag(cfg, "refit", None, 0.0)
+
     def needs_calibration_data(self) -> bool:
         return True
 
@@ -35,12 +43,14 @@ class Refit(Stage):
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
             raise LordError(f"refit.ridge={ridge!r} must be a number >= 0 (a ridge term relative to the mean "
                             "eigenvalue of E[z z^T])")
-        from lord.stages.anchor import check_after_decompose, check_held_out_batches, fit_settings, skip_setting
+        from lord.stages.anchor import (check_after_decompose, check_held_out_batches, fit_settings, order_setting,
+                                        skip_setting)
 
         check_after_decompose(self)
         _, holdout = fit_settings(self.cfg, "refit", None, 0.0)
         check_held_out_batches(self.cfg, "refit", holdout)
         skip_setting(self.cfg, "refit")
+        order_setting(self.cfg, "refit")
 
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
@@ -50,11 +60,12 @@ class Refit(Stage):
         c = self.cfg.calibration
         batches = list(ctx.data.windows("calibration").split(c.batch_size))
         t = time.perf_counter()
-        from lord.stages.anchor import fit_settings, skip_setting
+        from lord.stages.anchor import fit_settings, order_setting, skip_setting
 
         ridges, holdout = fit_settings(self.cfg, "refit", None, 0.0)
         record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge_setting(self.cfg),
-                       holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "refit"))
+                       holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "refit"),
+                       order=order_setting(self.cfg, "refit"))
         layers = record["targets"]
         worse = [r["name"] for r in layers if r["ridge_objective_after"] > r["ridge_objective_before"] * (1 + 1e-9)]
         if worse:  # the maths says it cannot happen; say so loudly if float arithmetic ever makes it
