@@ -28,7 +28,7 @@ import pandas as pd
 
 from analysis import (ablations, analytic, anchor_fit, composition, figures, humaneval_failures, pareto, rank_sweep,
                       refit_diagnosis, tables)
-from analysis.results import for_artefact, load_speed_benchmarks, same_models_as
+from analysis.results import for_artefact, load_speed_benchmarks, same_models_as, without_lone_variants
 from lord.params import zoo_model_configs
 from lord.registry import Registry
 
@@ -271,7 +271,7 @@ PARETO_EXPERIMENTS = ("pareto", "pareto_corpus", "pareto_large")  # pareto_neuro
 
 @ARTEFACTS.register("pareto")
 def pareto_artefact(a: Analysis) -> list[Path]:
-    e = a.everything[a.everything.experiment.isin(PARETO_EXPERIMENTS)]
+    e = without_lone_variants(a.everything[a.everything.experiment.isin(PARETO_EXPERIMENTS)])
     if not len(pareto.budget_rows(e)):
         return []
     return (a.table(e, "pareto", pareto.pareto_table, "Quality at equal parameters: perplexity increase vs % of the "
@@ -312,7 +312,8 @@ def refit_diagnosis_artefact(a: Analysis) -> list[Path]:
     return a.table(e, "refit_diagnosis", refit_diagnosis.refit_diagnosis_table,
                    "Why refit hurts at large budgets (experiment=refit_diagnosis): each candidate cause changed "
                    "alone -- the first window position left out of the fit (refit.skip_first), the ridge chosen per "
-                   "layer on held-out calibration batches, four times the calibration windows -- against the run "
+                   "layer on held-out calibration batches, four times the calibration windows, the layers of a block "
+                   "refitted in forward order (refit.order=sublayer) -- against the run "
                    "without refit on the same windows (paired over the validation windows; positive: refit is "
                    "worse). Medians over the refitted layers from each run's record (stages.refit.targets); the "
                    "first position's share of the squared residual before the fit is 1 / 1024 for a typical position")

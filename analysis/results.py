@@ -266,6 +266,17 @@ def for_artefact(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     return own if len(own) else df
 
 
+def without_lone_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``variant`` cleared where a point has one row in ``df``: variants are marked over every result
+    (another preset may have run the same point with, say, more calibration windows), and a table of one preset's
+    rows names a variant only where it shows more than one."""
+    if "variant" not in df or not len(df):
+        return df
+    keys = [k for k in SETTING if k != "variant" and k in df]
+    lone = df.groupby(keys, dropna=False)["variant"].transform("size") == 1
+    return df.assign(variant=df["variant"].where(~lone, ""))
+
+
 def same_models_as(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """Every run of the model(s) that preset ran, from any preset, one row per setting (the preset's own row
     first): Fig. 2's `all` line is the same model's all-layer runs of Fig. 1."""

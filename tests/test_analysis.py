@@ -771,3 +771,16 @@ def test_the_refit_diagnosis_pairs_each_refit_run_with_the_run_without_refit_on_
     ridge = t[t["ridge chosen on held-out from"] != ""].dropna(subset=["layers refitted"]).iloc[0]
     assert ridge["ridge chosen on held-out from"] == "1e-06, 1" and ridge["held-out after/before (median)"] == 1.25
     assert ridge["refit.order"] == "sublayer"
+
+
+def test_a_variant_is_named_only_where_the_frame_shows_more_than_one():
+    """Variants are marked over every result; one preset's table names one only where it holds two runs of a point."""
+    from analysis.results import SETTING, without_lone_variants
+
+    base = {k: "x" for k in SETTING if k != "variant"}
+    df = pd.DataFrame([{**base, "rank_value": 10, "variant": "calibration.n_windows=16"},
+                       {**base, "rank_value": 20, "variant": "calibration.n_windows=16"},
+                       {**base, "rank_value": 20, "variant": "calibration.n_windows=64"}])
+    out = without_lone_variants(df)
+    assert list(out.variant) == ["", "calibration.n_windows=16", "calibration.n_windows=64"]
+    assert list(df.variant)[0] == "calibration.n_windows=16"  # the input is not changed

@@ -5,8 +5,9 @@ each block corrects for the error of the compressed blocks before it; the ranks 
 
 The ridge of each layer is chosen from ``anchor.ridges`` (relative to the mean eigenvalue of the inputs'
 covariance) on held-out calibration batches (``anchor.holdout``, their share), then the layer is fitted on all
-of them: a full-rank least-squares map of a 4,864-wide input on ~16k tokens would otherwise fit noise (this is
-why ``refit`` made budgets of 30-40 % worse; docs/findings/beyond-the-paper.md). Run it as
+of them: a full-rank least-squares map of a 4,864-wide input on ~16k tokens could otherwise fit noise. (That is not
+why ``refit`` made budgets of 30-40 % worse: its cause was the order of the fits, ``refit.order``;
+docs/findings/beyond-the-paper.md.) Run it as
 ``stages=[calibrate,decompose,anchor]``. ``anchor.skip_first=k`` leaves the first ``k`` positions of every
 window out of the fit (as ``refit.skip_first``); ``anchor.order=sublayer`` fits a block's layers in forward order
 (as ``refit.order``).
