@@ -16,36 +16,31 @@ import time
 
 from lord.errors import LordError
 from lord.stages.base import STAGES, Stage
+from lord.stages.fit_options import (DEFAULT_RIDGE, check_after_decompose, check_fit_keys, check_held_out_batches,
+                                     fit_settings, fit_tag, order_setting, skip_setting)
 
 log = logging.getLogger(__name__)
 
 
 def ridge_setting(cfg) -> float:
-    return (cfg.get("refit") or {}).get("ridge", 1e-6)
+    return (cfg.get("refit") or {}).get("ridge", DEFAULT_RIDGE)
 
 
 @STAGES.register("refit")
 class Refit(Stage):
     @classmethod
     def tag(cls, cfg) -> str:
-        from lord.stages.anchor import fit_tag
-
         return fit_tag(cfg, "refit", None, 0.0)
 
     def needs_calibration_data(self) -> bool:
         return True
 
     def check_config(self) -> None:
-        from lord.stages.anchor import check_fit_keys
-
         check_fit_keys(self.cfg, "refit")
         ridge = ridge_setting(self.cfg)
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
             raise LordError(f"refit.ridge={ridge!r} must be a number >= 0 (a ridge term relative to the mean "
                             "eigenvalue of E[z z^T])")
-        from lord.stages.anchor import (check_after_decompose, check_held_out_batches, fit_settings, order_setting,
-                                        skip_setting)
-
         check_after_decompose(self)
         _, holdout = fit_settings(self.cfg, "refit", None, 0.0)
         check_held_out_batches(self.cfg, "refit", holdout)
@@ -60,8 +55,6 @@ class Refit(Stage):
         c = self.cfg.calibration
         batches = list(ctx.data.windows("calibration").split(c.batch_size))
         t = time.perf_counter()
-        from lord.stages.anchor import fit_settings, order_setting, skip_setting
-
         ridges, holdout = fit_settings(self.cfg, "refit", None, 0.0)
         record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge_setting(self.cfg),
                        holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "refit"),
