@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.intervals import CI_COLUMN, with_ci
+from analysis.intervals import CI_COLUMN, difference_interval, fmt, with_ci
 
 # (method, allocation, stages tag) -> the name a reader knows it by
 KNOWN = {("lord_meanfix", "uniform", ""): "LoRD with mean compensation (lord_meanfix, uniform)",
@@ -149,3 +149,31 @@ def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     if t.empty:
         _note(axes[0][0], "no pareto results")
     return _save(fig, out)
+
+
+STAGE_COLUMNS = ["model", "budget %", "run", "against", "Δ log ppl vs without the stage", "95 % CI", "verdict"]
+
+
+def stage_differences(df: pd.DataFrame) -> pd.DataFrame:
+    """Each budget run with a stage after decompose (its setting starts with ``+``: refit, anchor) against the run
+    of the same model, budget, method, allocation and calibration windows without any: the paired difference in
+    mean ``Δ log ppl`` over the validation windows (positive: the stage made the model worse)."""
+    import numpy as np
+
+    d = budget_rows(df)
+    settings = d.setting.fillna("")
+    rows = []
+    for r, setting in zip(d.itertuples(), settings):
+        base = d[(d.model == r.model) & (d.rank_value == r.rank_value) & (d.rank_unit == r.rank_unit)
+                 & (d.method == r.method) & (d.calibration_windows == r.calibration_windows) & (settings == "")]
+        if not setting.startswith("+") or len(base) != 1 or not isinstance(r.window_deltas, np.ndarray) \
+                or not isinstance(base.window_deltas.iloc[0], np.ndarray):
+            continue
+        diff = difference_interval(r.window_deltas, base.window_deltas.iloc[0])
+        if diff is None:
+            continue
+        verdict = "not resolved" if not diff.resolved else ("worse" if diff.estimate > 0 else "better")
+        rows.append([r.model, r.rank_value, label(r.method, r.rank_unit, setting),
+                     label(r.method, r.rank_unit, ""), diff.estimate, fmt(diff), verdict])
+    t = pd.DataFrame(rows, columns=STAGE_COLUMNS)
+    return t.sort_values(["model", "budget %", "run"]).reset_index(drop=True)

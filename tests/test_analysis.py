@@ -784,3 +784,29 @@ def test_a_variant_is_named_only_where_the_frame_shows_more_than_one():
     out = without_lone_variants(df)
     assert list(out.variant) == ["", "calibration.n_windows=16", "calibration.n_windows=64"]
     assert list(df.variant)[0] == "calibration.n_windows=16"  # the input is not changed
+
+
+def test_stage_differences_pair_a_stage_with_the_same_run_without_it():
+    import numpy as np
+
+    from analysis.intervals import difference_interval, fmt
+    from analysis.pareto import stage_differences
+
+    base = np.array([0.10, 0.12, 0.08, 0.11, 0.09, 0.10, 0.13, 0.07])
+    worse = base + np.array([0.05, 0.06, 0.04, 0.05, 0.07, 0.05, 0.06, 0.04])  # every window worse
+    noise = base + np.array([0.01, -0.01, 0.02, -0.02, 0.01, -0.01, 0.015, -0.015])
+
+    def row(setting, deltas, windows=16, method="kfac"):
+        return {"eval": "perplexity", "rank_unit": "budget-loss_estimate", "model": "m", "rank_value": 10,
+                "method": method, "calibration_windows": windows, "setting": setting, "window_deltas": deltas}
+    df = pd.DataFrame([row(None, base), row("+anchor", worse), row("+refit-sublayer", noise),
+                       row("+refit", worse, windows=64),           # no run without the stage on its windows
+                       row("+refit", worse, method="whiten")])     # nor of its method
+    t = stage_differences(df)
+    assert list(t.run) == ["kfac, loss_estimate +anchor", "kfac, loss_estimate +refit-sublayer"]
+    assert set(t.against) == {"kfac, loss_estimate"}
+    anchored = t.iloc[0]
+    assert math.isclose(anchored["Δ log ppl vs without the stage"], float(worse.mean() - base.mean()))
+    assert anchored.verdict == "worse"
+    assert anchored["95 % CI"] == fmt(difference_interval(worse, base))
+    assert t.iloc[1].verdict == "not resolved"
