@@ -296,10 +296,10 @@ def tuning(a: Analysis) -> list[Path]:
     differences = pareto.stage_differences(e)
     if len(differences):
         written += tables.write(differences, a.out / "table_tuning_stages",
-                                caption(pareto.budget_rows(e), "The stages after decompose (refit, anchor) in "
-                                        "experiment=tune_sota, each against the same run without it: paired "
-                                        "difference in mean Δ log ppl over the validation windows (positive: the "
-                                        "stage made the model worse)"))
+                                caption(pareto.budget_rows(e), "The stages after decompose (refit, anchor) and MLP "
+                                        "neuron selection in experiment=tune_sota, each against the same run "
+                                        "without it: paired difference in mean Δ log ppl over the validation "
+                                        "windows (positive: the addition made the model worse)"))
     anchored = e[e.setting.fillna("").str.contains("anchor")]
     if len(anchored):
         written += a.table(anchored, "anchor_fit", anchor_fit.anchor_fit_table,

@@ -151,13 +151,14 @@ def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out)
 
 
-STAGE_COLUMNS = ["model", "budget %", "run", "against", "Δ log ppl vs without the stage", "95 % CI", "verdict"]
+STAGE_COLUMNS = ["model", "budget %", "run", "against", "Δ log ppl vs the run without it", "95 % CI", "verdict"]
 
 
 def stage_differences(df: pd.DataFrame) -> pd.DataFrame:
-    """Each budget run with a stage after decompose (its setting starts with ``+``: refit, anchor) against the run
-    of the same model, budget, method, allocation and calibration windows without any: the paired difference in
-    mean ``Δ log ppl`` over the validation windows (positive: the stage made the model worse)."""
+    """Each budget run with a setting added to its method (a stage after decompose, ``+refit``/``+anchor``, or MLP
+    neuron selection, ``-neurons``) against the run of the same model, budget, method, allocation and calibration
+    windows without any: the paired difference in mean ``Δ log ppl`` over the validation windows (positive: the
+    addition made the model worse)."""
     import numpy as np
 
     d = budget_rows(df)
@@ -166,7 +167,7 @@ def stage_differences(df: pd.DataFrame) -> pd.DataFrame:
     for r, setting in zip(d.itertuples(), settings):
         base = d[(d.model == r.model) & (d.rank_value == r.rank_value) & (d.rank_unit == r.rank_unit)
                  & (d.method == r.method) & (d.calibration_windows == r.calibration_windows) & (settings == "")]
-        if not setting.startswith("+") or len(base) != 1 or not isinstance(r.window_deltas, np.ndarray) \
+        if not setting.startswith(("+", "-neurons")) or len(base) != 1 or not isinstance(r.window_deltas, np.ndarray) \
                 or not isinstance(base.window_deltas.iloc[0], np.ndarray):
             continue
         diff = difference_interval(r.window_deltas, base.window_deltas.iloc[0])

@@ -799,14 +799,15 @@ def test_stage_differences_pair_a_stage_with_the_same_run_without_it():
     def row(setting, deltas, windows=16, method="kfac"):
         return {"eval": "perplexity", "rank_unit": "budget-loss_estimate", "model": "m", "rank_value": 10,
                 "method": method, "calibration_windows": windows, "setting": setting, "window_deltas": deltas}
-    df = pd.DataFrame([row(None, base), row("+anchor", worse), row("+refit-sublayer", noise),
+    df = pd.DataFrame([row(None, base), row("+anchor", worse), row("+refit-sublayer", noise), row("-neurons", noise),
                        row("+refit", worse, windows=64),           # no run without the stage on its windows
                        row("+refit", worse, method="whiten")])     # nor of its method
     t = stage_differences(df)
-    assert list(t.run) == ["kfac, loss_estimate +anchor", "kfac, loss_estimate +refit-sublayer"]
+    assert list(t.run) == ["MLP neurons + kfac, loss_estimate", "kfac, loss_estimate +anchor",
+                           "kfac, loss_estimate +refit-sublayer"]
     assert set(t.against) == {"kfac, loss_estimate"}
-    anchored = t.iloc[0]
-    assert math.isclose(anchored["Δ log ppl vs without the stage"], float(worse.mean() - base.mean()))
+    anchored = t.iloc[1]
+    assert math.isclose(anchored["Δ log ppl vs the run without it"], float(worse.mean() - base.mean()))
     assert anchored.verdict == "worse"
     assert anchored["95 % CI"] == fmt(difference_interval(worse, base))
-    assert t.iloc[1].verdict == "not resolved"
+    assert t.iloc[2].verdict == t.iloc[0].verdict == "not resolved"
