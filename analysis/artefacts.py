@@ -266,7 +266,7 @@ def benchmark_figures(a: Analysis) -> list[Path]:
 
 
 # beyond the paper ----------------------------------------------------------------------------------------------
-PARETO_EXPERIMENTS = ("pareto", "pareto_corpus", "pareto_large")  # pareto_neurons writes into pareto's folder
+PARETO_EXPERIMENTS = ("pareto", "pareto_corpus", "pareto_large")  # pareto_neurons and pareto_measured write into pareto's folder
 
 
 @ARTEFACTS.register("pareto")
