@@ -266,7 +266,8 @@ def benchmark_figures(a: Analysis) -> list[Path]:
 
 
 # beyond the paper ----------------------------------------------------------------------------------------------
-PARETO_EXPERIMENTS = ("pareto", "pareto_corpus", "pareto_large")  # pareto_neurons and pareto_measured write into pareto's folder
+# experiment=pareto_neurons and pareto_measured write into pareto's folder
+PARETO_EXPERIMENTS = ("pareto", "pareto_corpus", "pareto_large")
 
 
 @ARTEFACTS.register("pareto")
@@ -279,7 +280,11 @@ def pareto_artefact(a: Analysis) -> list[Path]:
                     "compression time and peak memory of the stages (statistics and bases may come from the cache)",
                     pareto.pareto_figure)
             + tables.write(pareto.pareto_summary(e), a.out / "table_pareto_summary",
-                           caption(pareto.budget_rows(e), "Perplexity increase (%) at each budget")))
+                           caption(pareto.budget_rows(e), "Perplexity increase (%) at each budget"))
+            + tables.write(pareto.against_reference(e), a.out / "table_pareto_vs_reference",
+                           caption(pareto.budget_rows(e), "Each curve against kfac + loss_estimate at the same model, "
+                                   "corpus and budget: paired difference in mean Δ log ppl over the validation windows "
+                                   "(positive: the curve lost more); only points with per-window NLL")))
 
 
 @ARTEFACTS.register("tuning")

@@ -151,6 +151,10 @@ def pareto_figure(df: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out)
 
 
+def _verdict(diff) -> str:
+    return "not resolved" if not diff.resolved else ("worse" if diff.estimate > 0 else "better")
+
+
 STAGE_COLUMNS = ["model", "budget %", "run", "against", "Δ log ppl vs the run without it", "95 % CI", "verdict"]
 
 
@@ -173,8 +177,38 @@ def stage_differences(df: pd.DataFrame) -> pd.DataFrame:
         diff = difference_interval(r.window_deltas, base.window_deltas.iloc[0])
         if diff is None:
             continue
-        verdict = "not resolved" if not diff.resolved else ("worse" if diff.estimate > 0 else "better")
         rows.append([r.model, r.rank_value, label(r.method, r.rank_unit, setting),
-                     label(r.method, r.rank_unit, ""), diff.estimate, fmt(diff), verdict])
+                     label(r.method, r.rank_unit, ""), diff.estimate, fmt(diff), _verdict(diff)])
     t = pd.DataFrame(rows, columns=STAGE_COLUMNS)
     return t.sort_values(["model", "budget %", "run"]).reset_index(drop=True)
+
+
+REFERENCE = ("kfac", "loss_estimate")  # the best curve at every budget so far: every other curve is read against it
+REFERENCE_COLUMNS = ["model", "corpus", "budget %", "run", "against", "Δ log ppl vs the reference", "95 % CI",
+                     "verdict"]
+
+
+def against_reference(df: pd.DataFrame, reference: tuple[str, str] = REFERENCE) -> pd.DataFrame:
+    """Each curve's point against the reference curve's point (``reference``: method, allocation, no stage) of the
+    same model, validation corpus and budget: the paired difference in mean ``Δ log ppl`` over the validation windows
+    (positive: the curve lost more than the reference). Points without per-window NLL, or measured on other windows,
+    have no row."""
+    import numpy as np
+
+    d = budget_rows(df)
+    corpus = d.get("corpus", pd.Series("", index=d.index)).fillna("")
+    labels = [label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)]
+    name = label(reference[0], f"budget-{reference[1]}", "")
+    rows = []
+    for r, c, run in zip(d.itertuples(), corpus, labels):
+        if run == name or not isinstance(r.window_deltas, np.ndarray):
+            continue
+        ref = [x.window_deltas for x, cx, lx in zip(d.itertuples(), corpus, labels)
+               if lx == name and cx == c and x.model == r.model and x.rank_value == r.rank_value]
+        if len(ref) != 1 or not isinstance(ref[0], np.ndarray) or ref[0].shape != r.window_deltas.shape:
+            continue
+        diff = difference_interval(r.window_deltas, ref[0])
+        if diff is not None:
+            rows.append([r.model, c, r.rank_value, run, name, diff.estimate, fmt(diff), _verdict(diff)])
+    t = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+    return t.sort_values(["model", "corpus", "budget %", "Δ log ppl vs the reference"]).reset_index(drop=True)

@@ -811,3 +811,30 @@ def test_stage_differences_pair_a_stage_with_the_same_run_without_it():
     assert anchored.verdict == "worse"
     assert anchored["95 % CI"] == fmt(difference_interval(worse, base))
     assert t.iloc[2].verdict == t.iloc[0].verdict == "not resolved"
+
+
+def test_against_reference_pairs_each_curve_with_kfac_loss_estimate_on_the_same_windows():
+    import numpy as np
+
+    from analysis.intervals import difference_interval, fmt
+    from analysis.pareto import against_reference
+
+    ref = np.array([0.10, 0.12, 0.08, 0.11, 0.09, 0.10, 0.13, 0.07])
+    worse = ref + np.array([0.05, 0.06, 0.04, 0.05, 0.07, 0.05, 0.06, 0.04])  # every window worse
+    better = ref - 0.03
+
+    def row(method, allocation, deltas, model="m", budget=10, corpus="stdlib", setting=None):
+        return {"eval": "perplexity", "rank_unit": f"budget-{allocation}", "model": model, "rank_value": budget,
+                "method": method, "setting": setting, "corpus": corpus, "window_deltas": deltas}
+    df = pd.DataFrame([row("kfac", "loss_estimate", ref), row("whiten", "loss_estimate", worse, setting="-neurons"),
+                       row("kfac", "measured", better),
+                       row("whiten", "uniform", None),                              # no per-window NLL
+                       row("whiten", "greedy", worse, corpus="folder:x"),           # no reference on that corpus
+                       row("whiten", "greedy", worse, budget=20),                   # nor at that budget
+                       row("whiten", "svdllm_v2", worse[:4])])                      # other windows
+    t = against_reference(df)
+    assert list(t.run) == ["kfac, measured", "MLP neurons + whiten, loss_estimate"]
+    assert set(t.against) == {"kfac, loss_estimate"}
+    assert list(t.verdict) == ["better", "worse"]
+    assert math.isclose(t.iloc[1]["Δ log ppl vs the reference"], float(worse.mean() - ref.mean()))
+    assert t.iloc[1]["95 % CI"] == fmt(difference_interval(worse, ref))
