@@ -324,3 +324,19 @@ def test_refit_and_anchor_fit_to_the_dense_model_around_smaller_mlps():
         args, kwargs = states[0]
         torch.testing.assert_close(args[0] if args else kwargs["hidden_states"], outputs[i])
     assert model.get_submodule("model.layers.0.mlp.down_proj") is not c._dense_module("model.layers.0.mlp.down_proj")
+
+
+def test_smaller_mlps_alone_are_evaluated_as_a_changed_model(tmp_path, smollm2):
+    """Neuron selection with no low-rank target decomposed (here: only the MLP kinds selected, so every removed
+    parameter is a neuron) still changes the model: the evaluation runs on it instead of reusing the dense baseline.
+    (Found on Qwen2.5-Coder-1.5B at 10 %, where loss_estimate left every attention matrix dense and the result
+    reported the dense perplexity.)"""
+    from experiments.run import run
+
+    r = run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "layers=all",
+                      "layers.kinds=[mlp_gate,mlp_up,mlp_down]", "layers.indices=[0,1]", "method=whiten", *BUDGET,
+                      "rank.allocation=loss_estimate", "eval.n_windows=1", "neurons.enabled=true"]))
+    assert r["status"] == "ok", r.get("error")
+    assert r["compression"]["decompositions"] == [] and r["compression"]["neurons"]["resized"]
+    assert r["params"]["compressed"] < r["params"]["dense"]
+    assert r["metrics"]["perplexity"] != r["metrics"]["dense_perplexity"]

@@ -112,6 +112,9 @@ class Decompose(Stage):
                 record["allocation"]["sensitivity"] = c.events["sensitivity"]
         if c.neurons is not None:
             record["neurons"] = {**c.events["neurons"], "resized": report["resized"]}
+            # smaller MLPs change the model even when the allocation left every low-rank target dense: the
+            # evaluation must not reuse the dense baseline (RunContext.changed)
+            record["changed"] = bool(decs) or bool(report["resized"])
         return record
 
 
