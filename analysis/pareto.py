@@ -183,7 +183,7 @@ def stage_differences(df: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["model", "budget %", "run"]).reset_index(drop=True)
 
 
-REFERENCE = ("kfac", "loss_estimate")  # the best curve at every budget so far: every other curve is read against it
+REFERENCE = ("kfac", "loss_estimate")  # the first loss-aware curve, run on every model and corpus
 REFERENCE_COLUMNS = ["model", "corpus", "budget %", "run", "against", "Δ log ppl vs the reference", "95 % CI",
                      "verdict"]
 
@@ -196,19 +196,20 @@ def against_reference(df: pd.DataFrame, reference: tuple[str, str] = REFERENCE) 
     import numpy as np
 
     d = budget_rows(df)
-    corpus = d.get("corpus", pd.Series("", index=d.index)).fillna("")
-    labels = [label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)]
+    d = d.assign(corpus=d.get("corpus", pd.Series("", index=d.index)).fillna(""),
+                 run=[label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)])
     name = label(reference[0], f"budget-{reference[1]}", "")
+    refs: dict[tuple, list] = {}
+    for x in d[d.run == name].itertuples():
+        refs.setdefault((x.model, x.corpus, x.rank_value), []).append(x.window_deltas)
     rows = []
-    for r, c, run in zip(d.itertuples(), corpus, labels):
-        if run == name or not isinstance(r.window_deltas, np.ndarray):
-            continue
-        ref = [x.window_deltas for x, cx, lx in zip(d.itertuples(), corpus, labels)
-               if lx == name and cx == c and x.model == r.model and x.rank_value == r.rank_value]
-        if len(ref) != 1 or not isinstance(ref[0], np.ndarray) or ref[0].shape != r.window_deltas.shape:
+    for r in d[d.run != name].itertuples():
+        ref = refs.get((r.model, r.corpus, r.rank_value), [])
+        if not isinstance(r.window_deltas, np.ndarray) or len(ref) != 1 or not isinstance(ref[0], np.ndarray) \
+                or ref[0].shape != r.window_deltas.shape:
             continue
         diff = difference_interval(r.window_deltas, ref[0])
         if diff is not None:
-            rows.append([r.model, c, r.rank_value, run, name, diff.estimate, fmt(diff), _verdict(diff)])
+            rows.append([r.model, r.corpus, r.rank_value, r.run, name, diff.estimate, fmt(diff), _verdict(diff)])
     t = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
     return t.sort_values(["model", "corpus", "budget %", "Δ log ppl vs the reference"]).reset_index(drop=True)
