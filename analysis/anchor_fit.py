@@ -11,14 +11,21 @@ import pandas as pd
 
 from lord.architectures import block_label
 
-COLUMNS = ["model", "method", "budget %", "fit", "layers fitted", "objective raised on calibration",
-           "worse on the held-out batch", "blocks of those", "ridge grid", "at the largest ridge",
+COLUMNS = ["model", "method", "budget %", "anchor settings", "fit", "layers fitted", "objective raised on calibration",
+           "worse on the held-out batch", "blocks of those", "kept their decomposition", "ridge grid",
+           "at the largest ridge",
            "most chosen ridge", "layers choosing it", "anchor s"]
 
 
 def _blocks(blocks: list[int]) -> str:
     """[0, 1, 2, 5] -> "0-2, 5" (lord.architectures.block_label's runs, comma-separated)."""
     return block_label(blocks).removeprefix("blocks").replace("+", ", ")
+
+
+def _settings(record: dict) -> str:
+    """The record's fit settings: its order, output metric and ``keep_better`` ("block, euclidean" at the defaults)."""
+    return ", ".join([record.get("order", "block"), record.get("metric", "euclidean")]
+                     + (["keep_better"] if record.get("keep_better") else []))
 
 
 def anchor_row(record: dict) -> dict:
@@ -36,6 +43,7 @@ def anchor_row(record: dict) -> dict:
                 t.get("ridge_objective_after", t.get("objective_after"))
                 > t.get("ridge_objective_before", t.get("objective_before")) * (1 + 1e-6) for t in targets),
             "worse on the held-out batch": len(worse), "blocks of those": _blocks(worse),
+            "kept their decomposition": len(record["kept"]) if "kept" in record else None,
             "ridge grid": ", ".join(f"{r:g}" for r in ridges),
             "at the largest ridge": chosen.get(max(ridges), 0) if ridges else None,
             "most chosen ridge": top, "layers choosing it": top_n, "anchor s": record.get("seconds")}
@@ -50,5 +58,5 @@ def anchor_fit_table(df: pd.DataFrame) -> pd.DataFrame:
         if not isinstance(record, dict) or "targets" not in record:
             continue
         rows.append({"model": r.model, "method": f"{r.method} ({r.rank_unit})", "budget %": r.rank_value,
-                     **anchor_row(record)})
+                     "anchor settings": _settings(record), **anchor_row(record)})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "method", "budget %"]).reset_index(drop=True)

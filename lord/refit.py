@@ -37,6 +37,16 @@ vectors of ``W* L``, ``L L^T = K``. With ``x~ = x`` (no compressed block before 
 ``whiten`` fitted to the layer's own outputs (tested). ``A = U_r^T W*`` and ``B = U_r`` replace the factors;
 the ranks stay those of ``decompose``.
 
+``metric_for`` (stage ``anchor``'s ``anchor.metric=loss``): a layer's output errors weighed by the decomposing
+method's output metric ``G`` (``kfac``'s damped K-FAC factor, ``lord.methods.kfac.OutputMetric``), the objective
+``E || G^1/2 (y - W' x~ - c) ||^2 + lam tr(W'^T G W')``. The full-rank minimiser ``W*`` is the same (``G`` is
+full rank); the truncation is in both metrics: ``W' = G^-1/2 U_r U_r^T G^1/2 W*``, ``U`` the left singular vectors
+of ``G^1/2 W* L``. With ``x~ = x`` and ``lam = 0`` this is ``kfac`` (tested), as the Euclidean fit is ``whiten``.
+The Euclidean fit throws away the loss's weighting that ``kfac`` chose its directions by.
+
+``keep_better``: a layer whose fit is worse on the held-out batches than the factors in place keeps those (the
+record says ``kept``), so the held-out objective of no layer rises.
+
 ``skip_first=k`` leaves the first ``k`` positions of every window out of the fit (the moments; the blocks still run
 on them), to measure whether the attention-sink position's large outputs dominate the least squares. Whatever it is,
 each layer's record keeps ``first_position_residual_share``: the first position's share of the summed squared
@@ -64,14 +74,20 @@ from lord.structure import set_module
 log = logging.getLogger(__name__)
 
 
-class PairMoments:
-    """Float64 sums over tokens of ``z z^T``, ``y z^T``, ``z``, ``y`` and ``|y|^2``."""
+def _weigh(metric, X: torch.Tensor) -> torch.Tensor:
+    """``G X`` (``metric``: an output metric such as ``lord.methods.kfac.OutputMetric``), ``X`` when there is none."""
+    return X if metric is None else metric(X)
 
-    def __init__(self, d_out: int, rank: int, device=None):
+
+class PairMoments:
+    """Float64 sums over tokens of ``z z^T``, ``y z^T``, ``z``, ``y`` and ``|y|^2`` (``y^T G y`` with an output
+    ``metric``, which the objective then weighs the residual in)."""
+
+    def __init__(self, d_out: int, rank: int, device=None, metric=None):
         f = dict(dtype=torch.float64, device=device)
         self.zz, self.yz = torch.zeros(rank, rank, **f), torch.zeros(d_out, rank, **f)
         self.z, self.y = torch.zeros(rank, **f), torch.zeros(d_out, **f)
-        self.yy, self.n = 0.0, 0
+        self.yy, self.n, self.metric = 0.0, 0, metric
 
     def update(self, y: torch.Tensor, z: torch.Tensor) -> None:
         y, z = y.reshape(-1, y.shape[-1]), z.reshape(-1, z.shape[-1])
@@ -81,7 +97,8 @@ class PairMoments:
             self.yz += (yc.T @ zc).double()
             self.z += zc.sum(0, dtype=torch.float64)
             self.y += yc.sum(0, dtype=torch.float64)
-            self.yy += float(yc.double().square().sum())
+            yd = yc.double()
+            self.yy += float((yd * _weigh(self.metric, yd.T).T).sum())
         self.n += y.shape[0]
 
     def __iadd__(self, other: "PairMoments") -> "PairMoments":
@@ -94,11 +111,16 @@ class PairMoments:
         return self
 
     def objective(self, B: torch.Tensor, c: torch.Tensor) -> float:
-        """``E || y - (B z + c) ||^2`` from the sums alone."""
+        """``E || y - (B z + c) ||^2`` (``E || G^1/2 (y - B z - c) ||^2`` with a metric) from the sums alone."""
         n = self.n
         Mzz, Myz, zbar, ybar = self.zz / n, self.yz / n, self.z / n, self.y / n
-        return (self.yy / n - 2 * float((B * Myz).sum()) - 2 * float(ybar @ c) + float((B @ Mzz * B).sum())
-                + 2 * float(c @ (B @ zbar)) + float(c @ c))
+        GB, Gc = _weigh(self.metric, B), _weigh(self.metric, c[:, None])[:, 0]
+        return (self.yy / n - 2 * float((GB * Myz).sum()) - 2 * float(ybar @ Gc) + float((GB @ Mzz * B).sum())
+                + 2 * float(Gc @ (B @ zbar)) + float(c @ Gc))
+
+    def norm(self, M: torch.Tensor) -> float:
+        """``tr(M^T G M)`` (``||M||_F^2`` without a metric): the ridge term's norm."""
+        return float((M * _weigh(self.metric, M)).sum())
 
     def solve(self, has_bias: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(B, c, lam): the minimiser; rows where ``has_bias`` is False get no intercept."""
@@ -116,8 +138,8 @@ class PairMoments:
 
     def solve_low_rank(self, has_bias: torch.Tensor, ridge: float, rank: int):
         """(A, B, c, lam): the rank-``rank`` minimiser of the ridge objective over ``W' = B A`` (``z`` = the layer's
-        input); centred (an intercept) when every row has a bias, else uncentred with an intercept added after the
-        fit for the rows that have one."""
+        input; truncated in the output metric when there is one); centred (an intercept) when every row has a bias,
+        else uncentred with an intercept added after the fit for the rows that have one."""
         n, d = self.n, self.zz.shape[0]
         Mzz, Myz, zbar, ybar = self.zz / n, self.yz / n, self.z / n, self.y / n
         centred = bool(has_bias.all())
@@ -128,8 +150,10 @@ class PairMoments:
         vals, vecs = torch.linalg.eigh(Czz + lam * torch.eye(d, dtype=torch.float64, device=Czz.device))
         vals = vals.clamp_min(float(vals.max()) * 1e-12)
         W_full = ((Cyz @ vecs) / vals) @ vecs.T  # Cyz K^-1
-        U = torch.linalg.svd(W_full @ (vecs * vals.sqrt()), full_matrices=False)[0][:, :rank]
-        A, B = U.T @ W_full, U
+        G = self.metric
+        root = (lambda X: X) if G is None else G.root  # noqa: E731
+        U = torch.linalg.svd(root(W_full) @ (vecs * vals.sqrt()), full_matrices=False)[0][:, :rank]
+        A, B = root(U).T @ W_full, (U if G is None else G.inv_root(U))
         c = torch.where(has_bias.to(Mzz.device), ybar - B @ (A @ zbar), torch.zeros_like(ybar))
         return A, B, c, lam
 
@@ -146,14 +170,19 @@ ORDERS = ("block", "sublayer")
 
 
 def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True,
-          fit: str = "B", holdout: float = 0.0, ridges=None, skip_first: int = 0, order: str = "block") -> dict:
+          fit: str = "B", holdout: float = 0.0, ridges=None, skip_first: int = 0, order: str = "block",
+          metric_for=None, keep_better: bool = False) -> dict:
     """Refit every block target of ``decompositions`` (already applied by ``compressor``) in place; returns a
     record: per layer, the objective before and after (and the ridge term's lam).
 
     ``fit``: "B" (``B`` and bias, ``A`` fixed) or "both" (the whole rank-r map). ``holdout`` > 0 keeps that share
     of the batches (the last ones) out of each candidate fit of ``ridges`` (default: ``[ridge]``) to choose it;
     ``skip_first`` leaves that many leading positions of every window out of the fit; ``order``: "block" (a block's
-    targets fitted together) or "sublayer" (group by group in forward order, see the module's docstring)."""
+    targets fitted together) or "sublayer" (group by group in forward order, see the module's docstring).
+    ``metric_for(decomposition)``: its output metric or None (``fit="both"`` only); ``keep_better``: keep the
+    factors in place where the fit is worse on the held-out batches."""
+    if metric_for is not None and fit != "both":
+        raise ValueError("an output metric is for fit='both' (the anchored fit) only")
     if fit not in ("B", "both"):
         raise ValueError(f"fit must be 'B' or 'both', got {fit!r}")
     if order not in ORDERS:
@@ -185,19 +214,22 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
         groups = [targets] if order == "block" else forward_groups(blocks[i], model, targets, compressed)
         for group in groups:
             layers += _refit_group(model, compressor, blocks[i], i, group, dense, compressed, held_from, fit,
-                                   candidates, skip_first, device)
+                                   candidates, skip_first, device, metric_for, keep_better)
         advance_inputs(blocks[i], compressed)
         _advance_dense(model, blocks[i], targets, compressor, dense)
     return {"targets": layers, "skipped": skipped, "ridge": ridge, "fit": fit, "holdout": holdout,
             "ridges": candidates, "held_out_batches": len(batches) - held_from, "skip_first": skip_first,
-            "order": order}
+            "order": order, **({"metric": "loss"} if metric_for is not None else {}),
+            **({"keep_better": True} if keep_better else {})}
 
 
 def _refit_group(model, compressor, block, i, group, dense, compressed, held_from, fit, candidates, skip_first,
-                 device) -> list[dict]:
+                 device, metric_for=None, keep_better=False) -> list[dict]:
     """Refit the targets of ``group`` (of block ``i``) together on every calibration batch; their records."""
     dims = {d.name: d.rank if fit == "B" else d.d_in for d in group}
-    acc = {d.name: [PairMoments(sum(d.d_outs), dims[d.name], device) for _ in range(2)] for d in group}
+    metrics = {d.name: metric_for(d) if metric_for else None for d in group}
+    acc = {d.name: [PairMoments(sum(d.d_outs), dims[d.name], device, metrics[d.name]) for _ in range(2)]
+           for d in group}
     residual = {d.name: FirstPositionShare(*_start_map(model, d, fit, device)) for d in group}
     for j in range(len(compressed)):
         ys = _dense_outputs(model, block, group, compressor, dense, j)
@@ -206,7 +238,7 @@ def _refit_group(model, compressor, block, i, group, dense, compressed, held_fro
             residual[d.name].update(ys[d.name], zs[d.name])
             acc[d.name][j >= held_from].update(counted_positions(ys[d.name], skip_first),
                                                counted_positions(zs[d.name], skip_first))
-    return [{**_refit_target(model, d, i, *acc[d.name], fit, candidates, device),
+    return [{**_refit_target(model, d, i, *acc[d.name], fit, candidates, device, keep_better),
              "first_position_residual_share": residual[d.name].share()} for d in group]
 
 
@@ -271,8 +303,10 @@ def _current(model, d, device):
     return B0, c0, has_bias, A, Bs
 
 
-def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments, fit: str, ridges, device) -> dict:
-    """Choose the ridge on the held-out moments (when there are any), fit on all, write the factors; the record."""
+def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments, fit: str, ridges, device,
+                  keep_better: bool = False) -> dict:
+    """Choose the ridge on the held-out moments (when there are any), fit on all, write the factors (unless
+    ``keep_better`` and the fit is worse on the held-out moments than the factors in place); the record."""
     B0, c0, has_bias, A, Bs = _current(model, d, device)
     if fit == "both":  # the objective's z is the layer's input: the map in place is B0 A
         B0 = B0 @ A.detach().double().to(device)
@@ -300,11 +334,14 @@ def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments,
     fit_m += held_m
     A_new, B, c, lam = solve(fit_m, chosen)
     W = mapped(A_new, B)
-    ridge_term = lambda M: lam * float(M.square().sum())  # noqa: E731
+    ridge_term = lambda M: lam * fit_m.norm(M)  # noqa: E731
     before, after = fit_m.objective(B0, c0), fit_m.objective(W, c)
     record = {"name": d.name, "block": block, "tokens": fit_m.n, "objective_before": before, "objective_after": after,
               "ridge_objective_before": before + ridge_term(B0), "ridge_objective_after": after + ridge_term(W),
               "lam": lam, "ridge": chosen, **(held or {})}
+    if keep_better and held and held["held_out_after"] >= held["held_out_before"]:
+        return {**record, "objective_after": before, "ridge_objective_after": record["ridge_objective_before"],
+                "kept": True}
     row = 0
     with torch.no_grad():
         if A_new is not None:

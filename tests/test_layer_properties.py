@@ -92,9 +92,9 @@ def test_error_falls_monotonically_with_rank_on_any_input(shape, method):
     W, b, X = _layer(*shape)
     metric = torch.eye(shape[0], dtype=torch.float64)
     if method == "kfac":
-        from lord.methods.kfac import _root_pair
+        from lord.methods.kfac import root_pair
 
-        metric = _root_pair(_curvature(W, X).G[0], get_method(method).config.damping)[0]
+        metric = root_pair(_curvature(W, X).G[0], get_method(method).config.damping)[0]
     X_new = torch.randn(50, shape[1], dtype=torch.float64) * 5  # held-out, off-distribution inputs
     Y_new = X_new @ W.T + b
     basis = _basis(method, W, b, X)

@@ -81,6 +81,87 @@ def test_the_anchored_fit_on_the_dense_inputs_is_whiten_on_its_own_outputs():
     assert record["fit"] == "both" and layer["objective_after"] < layer["objective_before"]
 
 
+def _loss_metric(c, method):
+    """``refit``'s ``metric_for`` of ``anchor.metric=loss``: each decomposition's damped K-FAC ``G``."""
+    from lord.curvature import curvature_for
+
+    stats, targets = c.curvature("full"), {t.name: t for t in c.targets}
+    return lambda d: method.output_metric(curvature_for(stats, targets[d.name], "full"))
+
+
+def test_the_weighted_objective_from_sums_is_the_mean_weighted_residual():
+    """With an output metric G the sums give ``E (y - B z - c)^T G (y - B z - c)`` and the norm ``tr(B^T G B)``."""
+    from lord.curvature import Curvature, SecondMoment
+    from lord.methods import get_method
+
+    g = torch.Generator().manual_seed(3)
+    G = SecondMoment(12)
+    G.update(torch.randn(40, 12, generator=g) * torch.linspace(0.2, 2, 12))
+    metric = get_method("kfac").output_metric(Curvature(None, [G]))
+    Gm = metric(torch.eye(12, dtype=torch.float64))
+    _, y, z = _pairs()
+    m = PairMoments(12, 5, metric=metric)
+    m.update(y.float(), z.float())
+    B, c = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(12, generator=g, dtype=torch.float64)
+    r = y - z @ B.T - c
+    assert m.objective(B, c) == pytest.approx(float(((r @ Gm) * r).sum(1).mean()), rel=1e-5)
+    assert m.norm(B) == pytest.approx(float(torch.trace(B.T @ Gm @ B)), rel=1e-9)
+    torch.testing.assert_close(metric.root(metric.root(B)), metric(B))
+    torch.testing.assert_close(metric.inv_root(metric.root(B)), B)
+
+
+def test_the_anchored_fit_in_the_loss_metric_on_the_dense_inputs_is_kfac():
+    """anchor.metric=loss: block 0's MLP-down sees the dense inputs (x~ = x), so the rank-r map that best reproduces
+    its outputs weighed by kfac's G is kfac's own (Eckart-Young in G and E[x x^T]); the Euclidean fit is not."""
+    from lord.methods import get_method
+
+    model = tiny_model("llama")
+    batches = calib_batches()
+    c = Compressor(model, kinds=["mlp_down"], layers=[0], batches=batches, progress=False)
+    name = c.targets[0].members[0]
+    kfac = get_method("kfac")
+    c.apply(kfac, RankSpec("rank", 5))
+    mod = model.get_submodule(name)
+    expected = (mod[1].weight @ mod[0].weight).detach().double()
+    fitted = {}
+    for metric in ("loss", "euclidean"):
+        report = c.apply("svd", RankSpec("rank", 5))  # other starting factors: the fit replaces both
+        record = refit(model, c, report["decompositions"], batches, ridge=0.0, fit="both", progress=False,
+                       metric_for=_loss_metric(c, kfac) if metric == "loss" else None)
+        mod = model.get_submodule(name)
+        fitted[metric] = (mod[1].weight @ mod[0].weight).detach().double()
+        assert record.get("metric", "euclidean") == metric
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(fitted["loss"], expected, rtol=1e-4, atol=1e-5 * scale)
+    assert float((fitted["euclidean"] - expected).abs().max()) > 1e-3 * scale
+
+
+@pytest.mark.slow
+def test_keep_better_never_lets_a_layers_held_out_objective_rise():
+    """anchor.keep_better: a layer whose fit is worse on the held-out batches keeps its factors untouched; every
+    other layer's chosen fit is no worse there than its decomposition. In the loss metric as in the Euclidean."""
+    from lord.methods import get_method
+
+    model = tiny_model("qwen2")
+    batches = calib_batches(n=4)
+    c = Compressor(model, kinds=["all"], group=True, batches=batches, progress=False)
+    kfac = get_method("kfac")
+    report = c.apply(kfac, RankSpec("reduction", 50, force=True))
+    before = {d.name: [p.detach().clone() for p in model.get_submodule(d.members[0]).parameters()]
+              for d in report["decompositions"]}
+    record = refit(model, c, report["decompositions"], batches, fit="both", holdout=0.25, ridges=[0.0, 1e-2],
+                   progress=False, metric_for=_loss_metric(c, kfac), keep_better=True)
+    assert record["keep_better"] and record["metric"] == "loss"
+    for layer in record["targets"]:
+        if layer.get("kept"):
+            assert layer["held_out_after"] >= layer["held_out_before"]
+            now = list(model.get_submodule(layer["name"].split("+")[0]).parameters())
+            assert all(torch.equal(a, b) for a, b in zip(before[layer["name"]], now))
+        else:
+            assert layer["held_out_after"] < layer["held_out_before"]
+    assert torch.isfinite(model(input_ids=torch.randint(0, 97, (1, 16))).logits).all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_the_anchored_fit_lowers_its_ridge_objective_and_chooses_the_ridge_on_held_out_batches(arch):
@@ -188,3 +269,5 @@ def test_refit_and_anchor_settings_name_their_results_and_the_defaults_keep_the_
     assert Refit.tag({"refit": {"ridges": [1e-6, 1], "holdout": 0.25}}) == "-ridges1e-06_1-holdout0.25"
     assert Refit.tag({"refit": {"ridge": 0.01, "order": "sublayer"}}) == "-ridge0.01-sublayer"
     assert Anchor.tag({"anchor": {"holdout": 0.5, "order": "sublayer"}}) == "-holdout0.5-sublayer"
+    assert Anchor.tag({"anchor": {"metric": "loss", "keep_better": True}}) == "-loss-keep"
+    assert Anchor.tag({"anchor": {"metric": "euclidean", "keep_better": False}}) == ""

@@ -45,7 +45,7 @@ class KfacConfig(MethodConfig):
     damping: float = 0.01  # relative to the mean diagonal entry of G
 
 
-def _root_pair(g, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+def root_pair(g, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(G^1/2, G^-1/2) of the damped ``G`` of a ``lord.curvature.SecondMoment``, float64: symmetric matrices, or
     vectors (the diagonal) when only ``diag(G)`` was kept."""
     m = g.sum.to(torch.float64) / max(g.n, 1)
@@ -59,7 +59,7 @@ def _root_pair(g, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     return (vecs * vals.sqrt()) @ vecs.T, (vecs * vals.rsqrt()) @ vecs.T
 
 
-def _blockwise(blocks: list[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+def blockwise(blocks: list[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
     """``block_diag(*blocks) @ X`` without forming the block-diagonal matrix (a 1-D block is a diagonal)."""
     out, row = [], 0
     for b in blocks:
@@ -67,6 +67,27 @@ def _blockwise(blocks: list[torch.Tensor], X: torch.Tensor) -> torch.Tensor:
         out.append(b[:, None] * x if b.dim() == 1 else b @ x)
         row += b.shape[0]
     return torch.cat(out)
+
+
+class OutputMetric:
+    """The damped ``G`` of one target, block diagonal over its members (a 1-D block is a diagonal), applied blockwise:
+    ``G X``, ``G^1/2 X`` and ``G^-1/2 X``. The metric ``kfac`` weighs a layer's output errors in; stage ``anchor``
+    fits in it with ``anchor.metric=loss``."""
+
+    def __init__(self, curvature, damping: float, device=None):
+        pairs = [root_pair(g, damping) for g in curvature.G]
+        self.roots = [r.to(device) for r, _ in pairs]
+        self.inv_roots = [i.to(device) for _, i in pairs]
+        self.blocks = [r * r if r.dim() == 1 else r @ r for r in self.roots]
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        return blockwise(self.blocks, X)
+
+    def root(self, X: torch.Tensor) -> torch.Tensor:
+        return blockwise(self.roots, X)
+
+    def inv_root(self, X: torch.Tensor) -> torch.Tensor:
+        return blockwise(self.inv_roots, X)
 
 
 @METHODS.register("kfac")
@@ -106,6 +127,10 @@ class Kfac(Method):
                             f"statistics of {len(targets)} targets, more than 80 % of the {available / 2**30:.1f} GiB "
                             f"available; use {hint}")
 
+    def output_metric(self, curvature, device=None) -> OutputMetric | None:
+        """The metric this method weighs ``curvature``'s layer outputs in: its damped ``G``, None for ``G = I``."""
+        return None if curvature.G is None else OutputMetric(curvature, self.config.damping, device)
+
     def basis(self, W, curvature, side) -> Basis:
         if curvature is None:
             raise LordError("method 'kfac' needs calibration data (a forward and backward pass)")
@@ -114,8 +139,8 @@ class Kfac(Method):
         if curvature.G is None:
             U, S, _ = torch.linalg.svd(W @ L, full_matrices=False)
             return Basis(U, S**2, None)
-        roots = [_root_pair(g, self.config.damping) for g in curvature.G]
-        U, S, _ = torch.linalg.svd(_blockwise([r for r, _ in roots], W) @ L, full_matrices=False)
-        Q = _blockwise([inv for _, inv in roots], U)  # G^-1/2 U
-        dual = _blockwise([r for r, _ in roots], U)  # G^1/2 U: dual^T Q = U^T U = I
+        roots = [root_pair(g, self.config.damping) for g in curvature.G]
+        U, S, _ = torch.linalg.svd(blockwise([r for r, _ in roots], W) @ L, full_matrices=False)
+        Q = blockwise([inv for _, inv in roots], U)  # G^-1/2 U
+        dual = blockwise([r for r, _ in roots], U)  # G^1/2 U: dual^T Q = U^T U = I
         return Basis(Q, S**2, None, dual)
