@@ -25,7 +25,8 @@ def _blocks(blocks: list[int]) -> str:
 def _settings(record: dict) -> str:
     """The record's fit settings: its order, output metric and ``keep_better`` ("block, euclidean" at the defaults)."""
     return ", ".join([record.get("order", "block"), record.get("metric", "euclidean")]
-                     + (["keep_better"] if record.get("keep_better") else []))
+                     + (["keep_better"] if record.get("keep_better") else [])
+                     + ([f"prior {record['prior']}"] if record.get("prior") else []))
 
 
 def anchor_row(record: dict) -> dict:

@@ -44,6 +44,11 @@ full rank); the truncation is in both metrics: ``W' = G^-1/2 U_r U_r^T G^1/2 W*`
 of ``G^1/2 W* L``. With ``x~ = x`` and ``lam = 0`` this is ``kfac`` (tested), as the Euclidean fit is ``whiten``.
 The Euclidean fit throws away the loss's weighting that ``kfac`` chose its directions by.
 
+``prior="decomposition"`` (``anchor.prior``): the ridge shrinks towards the factors in place, ``W_0``, instead of
+towards zero: ``lam tr((W' - W_0)^T G (W' - W_0))``, so ``W* = (Cov(y, x~) + lam W_0) K^-1`` and a large ridge
+returns the decomposition itself (tested). ``W_0`` is one candidate with no ridge cost, so the fit still never
+raises its ridge objective.
+
 ``keep_better``: a layer whose fit is worse on the held-out batches than the factors in place keeps those (the
 record says ``kept``), so the held-out objective of no layer rises.
 
@@ -136,10 +141,11 @@ class PairMoments:
         c = torch.where(has_bias.to(Mzz.device), ybar - B_c @ zbar, torch.zeros_like(ybar))
         return B, c, lam
 
-    def solve_low_rank(self, has_bias: torch.Tensor, ridge: float, rank: int):
+    def solve_low_rank(self, has_bias: torch.Tensor, ridge: float, rank: int, prior: torch.Tensor | None = None):
         """(A, B, c, lam): the rank-``rank`` minimiser of the ridge objective over ``W' = B A`` (``z`` = the layer's
         input; truncated in the output metric when there is one); centred (an intercept) when every row has a bias,
-        else uncentred with an intercept added after the fit for the rows that have one."""
+        else uncentred with an intercept added after the fit for the rows that have one. ``prior``: the map the
+        ridge shrinks towards (zero when None)."""
         n, d = self.n, self.zz.shape[0]
         Mzz, Myz, zbar, ybar = self.zz / n, self.yz / n, self.z / n, self.y / n
         centred = bool(has_bias.all())
@@ -149,7 +155,9 @@ class PairMoments:
         lam = ridge * float(torch.trace(Czz)) / d
         vals, vecs = torch.linalg.eigh(Czz + lam * torch.eye(d, dtype=torch.float64, device=Czz.device))
         vals = vals.clamp_min(float(vals.max()) * 1e-12)
-        W_full = ((Cyz @ vecs) / vals) @ vecs.T  # Cyz K^-1
+        if prior is not None:
+            Cyz = Cyz + lam * prior.to(Cyz)
+        W_full = ((Cyz @ vecs) / vals) @ vecs.T  # (Cyz + lam W_0) K^-1
         G = self.metric
         root = (lambda X: X) if G is None else G.root  # noqa: E731
         U = torch.linalg.svd(root(W_full) @ (vecs * vals.sqrt()), full_matrices=False)[0][:, :rank]
@@ -167,11 +175,12 @@ def _factors(model: nn.Module, members) -> tuple[torch.Tensor, list[nn.Linear]]:
 
 
 ORDERS = ("block", "sublayer")
+PRIORS = ("zero", "decomposition")
 
 
 def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 1e-6, progress: bool = True,
           fit: str = "B", holdout: float = 0.0, ridges=None, skip_first: int = 0, order: str = "block",
-          metric_for=None, keep_better: bool = False) -> dict:
+          metric_for=None, keep_better: bool = False, prior: str = "zero") -> dict:
     """Refit every block target of ``decompositions`` (already applied by ``compressor``) in place; returns a
     record: per layer, the objective before and after (and the ridge term's lam).
 
@@ -180,7 +189,10 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
     ``skip_first`` leaves that many leading positions of every window out of the fit; ``order``: "block" (a block's
     targets fitted together) or "sublayer" (group by group in forward order, see the module's docstring).
     ``metric_for(decomposition)``: its output metric or None (``fit="both"`` only); ``keep_better``: keep the
-    factors in place where the fit is worse on the held-out batches."""
+    factors in place where the fit is worse on the held-out batches; ``prior``: "zero" or "decomposition" (the ridge
+    shrinks towards the factors in place; ``fit="both"`` only)."""
+    if prior not in PRIORS or (prior != "zero" and fit != "both"):
+        raise ValueError(f"prior must be one of {PRIORS} ('decomposition' with fit='both' only), got {prior!r}")
     if metric_for is not None and fit != "both":
         raise ValueError("an output metric is for fit='both' (the anchored fit) only")
     if fit not in ("B", "both"):
@@ -214,17 +226,17 @@ def refit(model: nn.Module, compressor, decompositions, batches, ridge: float = 
         groups = [targets] if order == "block" else forward_groups(blocks[i], model, targets, compressed)
         for group in groups:
             layers += _refit_group(model, compressor, blocks[i], i, group, dense, compressed, held_from, fit,
-                                   candidates, skip_first, device, metric_for, keep_better)
+                                   candidates, skip_first, device, metric_for, keep_better, prior)
         advance_inputs(blocks[i], compressed)
         _advance_dense(model, blocks[i], targets, compressor, dense)
     return {"targets": layers, "skipped": skipped, "ridge": ridge, "fit": fit, "holdout": holdout,
             "ridges": candidates, "held_out_batches": len(batches) - held_from, "skip_first": skip_first,
             "order": order, **({"metric": "loss"} if metric_for is not None else {}),
-            **({"keep_better": True} if keep_better else {})}
+            **({"keep_better": True} if keep_better else {}), **({"prior": prior} if prior != "zero" else {})}
 
 
 def _refit_group(model, compressor, block, i, group, dense, compressed, held_from, fit, candidates, skip_first,
-                 device, metric_for=None, keep_better=False) -> list[dict]:
+                 device, metric_for=None, keep_better=False, prior="zero") -> list[dict]:
     """Refit the targets of ``group`` (of block ``i``) together on every calibration batch; their records."""
     dims = {d.name: d.rank if fit == "B" else d.d_in for d in group}
     metrics = {d.name: metric_for(d) if metric_for else None for d in group}
@@ -238,7 +250,7 @@ def _refit_group(model, compressor, block, i, group, dense, compressed, held_fro
             residual[d.name].update(ys[d.name], zs[d.name])
             acc[d.name][j >= held_from].update(counted_positions(ys[d.name], skip_first),
                                                counted_positions(zs[d.name], skip_first))
-    return [{**_refit_target(model, d, i, *acc[d.name], fit, candidates, device, keep_better),
+    return [{**_refit_target(model, d, i, *acc[d.name], fit, candidates, device, keep_better, prior),
              "first_position_residual_share": residual[d.name].share()} for d in group]
 
 
@@ -304,7 +316,7 @@ def _current(model, d, device):
 
 
 def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments, fit: str, ridges, device,
-                  keep_better: bool = False) -> dict:
+                  keep_better: bool = False, prior: str = "zero") -> dict:
     """Choose the ridge on the held-out moments (when there are any), fit on all, write the factors (unless
     ``keep_better`` and the fit is worse on the held-out moments than the factors in place); the record."""
     B0, c0, has_bias, A, Bs = _current(model, d, device)
@@ -315,7 +327,7 @@ def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments,
         if fit == "B":
             B, c, lam = m.solve(has_bias, lam_rel)
             return None, B, c, lam
-        return m.solve_low_rank(has_bias, lam_rel, d.rank)
+        return m.solve_low_rank(has_bias, lam_rel, d.rank, B0 if prior == "decomposition" else None)
 
     def mapped(A_, B_):
         return B_ if A_ is None else B_ @ A_
@@ -334,7 +346,8 @@ def _refit_target(model, d, block: int, fit_m: PairMoments, held_m: PairMoments,
     fit_m += held_m
     A_new, B, c, lam = solve(fit_m, chosen)
     W = mapped(A_new, B)
-    ridge_term = lambda M: lam * fit_m.norm(M)  # noqa: E731
+    towards = B0 if prior == "decomposition" else torch.zeros_like(B0)
+    ridge_term = lambda M: lam * fit_m.norm(M - towards)  # noqa: E731
     before, after = fit_m.objective(B0, c0), fit_m.objective(W, c)
     record = {"name": d.name, "block": block, "tokens": fit_m.n, "objective_before": before, "objective_after": after,
               "ridge_objective_before": before + ridge_term(B0), "ridge_objective_after": after + ridge_term(W),

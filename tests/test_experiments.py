@@ -268,6 +268,8 @@ def test_budget_and_method_errors_are_config_errors_before_weights_load(tmp_path
         run(_compose([*anchor, "method=kfac", "+anchor.metric=fisher"]))
     with pytest.raises(LordError, match=r"anchor.metric=loss weighs outputs by kfac's G, but method=whiten has"):
         run(_compose([*anchor, "method=whiten", "+anchor.metric=loss"]))
+    with pytest.raises(LordError, match=r"anchor.prior='identity' must be one of zero, decomposition"):
+        run(_compose([*anchor, "+anchor.prior=identity"]))
     with pytest.raises(LordError, match=r"anchor.keep_better=true compares .* set anchor.holdout > 0"):
         run(_compose([*anchor, "+anchor.keep_better=true", "+anchor.holdout=0", "+anchor.ridges=[0.01]"]))
     assert not list(tmp_path.rglob("*.json"))

@@ -136,6 +136,36 @@ def test_the_anchored_fit_in_the_loss_metric_on_the_dense_inputs_is_kfac():
     assert float((fitted["euclidean"] - expected).abs().max()) > 1e-3 * scale
 
 
+def test_a_ridge_towards_the_decomposition_returns_it_when_large_and_never_raises_its_objective():
+    """anchor.prior=decomposition: the ridge term is lam ||W' - W_0||^2, so a huge ridge leaves every layer's map as
+    the decomposition made it; at a moderate one the decomposition is still a zero-cost candidate, so the ridge
+    objective cannot rise, and a later block's fit on the compressed inputs lowers the plain objective."""
+    maps = {}
+    for ridge in (1e9, 1e-2):
+        model = tiny_model("llama")
+        batches = calib_batches()
+        c = Compressor(model, kinds=["all"], group=True, layers=[0, 1], batches=batches, progress=False)
+        report = c.apply("whiten", RankSpec("reduction", 50, force=True))
+        names = [d.members[0] for d in report["decompositions"] if len(d.members) == 1]
+
+        def current():
+            return {n: (model.get_submodule(n)[1].weight @ model.get_submodule(n)[0].weight).detach().double()
+                    for n in names}
+        maps["before"] = current()
+        record = refit(model, c, report["decompositions"], batches, ridge=ridge, fit="both", progress=False,
+                       prior="decomposition")
+        maps[ridge] = current()
+        assert record["prior"] == "decomposition"
+        for layer in record["targets"]:
+            assert layer["ridge_objective_after"] <= layer["ridge_objective_before"] * (1 + 1e-9) + 1e-12
+    for n, W0 in maps["before"].items():
+        torch.testing.assert_close(maps[1e9][n], W0, rtol=1e-4, atol=1e-5 * float(W0.abs().max()))
+    assert any(float((maps[1e-2][n] - W0).abs().max()) > 1e-3 * float(W0.abs().max())
+               for n, W0 in maps["before"].items())
+    with pytest.raises(ValueError, match="prior must be one of"):
+        refit(model, c, report["decompositions"], batches, fit="B", prior="decomposition", progress=False)
+
+
 @pytest.mark.slow
 def test_keep_better_never_lets_a_layers_held_out_objective_rise():
     """anchor.keep_better: a layer whose fit is worse on the held-out batches keeps its factors untouched; every
@@ -271,3 +301,4 @@ def test_refit_and_anchor_settings_name_their_results_and_the_defaults_keep_the_
     assert Anchor.tag({"anchor": {"holdout": 0.5, "order": "sublayer"}}) == "-holdout0.5-sublayer"
     assert Anchor.tag({"anchor": {"metric": "loss", "keep_better": True}}) == "-loss-keep"
     assert Anchor.tag({"anchor": {"metric": "euclidean", "keep_better": False}}) == ""
+    assert Anchor.tag({"anchor": {"prior": "decomposition"}}) == "-prior"

@@ -15,7 +15,8 @@ window out of the fit (as ``refit.skip_first``); ``anchor.order=sublayer`` fits 
 ``anchor.metric``: ``euclidean`` (the default: the output error unweighted) or ``loss`` (weighed by the decomposing
 method's output metric: ``kfac``'s damped ``G``, so the fit keeps the loss-aware directions ``kfac`` chose; only
 after ``method=kfac``). ``anchor.keep_better=true``: a layer whose fit is worse on the held-out batches than its
-decomposition keeps the decomposition.
+decomposition keeps the decomposition. ``anchor.prior=decomposition``: the ridge shrinks each layer towards its
+decomposition instead of towards zero, so the largest ridges of ``anchor.ridges`` approach the decomposition.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def metric_setting(cfg) -> str:
     return metric
 
 
+def prior_setting(cfg) -> str:
+    """``anchor.prior``, checked: ``zero`` (the default) or ``decomposition``."""
+    from lord.refit import PRIORS
+
+    prior = (cfg.get("anchor") or {}).get("prior", "zero")
+    if prior not in PRIORS:
+        raise LordError(f"anchor.prior={prior!r} must be one of {', '.join(PRIORS)} (what the ridge shrinks each "
+                        "layer's map towards)")
+    return prior
+
+
 def keep_setting(cfg) -> bool:
     """``anchor.keep_better``, checked: a boolean."""
     keep = (cfg.get("anchor") or {}).get("keep_better", False)
@@ -59,7 +71,8 @@ class Anchor(Stage):
         node = cfg.get("anchor") or {}
         return (fit_tag(cfg, "anchor", DEFAULT_RIDGES, DEFAULT_HOLDOUT)
                 + ("-loss" if node.get("metric", "euclidean") == "loss" else "")
-                + ("-keep" if node.get("keep_better", False) else ""))
+                + ("-keep" if node.get("keep_better", False) else "")
+                + ("-prior" if node.get("prior", "zero") == "decomposition" else ""))
 
     def needs_calibration_data(self) -> bool:
         return True
@@ -71,6 +84,7 @@ class Anchor(Stage):
         check_held_out_batches(self.cfg, "anchor", holdout)
         skip_setting(self.cfg, "anchor")
         order_setting(self.cfg, "anchor")
+        prior_setting(self.cfg)
         if keep_setting(self.cfg) and holdout == 0:
             raise LordError("anchor.keep_better=true compares each fit with its decomposition on held-out batches; "
                             "set anchor.holdout > 0 (e.g. 0.25)")
@@ -103,7 +117,7 @@ class Anchor(Stage):
         record = refit(ctx.model, ctx.compressor, ctx.decompositions, batches, ridge=ridges[0], fit="both",
                        holdout=holdout, ridges=ridges, skip_first=skip_setting(self.cfg, "anchor"),
                        order=order_setting(self.cfg, "anchor"), metric_for=self._metric_for(ctx),
-                       keep_better=keep_setting(self.cfg))
+                       keep_better=keep_setting(self.cfg), prior=prior_setting(self.cfg))
         layers = record["targets"]
         worse = [r["name"] for r in layers if r.get("held_out_after", 0) > r.get("held_out_before", 0)]
         kept = [r["name"] for r in layers if r.get("kept")]

@@ -27,7 +27,7 @@ def fit_settings(cfg, key: str, default_ridges, default_holdout) -> tuple[list[f
     return ridges, holdout
 
 
-FIT_KEYS = {"anchor": ("ridges", "holdout", "skip_first", "order", "metric", "keep_better"),
+FIT_KEYS = {"anchor": ("ridges", "holdout", "skip_first", "order", "metric", "keep_better", "prior"),
             "refit": ("ridge", "ridges", "holdout", "skip_first", "order")}
 
 
