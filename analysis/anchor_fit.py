@@ -44,7 +44,7 @@ def anchor_row(record: dict) -> dict:
                 t.get("ridge_objective_after", t.get("objective_after"))
                 > t.get("ridge_objective_before", t.get("objective_before")) * (1 + 1e-6) for t in targets),
             "worse on the held-out batch": len(worse), "blocks of those": _blocks(worse),
-            "kept their decomposition": len(record["kept"]) if "kept" in record else None,
+            "kept their decomposition": str(len(record["kept"])) if "kept" in record else "",  # "": not asked
             "ridge grid": ", ".join(f"{r:g}" for r in ridges),
             "at the largest ridge": chosen.get(max(ridges), 0) if ridges else None,
             "most chosen ridge": top, "layers choosing it": top_n, "anchor s": record.get("seconds")}

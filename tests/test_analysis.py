@@ -687,11 +687,11 @@ def test_the_anchor_table_counts_what_each_layer_of_the_record_did(tmp_path):
             row["worse on the held-out batch"]) == (3, 1, 2)
     assert row["blocks of those"] == "0, 3" and row["at the largest ridge"] == 2
     assert (row["most chosen ridge"], row["layers choosing it"]) == (0.1, 2)
-    assert row["anchor settings"] == "block, euclidean" and pd.isna(row["kept their decomposition"])
+    assert row["anchor settings"] == "block, euclidean" and row["kept their decomposition"] == ""
     path.write_text(json.dumps({"stages": {"anchor": {**record, "order": "sublayer", "metric": "loss",
                                                       "keep_better": True, "kept": ["a"]}}}))
     row = anchor_fit_table(df).iloc[0]
-    assert row["anchor settings"] == "sublayer, loss, keep_better" and row["kept their decomposition"] == 1
+    assert row["anchor settings"] == "sublayer, loss, keep_better" and row["kept their decomposition"] == "1"
 
 
 def test_the_pareto_figure_draws_the_interval_of_each_point_that_has_one(tmp_path):
