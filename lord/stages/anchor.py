@@ -36,24 +36,25 @@ DEFAULT_HOLDOUT = 0.25
 METRICS = ("euclidean", "loss")
 
 
+def _choice(cfg, key: str, allowed, meaning: str) -> str:
+    """``anchor.<key>`` (default: the first of ``allowed``), checked: one line for a value not in ``allowed``."""
+    value = (cfg.get("anchor") or {}).get(key, allowed[0])
+    if value not in allowed:
+        raise LordError(f"anchor.{key}={value!r} must be one of {', '.join(allowed)} ({meaning})")
+    return value
+
+
 def metric_setting(cfg) -> str:
-    """``anchor.metric``, checked: one line for a value that is not one of ``METRICS``."""
-    metric = (cfg.get("anchor") or {}).get("metric", "euclidean")
-    if metric not in METRICS:
-        raise LordError(f"anchor.metric={metric!r} must be one of {', '.join(METRICS)} (euclidean: output errors "
-                        "unweighted; loss: weighed by kfac's output metric G)")
-    return metric
+    """``anchor.metric``: ``euclidean`` (the default) or ``loss``."""
+    return _choice(cfg, "metric", METRICS, "euclidean: output errors unweighted; loss: weighed by kfac's output "
+                   "metric G")
 
 
 def prior_setting(cfg) -> str:
-    """``anchor.prior``, checked: ``zero`` (the default) or ``decomposition``."""
+    """``anchor.prior``: ``zero`` (the default) or ``decomposition``."""
     from lord.refit import PRIORS
 
-    prior = (cfg.get("anchor") or {}).get("prior", "zero")
-    if prior not in PRIORS:
-        raise LordError(f"anchor.prior={prior!r} must be one of {', '.join(PRIORS)} (what the ridge shrinks each "
-                        "layer's map towards)")
-    return prior
+    return _choice(cfg, "prior", PRIORS, "what the ridge shrinks each layer's map towards")
 
 
 def keep_setting(cfg) -> bool:
