@@ -20,6 +20,7 @@ diagonal). The layer's bias is kept as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -78,7 +79,11 @@ class OutputMetric:
         pairs = [root_pair(g, damping) for g in curvature.G]
         self.roots = [r.to(device) for r, _ in pairs]
         self.inv_roots = [i.to(device) for _, i in pairs]
-        self.blocks = [r * r if r.dim() == 1 else r @ r for r in self.roots]
+
+    @cached_property
+    def blocks(self) -> list[torch.Tensor]:
+        """The damped ``G`` itself, block by block (formed on first use: the bases need only its roots)."""
+        return [r * r if r.dim() == 1 else r @ r for r in self.roots]
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         return blockwise(self.blocks, X)
@@ -139,8 +144,8 @@ class Kfac(Method):
         if curvature.G is None:
             U, S, _ = torch.linalg.svd(W @ L, full_matrices=False)
             return Basis(U, S**2, None)
-        roots = [root_pair(g, self.config.damping) for g in curvature.G]
-        U, S, _ = torch.linalg.svd(blockwise([r for r, _ in roots], W) @ L, full_matrices=False)
-        Q = blockwise([inv for _, inv in roots], U)  # G^-1/2 U
-        dual = blockwise([r for r, _ in roots], U)  # G^1/2 U: dual^T Q = U^T U = I
+        G = self.output_metric(curvature)
+        U, S, _ = torch.linalg.svd(G.root(W) @ L, full_matrices=False)
+        Q = G.inv_root(U)  # G^-1/2 U
+        dual = G.root(U)  # G^1/2 U: dual^T Q = U^T U = I
         return Basis(Q, S**2, None, dual)
