@@ -330,13 +330,17 @@ def test_smaller_mlps_alone_are_evaluated_as_a_changed_model(tmp_path, smollm2):
     """Neuron selection with no low-rank target decomposed (here: only the MLP kinds selected, so every removed
     parameter is a neuron) still changes the model: the evaluation runs on it instead of reusing the dense baseline.
     (Found on Qwen2.5-Coder-1.5B at 10 %, where loss_estimate left every attention matrix dense and the result
-    reported the dense perplexity.)"""
+    reported the dense perplexity.) Stages refit and anchor, with no decomposition to fit, say so in the result
+    instead of vanishing from it."""
     from experiments.run import run
 
     r = run(_compose(["model=smollm2-135m", "profile=quick", f"paths.results_dir={tmp_path}", "layers=all",
                       "layers.kinds=[mlp_gate,mlp_up,mlp_down]", "layers.indices=[0,1]", "method=whiten", *BUDGET,
-                      "rank.allocation=loss_estimate", "eval.n_windows=1", "neurons.enabled=true"]))
+                      "rank.allocation=loss_estimate", "eval.n_windows=1", "neurons.enabled=true",
+                      "stages=[calibrate,decompose,refit,anchor]", "calibration.batch_size=1"]))
     assert r["status"] == "ok", r.get("error")
     assert r["compression"]["decompositions"] == [] and r["compression"]["neurons"]["resized"]
+    for stage in ("refit", "anchor"):
+        assert r["stages"][stage]["targets"] == [] and "no layer was decomposed" in r["stages"][stage]["skipped"]
     assert r["params"]["compressed"] < r["params"]["dense"]
     assert r["metrics"]["perplexity"] != r["metrics"]["dense_perplexity"]

@@ -27,7 +27,7 @@ import time
 from lord.errors import LordError
 from lord.stages.base import STAGES, Stage
 from lord.stages.fit_options import (check_after_decompose, check_fit_keys, check_held_out_batches, fit_settings,
-                                      fit_tag, order_setting, skip_setting)
+                                     fit_tag, nothing_to_fit, order_setting, skip_setting)
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,9 @@ class Anchor(Stage):
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
 
-        if not ctx.decompositions:
-            return None
+        skipped = nothing_to_fit(ctx, "anchor")
+        if skipped is not None:
+            return skipped
         ridges, holdout = fit_settings(self.cfg, "anchor", DEFAULT_RIDGES, DEFAULT_HOLDOUT)
         batches = list(ctx.data.windows("calibration").split(self.cfg.calibration.batch_size))
         t = time.perf_counter()

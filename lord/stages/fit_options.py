@@ -93,3 +93,17 @@ def check_held_out_batches(cfg, key: str, holdout: float) -> None:
         raise LordError(f"{key}.holdout={holdout} of {n} calibration batches (calibration.n_windows="
                         f"{c.n_windows}, calibration.batch_size={c.batch_size}) leaves {held} held out and "
                         f"{n - held} to fit on; each side needs at least one batch")
+
+
+def nothing_to_fit(ctx, key: str) -> dict | None:
+    """The record of stage ``key`` when the run decomposed no layer (every selected layer kept dense by the
+    allocation, or an MLP of neuron selection, whose ``down_proj`` is already refitted on its kept neurons): a
+    warning and a record saying why the stage did nothing, so the result does not read as if it had fitted. None when
+    there are decompositions to fit."""
+    if ctx.decompositions:
+        return None
+    import logging
+
+    why = "no layer was decomposed (neuron selection or the allocation left no low-rank layer), so nothing to fit"
+    logging.getLogger(__name__).warning("stage %s: %s", key, why)
+    return {"skipped": why, "targets": []}

@@ -17,7 +17,7 @@ import time
 from lord.errors import LordError
 from lord.stages.base import STAGES, Stage
 from lord.stages.fit_options import (DEFAULT_RIDGE, check_after_decompose, check_fit_keys, check_held_out_batches,
-                                     fit_settings, fit_tag, order_setting, skip_setting)
+                                     fit_settings, fit_tag, nothing_to_fit, order_setting, skip_setting)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ class Refit(Stage):
     def apply(self, ctx) -> dict | None:
         from lord.refit import refit
 
-        if not ctx.decompositions:
-            return None
+        skipped = nothing_to_fit(ctx, "refit")
+        if skipped is not None:
+            return skipped
         c = self.cfg.calibration
         batches = list(ctx.data.windows("calibration").split(c.batch_size))
         t = time.perf_counter()
