@@ -3,10 +3,14 @@ and checked with one line for a bad value, and the tag that names a result whose
 
 from __future__ import annotations
 
+import logging
+
 from lord.errors import LordError, check_skip_first
 from lord.stages.base import Stage
 
 DEFAULT_RIDGE = 1e-6  # refit's single ridge (refit.ridge)
+
+log = logging.getLogger(__name__)
 
 
 def fit_settings(cfg, key: str, default_ridges, default_holdout) -> tuple[list[float], float]:
@@ -102,8 +106,6 @@ def nothing_to_fit(ctx, key: str) -> dict | None:
     there are decompositions to fit."""
     if ctx.decompositions:
         return None
-    import logging
-
     why = "no layer was decomposed (neuron selection or the allocation left no low-rank layer), so nothing to fit"
-    logging.getLogger(__name__).warning("stage %s: %s", key, why)
+    log.warning("stage %s: %s", key, why)
     return {"skipped": why, "targets": []}
