@@ -213,3 +213,37 @@ def against_reference(df: pd.DataFrame, reference: tuple[str, str] = REFERENCE) 
             rows.append([r.model, r.corpus, r.rank_value, r.run, name, diff.estimate, fmt(diff), _verdict(diff)])
     t = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
     return t.sort_values(["model", "corpus", "budget %", "Δ log ppl vs the reference"]).reset_index(drop=True)
+
+
+HUMANEVAL_REFERENCE_COLUMNS = ["model", "preset", "budget %", "run", "against", "Δ pass@1 vs the reference (points)",
+                               "95 % CI", "tasks only the run passes", "tasks only the reference passes", "verdict"]
+
+
+def humaneval_against_reference(df: pd.DataFrame, reference: tuple[str, str] = REFERENCE) -> pd.DataFrame:
+    """Each HumanEval budget point against the reference curve's point of the same model, HumanEval preset and
+    budget, task by task: the paired difference in pass@1 (points; positive: the run passes more), its interval from
+    resampling the tasks together for both runs (``analysis.intervals.difference_interval`` with tasks as the unit),
+    and the discordant tasks. Points without per-task counts, or run on other tasks, have no row."""
+    import numpy as np
+
+    d = humaneval_rows(df)
+    d = d[(d.method != "dense") & d.task_pass.map(lambda t: isinstance(t, dict) and len(t) > 1)]
+    d = d.assign(run=[label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)])
+    name = label(reference[0], f"budget-{reference[1]}", "")
+    refs: dict[tuple, list] = {}
+    for x in d[d.run == name].itertuples():
+        refs.setdefault((x.model, x.humaneval_preset, x.rank_value), []).append(x.task_pass)
+    rows = []
+    for r in d[d.run != name].itertuples():
+        ref = refs.get((r.model, r.humaneval_preset, r.rank_value), [])
+        if len(ref) != 1 or set(ref[0]) != set(r.task_pass):
+            continue
+        tasks = sorted(r.task_pass)
+        a, b = np.array([r.task_pass[t] for t in tasks]), np.array([ref[0][t] for t in tasks])
+        diff = difference_interval(a, b)
+        verdict = "not resolved" if not diff.resolved else ("better" if diff.estimate > 0 else "worse")
+        rows.append([r.model, r.humaneval_preset, r.rank_value, r.run, name, diff.estimate, fmt(diff),
+                     int(((a > 0) & (b == 0)).sum()), int(((a == 0) & (b > 0)).sum()), verdict])
+    t = pd.DataFrame(rows, columns=HUMANEVAL_REFERENCE_COLUMNS)
+    return t.sort_values(["model", "preset", "budget %", "Δ pass@1 vs the reference (points)"],
+                         ascending=[True, True, True, False]).reset_index(drop=True)

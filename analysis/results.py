@@ -16,7 +16,7 @@ COLUMNS = ["experiment", "profile", "eval", "model", "model_source", "gguf_file_
            "dense_perplexity", "perplexity_increase_percent", "ppl_increase_ci", "ppl_increase_ci_low",
            "ppl_increase_ci_high", "window_deltas",
            "pass_at_1", "pass_at_1_ci_low", "pass_at_1_ci_high",
-           "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high",
+           "pass_at_10", "pass_at_10_ci_low", "pass_at_10_ci_high", "task_pass",
            "humaneval_preset", "humaneval_seeds", "max_new_tokens", "n_tasks",
            "relative_time_512", "relative_time_1024", "decode_speedup", "relative_size_params", "relative_size_disk",
            "params_dense", "params_compressed", "params_reduction_percent", "target_params_removed_percent",
@@ -69,7 +69,7 @@ def _metrics(r: dict) -> dict:
                    pass_at_10=p10.get("mean"), pass_at_10_ci_low=p10.get("ci_low"),
                    pass_at_10_ci_high=p10.get("ci_high"), humaneval_preset=m["preset"]["name"],
                    humaneval_seeds=len(m.get("seeds") or [0]), max_new_tokens=m["preset"].get("max_new_tokens"),
-                   n_tasks=m["n_tasks"])
+                   n_tasks=m["n_tasks"], task_pass=_task_pass(m))
     elif ev == "speed":
         rel = m["relative"]
         by_len = {row["seq_len"]: row["relative_time_mean"] for row in rel["forward"]}
@@ -78,6 +78,15 @@ def _metrics(r: dict) -> dict:
                    decode_speedup=rel["decode"]["speedup"], relative_size_params=rel["relative_size_params"],
                    relative_size_disk=rel["relative_size_disk"])
     return out
+
+
+def _task_pass(m: dict) -> dict | None:
+    """Each task's share of passing samples in % (``metrics.per_task``: correct of n), the unit a paired pass@1
+    comparison resamples; None for results without per-task counts."""
+    per_task = m.get("per_task")
+    if not per_task:
+        return None
+    return {task: 100.0 * c["correct"] / c["n"] for task, c in per_task.items() if c.get("n")}
 
 
 def _increase_interval(m: dict) -> dict:

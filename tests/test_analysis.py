@@ -447,6 +447,46 @@ def test_the_pareto_humaneval_table_pairs_each_point_with_its_dense_run_and_its_
     assert len(t) == 3  # dense rows are the baseline, not points
 
 
+def test_humaneval_points_are_compared_with_the_reference_task_by_task():
+    """pareto.humaneval_against_reference: the paired pass@1 difference resamples the tasks for both runs together,
+    so a run that passes the reference's tasks plus k more is better by exactly 100 k / n, and no resample's difference
+    is below 0 (with 5 extra of 40 tasks, a resample misses all 5 with probability 0.875^40 < 0.5 %, below the
+    interval's tail, so the interval excludes 0); a copy of the reference differs by [0, 0], and runs on
+    other tasks or without per-task counts get no row."""
+    import pandas as pd
+
+    from analysis.pareto import humaneval_against_reference
+    from analysis.results import _task_pass
+
+    assert _task_pass({"per_task": {"T/0": {"correct": 1, "n": 2}, "T/1": {"correct": 0, "n": 1}}}) == \
+        {"T/0": 50.0, "T/1": 0.0}
+    assert _task_pass({}) is None  # a result from before per-task counts
+    n = 40
+    ref_tasks = {f"T/{i}": 100.0 if i < 10 else 0.0 for i in range(n)}
+    he = {"eval": "humaneval", "model": "m", "setting": "", "humaneval_preset": "greedy", "experiment": "e",
+          "rank_value": 10.0}
+    frame = pd.DataFrame([
+        dict(he, method="dense", rank_unit="reduction", rank_value=0.0, task_pass=None),
+        dict(he, method="kfac", rank_unit="budget-loss_estimate", task_pass=ref_tasks),
+        dict(he, method="kfac", rank_unit="budget-measured",
+             task_pass={t: 100.0 if int(t[2:]) < 15 else 0.0 for t in ref_tasks}),
+        dict(he, method="whiten", rank_unit="budget-uniform", task_pass=dict(ref_tasks)),
+        dict(he, method="whiten", rank_unit="budget-svdllm_v2", task_pass={"T/0": 100.0, "T/1": 0.0}),
+        dict(he, method="asvd", rank_unit="budget-uniform", task_pass=None),
+        dict(he, method="whiten", rank_unit="budget-uniform", rank_value=20.0, task_pass=dict(ref_tasks)),
+    ])
+    t = humaneval_against_reference(frame).set_index("run")
+    assert list(t.index) == ["kfac, measured", "SVD-LLM (whiten, uniform)"]  # no reference at 20 %, no other tasks
+    better = t.loc["kfac, measured"]
+    assert better["Δ pass@1 vs the reference (points)"] == pytest.approx(100 * 5 / n)
+    low = float(better["95 % CI"].strip("[]").split(",")[0])
+    assert better.verdict == "better" and low > 0
+    assert (better["tasks only the run passes"], better["tasks only the reference passes"]) == (5, 0)
+    same = t.loc["SVD-LLM (whiten, uniform)"]
+    assert same["Δ pass@1 vs the reference (points)"] == 0 and same["95 % CI"] == "[0, 0]"
+    assert same.verdict == "not resolved"
+
+
 def test_composition_tables_show_pass_at_1_as_recorded_next_to_the_same_experiments_dense_run():
     """Results hold pass@1 in % (43.3, not 0.433): the Table 2 / Fig. 6 views print it as recorded, and the dense
     value is the plain dense run's pass@1 of the same model and experiment (not a pruned or quantized one's)."""
