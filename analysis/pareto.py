@@ -188,6 +188,24 @@ REFERENCE_COLUMNS = ["model", "corpus", "budget %", "run", "against", "Δ log pp
                      "verdict"]
 
 
+def reference_label(reference: tuple[str, str]) -> str:
+    return label(reference[0], f"budget-{reference[1]}", "")
+
+
+def with_reference(d: pd.DataFrame, reference: tuple[str, str], same: list[str], value: str):
+    """(row, the reference's ``value``) for each row of ``d`` that is not the reference curve's and whose ``same``
+    columns match exactly one reference point's; each row gets a ``run`` label."""
+    d = d.assign(run=[label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)])
+    name = reference_label(reference)
+    refs: dict[tuple, list] = {}
+    for x in d[d.run == name].itertuples():
+        refs.setdefault(tuple(getattr(x, c) for c in same), []).append(getattr(x, value))
+    for r in d[d.run != name].itertuples():
+        ref = refs.get(tuple(getattr(r, c) for c in same), [])
+        if len(ref) == 1:
+            yield r, ref[0]
+
+
 def against_reference(df: pd.DataFrame, reference: tuple[str, str] = REFERENCE) -> pd.DataFrame:
     """Each curve's point against the reference curve's point (``reference``: method, allocation, no stage) of the
     same model, validation corpus and budget: the paired difference in mean ``Δ log ppl`` over the validation windows
@@ -196,19 +214,13 @@ def against_reference(df: pd.DataFrame, reference: tuple[str, str] = REFERENCE) 
     import numpy as np
 
     d = budget_rows(df)
-    d = d.assign(corpus=d.get("corpus", pd.Series("", index=d.index)).fillna(""),
-                 run=[label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)])
-    name = label(reference[0], f"budget-{reference[1]}", "")
-    refs: dict[tuple, list] = {}
-    for x in d[d.run == name].itertuples():
-        refs.setdefault((x.model, x.corpus, x.rank_value), []).append(x.window_deltas)
-    rows = []
-    for r in d[d.run != name].itertuples():
-        ref = refs.get((r.model, r.corpus, r.rank_value), [])
-        if not isinstance(r.window_deltas, np.ndarray) or len(ref) != 1 or not isinstance(ref[0], np.ndarray) \
-                or ref[0].shape != r.window_deltas.shape:
+    d = d.assign(corpus=d.get("corpus", pd.Series("", index=d.index)).fillna(""))
+    name, rows = reference_label(reference), []
+    for r, ref in with_reference(d, reference, ["model", "corpus", "rank_value"], "window_deltas"):
+        if not isinstance(r.window_deltas, np.ndarray) or not isinstance(ref, np.ndarray) \
+                or ref.shape != r.window_deltas.shape:
             continue
-        diff = difference_interval(r.window_deltas, ref[0])
+        diff = difference_interval(r.window_deltas, ref)
         if diff is not None:
             rows.append([r.model, r.corpus, r.rank_value, r.run, name, diff.estimate, fmt(diff), _verdict(diff)])
     t = pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
@@ -228,18 +240,12 @@ def humaneval_against_reference(df: pd.DataFrame, reference: tuple[str, str] = R
 
     d = humaneval_rows(df)
     d = d[(d.method != "dense") & d.task_pass.map(lambda t: isinstance(t, dict) and len(t) > 1)]
-    d = d.assign(run=[label(m, u, s) for m, u, s in zip(d.method, d.rank_unit, d.setting)])
-    name = label(reference[0], f"budget-{reference[1]}", "")
-    refs: dict[tuple, list] = {}
-    for x in d[d.run == name].itertuples():
-        refs.setdefault((x.model, x.humaneval_preset, x.rank_value), []).append(x.task_pass)
-    rows = []
-    for r in d[d.run != name].itertuples():
-        ref = refs.get((r.model, r.humaneval_preset, r.rank_value), [])
-        if len(ref) != 1 or set(ref[0]) != set(r.task_pass):
+    name, rows = reference_label(reference), []
+    for r, ref in with_reference(d, reference, ["model", "humaneval_preset", "rank_value"], "task_pass"):
+        if set(ref) != set(r.task_pass):
             continue
         tasks = sorted(r.task_pass)
-        a, b = np.array([r.task_pass[t] for t in tasks]), np.array([ref[0][t] for t in tasks])
+        a, b = np.array([r.task_pass[t] for t in tasks]), np.array([ref[t] for t in tasks])
         diff = difference_interval(a, b)
         verdict = "not resolved" if not diff.resolved else ("better" if diff.estimate > 0 else "worse")
         rows.append([r.model, r.humaneval_preset, r.rank_value, r.run, name, diff.estimate, fmt(diff),
