@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import (ablations, analytic, anchor_fit, composition, figures, humaneval_failures, pareto, rank_sweep,
-                      refit_diagnosis, tables)
+                      refit_diagnosis, sensitivity_grid, tables)
 from analysis.results import for_artefact, load_speed_benchmarks, same_models_as, without_lone_variants
 from lord.params import zoo_model_configs
 from lord.registry import Registry
@@ -313,6 +313,19 @@ def tuning(a: Analysis) -> list[Path]:
                            "worse than the decomposition on the held-out batch and their blocks, and the ridge each "
                            "layer chose on that batch (relative to the mean eigenvalue)")
     return written
+
+
+@ARTEFACTS.register("sensitivity_grid")
+def sensitivity_grid_artefact(a: Analysis) -> list[Path]:
+    """How coarse the measured allocation's options can be (experiment=tune_grid, the stdlib corpus)."""
+    e = a.of("tune_grid")
+    if not len(pareto.budget_rows(e)):
+        return []
+    return a.table(e, "sensitivity_grid", sensitivity_grid.grid_table,
+                   "The measured allocation with fewer options per matrix (sensitivity.grid; the KL table's forward "
+                   "passes grow with the options), each against the grid with the most options at the same model, "
+                   "method and budget: paired difference in mean Δ log ppl over the validation windows (positive: "
+                   "the coarser grid lost more)")
 
 
 @ARTEFACTS.register("refit_diagnosis")

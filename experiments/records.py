@@ -23,7 +23,7 @@ from lord.evaluations import EVALUATIONS, get_evaluation
 from lord.identity import run_identity, weights_id
 from lord.methods import METHODS
 from lord.models import load_config_only
-from lord.naming import method_tag, setting_tag
+from lord.naming import method_tag, sensitivity_tag, setting_tag
 from lord.params import meta_model
 from lord.run_context import DATA_SOURCES, RunData
 from lord.stages import STAGES, build_stages
@@ -196,6 +196,8 @@ def rank_tag(cfg: DictConfig) -> str:
     tag = f"{r.unit}-{r.value:g}" if isinstance(r.value, (int, float)) else f"{r.unit}-{r.value}"
     if r.unit == "budget":  # budget-20-greedy: the criterion that allocated the ranks
         tag += f"-{r.get('allocation', 'uniform')}"
+        if r.get("allocation") == "measured":  # budget-20-measured-grid30.70: its KL table's other settings
+            tag += sensitivity_tag(cfg)
     return tag + (f"-round{r.round_to}" if r.round_to and int(r.round_to) > 1 else "")
 
 

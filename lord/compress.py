@@ -362,12 +362,13 @@ class Compressor:
             raise LordError("allocation 'measured' needs held-out calibration windows: set Compressor.sensitivity "
                             "(stage decompose does, from the sensitivity config)")
         windows, grid = self.sensitivity["windows"], self.sensitivity["grid"]
-        table_file = None
+        table_file = older_file = None
         if self.cache is not None:
-            key = table_key(self, method, self._statistics_key_for(method), windows, grid, step)
-            table_file = self.cache.root / "sensitivity" / f"{key}.json"
+            folder, statistics_key = self.cache.root / "sensitivity", self._statistics_key_for(method)
+            table_file = folder / f"{table_key(self, method, statistics_key, windows)}.json"
+            older_file = folder / f"{table_key(self, method, statistics_key, windows, grid, step)}.json"
         table, record = measure_sensitivities(self, method, candidates, windows, grid, step, table_file,
-                                              self.progress)
+                                              self.progress, older_file)
         self.events["sensitivity"] = record
         return [with_costs(c, costs=table[c.name]) for c in candidates]
 

@@ -66,6 +66,18 @@ def neurons_tag(cfg) -> str:
                   if _get(n, "refit_ridge", default["refit_ridge"]) != default["refit_ridge"] else "")
 
 
+def sensitivity_tag(cfg) -> str:
+    """``-grid<f1>.<f2>...``, ``-klwindows<n>``, ``-kllen<L>`` for each setting of the measured allocation's KL table
+    (config ``sensitivity``) that differs from its default; "" at the defaults, so those runs keep their names."""
+    from lord.identity import ADDED_KEYS
+
+    s, default = _get(cfg, "sensitivity"), ADDED_KEYS["sensitivity"]
+    grid = list(_get(s, "grid", default["grid"]))
+    tag = "-grid" + ".".join(f"{f:g}" for f in grid) if grid != default["grid"] else ""
+    tag += f"-klwindows{s['windows']}" if _get(s, "windows", default["windows"]) != default["windows"] else ""
+    return tag + (f"-kllen{s['seq_len']}" if _get(s, "seq_len", default["seq_len"]) != default["seq_len"] else "")
+
+
 def stages_tag(cfg) -> str:
     """``+<stage><its tag>`` for each stage besides calibrate and decompose (``+quantize4bit``, ``+prune2of4``:
     ``Stage.tag``; a stage this process does not know, such as one a user's script registered, adds its name)."""

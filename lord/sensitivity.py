@@ -9,10 +9,13 @@ tokens -- and the cost is the mean per-token KL divergence ``KL(p_dense || p_opt
 distributions. Blocks before the target's are not run again: each block's dense input is stored once, and the
 run starts at the target's block, so a measurement costs the blocks from there on plus the LM head.
 
-The table is measured once per (model weights, calibration statistics, method basis, windows, options) and kept
-under ``<cache>/sensitivity/<key>.json``, rewritten after every target, so an interrupted measurement resumes
-where it stopped; a budget sweep reads it for every budget. The record says how many forward passes and seconds
-the measurement cost (in this process, and in all).
+The table holds one KL per (target, rank) and is kept once per (model weights, calibration statistics, method
+basis, windows) under ``<cache>/sensitivity/<key>.json``, rewritten after every target, so an interrupted
+measurement resumes where it stopped; a budget sweep reads it for every budget, and another ``sensitivity.grid``
+measures only the ranks the table lacks (a coarser grid whose ranks are all there measures nothing). Each run is
+offered only its own grid's ranks. A table from before this layout (its key also named the grid and the rank step)
+is read when the new one is missing. The record says how many options and forward passes the measurement cost,
+and how many seconds (in this process, and in all).
 """
 
 from __future__ import annotations
@@ -86,11 +89,16 @@ class BlockRunner:
         return float((dense.exp() * (dense - lp)).sum(-1).mean())
 
 
-def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid, step: int) -> str:
+def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid=None, step: int | None = None) -> str:
+    """The table's cache key: what every entry depends on. ``grid`` and ``step`` give the key of the older layout,
+    one table per grid (read when the new one is missing)."""
     from lord.cache import content_key, tensor_hash
 
     parts = [compressor.cache.model_key if compressor.cache else None, statistics_key, method.basis_key(),
-             type(method).__name__, tensor_hash(windows), list(grid), step, [t.name for t in compressor.targets]]
+             type(method).__name__, tensor_hash(windows)]
+    if grid is not None:
+        parts += [list(grid), step]
+    parts.append([t.name for t in compressor.targets])
     n = compressor.neurons
     if n is not None:  # the MLP blocks of neuron selection, their statistics and settings
         parts.append(["neurons", n.settings.ridge, n.settings.refit_ridge, n.statistics_keys(),
@@ -99,17 +107,29 @@ def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid, s
 
 
 def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor, grid, step: int,
-                          table_file: Path | None = None, progress: bool = True) -> tuple[dict, dict]:
-    """({target: {rank: KL}}, a record of the cost) for every candidate's rank options, resuming ``table_file``."""
+                          table_file: Path | None = None, progress: bool = True,
+                          older_file: Path | None = None) -> tuple[dict, dict]:
+    """({target: {rank: KL}} for every candidate's rank options on ``grid``, a record of the cost), measuring only
+    the options ``table_file`` (else ``older_file``, a table of the older layout) lacks and adding them to it."""
     stored = read_json(table_file) if table_file is not None else None
+    if stored is None and older_file is not None:
+        stored = read_json(older_file)
+        if stored is not None and table_file is not None:  # the older layout's table becomes this layout's
+            write_json_atomic(table_file, stored)
     table: dict[str, dict[int, float]] = {name: {int(r): kl for r, kl in costs.items()}
                                           for name, costs in ((stored or {}).get("table") or {}).items()}
     before = dict((stored or {}).get("cost") or {"forward_passes": 0, "seconds": 0.0})
-    todo = [c for c in candidates if c.name not in table]
+    wanted = {c.name: rank_options(c, grid, step)[1:] for c in candidates}
+    missing = {c.name: [r for r in wanted[c.name] if r not in table.get(c.name, {})] for c in candidates}
+    todo = [c for c in candidates if missing[c.name]]
     record = {"targets": len(candidates), "from_cache": len(candidates) - len(todo), "windows": int(windows.shape[0]),
-              "seq_len": int(windows.shape[1]), "grid": list(grid)}
+              "seq_len": int(windows.shape[1]), "grid": list(grid),
+              "options": sum(map(len, wanted.values())), "options_measured": sum(map(len, missing.values()))}
+
+    def offered():
+        return {name: {r: table[name][r] for r in ranks} for name, ranks in wanted.items()}
     if not todo:
-        return table, {**record, "forward_passes": 0, "seconds": 0.0, "total": before}
+        return offered(), {**record, "forward_passes": 0, "seconds": 0.0, "total": before}
     t0 = time.perf_counter()
     model = compressor.model
     arch = architecture_for(model, compressor.architecture)
@@ -128,21 +148,21 @@ def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor,
             block, basis = target.block, compressor.basis(method, target, stats)
             swap = lambda r, t=target, d=shape, b=basis: compressor.swap_in(  # noqa: E731
                 method, [(t, replace(d, rank=r))], {t.name: b})
-        costs = {}
-        for r in rank_options(c, grid, step)[1:]:
+        costs = table.setdefault(c.name, {})
+        for r in missing[c.name]:
             swap(r)
             try:
                 costs[r] = runner.kl_from(block)
             finally:
                 compressor.restore()
-        table[c.name] = costs
         if table_file is not None:
             spent = time.perf_counter() - t0
-            write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in v.items()} for n, v in table.items()},
+            write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in sorted(v.items())}
+                                                     for n, v in table.items()},
                                            "cost": {"forward_passes": before["forward_passes"] + runner.passes,
                                                     "seconds": before["seconds"] + spent}})
     spent = time.perf_counter() - t0
     total = {"forward_passes": before["forward_passes"] + runner.passes, "seconds": before["seconds"] + spent}
-    log.info("measured %d matrices x %d options in %.0f s (%d forward passes)", len(todo), len(grid), spent,
-             runner.passes)
-    return table, {**record, "forward_passes": runner.passes, "seconds": spent, "total": total}
+    log.info("measured %d options of %d matrices in %.0f s (%d forward passes)", record["options_measured"],
+             len(todo), spent, runner.passes)
+    return offered(), {**record, "forward_passes": runner.passes, "seconds": spent, "total": total}

@@ -211,6 +211,50 @@ def test_the_sensitivity_table_is_measured_once_and_is_the_full_models_kl():
     assert second.events["sensitivity"]["forward_passes"] == 0
 
 
+def test_another_grid_measures_only_the_ranks_the_table_lacks_and_is_offered_only_its_own():
+    """The table keeps one KL per (matrix, rank): a coarser grid whose ranks are cached measures nothing and offers
+    only its ranks; a finer one measures only the new ranks, and the shared ranks keep their values; a table of
+    the older layout (its key named the grid) is read, and kept in the new one, when the new one is missing."""
+    import shutil
+
+    from lord.allocation.base import rank_options
+    from lord.cache import CompressionCache
+    from lord.methods import get_method
+    from lord.sensitivity import measure_sensitivities, table_key
+
+    model = tiny_model("llama", initializer_range=0.5)
+    windows = calib_batches(seed=9, n=1, batch=1, seq=8)[0]
+    root = __import__("tempfile").mkdtemp()
+    c = Compressor(model, kinds=["mlp_down", "attn_out"], batches=calib_batches(n=2), progress=False,
+                   cache=CompressionCache(root, "tiny"))
+    method = get_method("whiten")
+    stats = c.statistics_for(method)
+    cands = c._candidates(method, {t.name: c.basis(method, t, stats).spectrum for t in c.targets})
+    key = table_key(c, method, c._statistics_key_for(method), windows)
+    table_file = c.cache.root / "sensitivity" / f"{key}.json"
+
+    def measure(grid, older=None):
+        return measure_sensitivities(c, method, cands, windows, grid, 1, table_file, False, older)
+
+    fine, first = measure([25, 50])
+    assert first["options_measured"] == first["options"] == sum(len(rank_options(x, [25, 50], 1)) - 1 for x in cands)
+    coarse, second = measure([50])
+    assert second["options_measured"] == 0 and second["forward_passes"] == 0
+    for x in cands:
+        assert list(coarse[x.name]) == rank_options(x, [50], 1)[1:]
+        assert all(coarse[x.name][r] == fine[x.name][r] for r in coarse[x.name])
+    finer, third = measure([25, 50, 75])
+    new = sum(len(set(rank_options(x, [25, 50, 75], 1)) - set(rank_options(x, [25, 50], 1))) for x in cands)
+    assert third["options_measured"] == new > 0 and third["forward_passes"] == new + 1
+    assert all(finer[x.name][r] == fine[x.name][r] for x in cands for r in fine[x.name])
+    older = table_file.with_name("older.json")
+    shutil.move(table_file, older)
+    again, fourth = measure([25, 50, 75], older)
+    assert fourth["forward_passes"] == 0 and again == finer
+    older.unlink()
+    assert measure([25])[1]["forward_passes"] == 0  # read from the new layout's file, written from the older one
+
+
 def test_an_exact_allocation_refuses_a_budget_its_options_cannot_meet_before_any_statistics():
     from lord.allocation import check_budget
 
@@ -218,3 +262,14 @@ def test_an_exact_allocation_refuses_a_budget_its_options_cannot_meet_before_any
     check_budget(cands, 40, 1, grid=[10, 50])
     with pytest.raises(LordError, match="largest option, 30 % removed.*sensitivity.grid"):
         check_budget(cands, 40, 1, grid=[10, 30])
+
+
+def test_a_measured_run_names_only_the_kl_table_settings_that_differ_from_the_defaults():
+    from lord.identity import ADDED_KEYS
+    from lord.naming import sensitivity_tag
+
+    default = dict(ADDED_KEYS["sensitivity"])
+    assert sensitivity_tag({"sensitivity": default}) == sensitivity_tag({}) == ""
+    assert sensitivity_tag({"sensitivity": {**default, "grid": [30, 70]}}) == "-grid30.70"
+    assert sensitivity_tag({"sensitivity": {**default, "grid": [12.5], "windows": 2, "seq_len": 128}}) == \
+        "-grid12.5-klwindows2-kllen128"

@@ -883,3 +883,33 @@ def test_against_reference_pairs_each_curve_with_kfac_loss_estimate_on_the_same_
     assert list(t.verdict) == ["better", "worse"]
     assert math.isclose(t.iloc[1]["Δ log ppl vs the reference"], float(worse.mean() - ref.mean()))
     assert t.iloc[1]["95 % CI"] == fmt(difference_interval(worse, ref))
+
+
+def test_a_coarser_sensitivity_grid_is_compared_with_the_most_options_window_by_window(tmp_path):
+    """sensitivity_grid.grid_table reads each run's grid from its result file: the run with the most options is the
+    reference (no difference of its own); a run whose per-window deltas are the reference's plus c differs by
+    exactly c with an interval excluding 0; another budget or allocation is never paired with it."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from analysis.sensitivity_grid import grid_table
+
+    def row(grid, value, deltas, allocation="measured"):
+        path = tmp_path / f"{allocation}-{value}-{len(grid)}.json"
+        path.write_text(json.dumps({"compression": {"allocation": {"sensitivity": {"grid": grid}}}}))
+        return {"eval": "perplexity", "model": "m", "corpus": "stdlib", "method": "kfac", "setting": "",
+                "rank_unit": f"budget-{allocation}", "rank_value": value, "perplexity_increase_percent": 5.0,
+                "window_deltas": np.asarray(deltas, dtype=float), "path": str(path)}
+
+    base = np.linspace(0.01, 0.2, 30)
+    frame = pd.DataFrame([row([10, 20, 30], 10.0, base), row([10, 30], 10.0, base + 0.05),
+                          row([30], 20.0, base), row([10, 20, 30], 20.0, base - 1.0, allocation="loss_estimate")])
+    t = grid_table(frame)
+    assert list(zip(t["budget %"], t["options per matrix"])) == [(10.0, 3), (10.0, 2), (20.0, 1)]
+    full, coarse, alone = t.iloc[0], t.iloc[1], t.iloc[2]
+    assert full.against == "" and full["95 % CI of the difference"] == "" and alone.against == ""
+    assert coarse.against == "10, 20, 30" and coarse["grid (% removed per option)"] == "10, 30"
+    assert coarse["Δ log ppl vs the most options"] == pytest.approx(0.05)
+    assert coarse.verdict == "worse"
