@@ -323,9 +323,9 @@ def sensitivity_grid_artefact(a: Analysis) -> list[Path]:
         return []
     return a.table(e, "sensitivity_grid", sensitivity_grid.grid_table,
                    "The measured allocation with fewer options per matrix (sensitivity.grid; the KL table's forward "
-                   "passes grow with the options), each against the grid with the most options at the same model, "
-                   "method and budget: paired difference in mean Δ log ppl over the validation windows (positive: "
-                   "the coarser grid lost more)")
+                   "passes grow with the options), each against the default grid (else the one with the most "
+                   "options) at the same model, method and budget: paired difference in mean Δ log ppl over the "
+                   "validation windows (positive: the other grid lost more)")
 
 
 @ARTEFACTS.register("refit_diagnosis")

@@ -14,7 +14,7 @@ from analysis.intervals import CI_COLUMN, difference_interval, fmt, with_ci
 from analysis.pareto import _verdict, budget_rows, label
 
 COLUMNS = ["model", "corpus", "method", "budget %", "grid (% removed per option)", "options per matrix",
-           "ppl increase %", CI_COLUMN, "against", "Δ log ppl vs the most options", "95 % CI of the difference",
+           "ppl increase %", CI_COLUMN, "against", "Δ log ppl vs the reference grid", "95 % CI of the difference",
            "verdict"]
 
 
@@ -26,16 +26,25 @@ def sensitivity_record(path: str) -> dict:
 
 def grid_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per measured-allocation run: its grid, its perplexity increase, and the paired difference in mean
-    Δ log ppl over the validation windows against the run of the same (model, corpus, method, stages, budget) whose
-    grid has the most options (positive: the coarser grid lost more; that run itself has no difference)."""
+    Δ log ppl over the validation windows against the reference run of the same point (model, corpus, method,
+    stages, layers, calibration, budget, and the KL table's windows and tokens): the run with the default grid
+    (``lord.identity.ADDED_KEYS``), else the one with the most options (positive: the other grid lost more; the
+    reference itself has no difference)."""
+    from lord.identity import ADDED_KEYS
+
+    default = tuple(ADDED_KEYS["sensitivity"]["grid"])
     d = with_ci(budget_rows(df))
     d = d[d.rank_unit == "budget-measured"]
+    records = [sensitivity_record(p) for p in d.path]
     d = d.assign(corpus=d.get("corpus", pd.Series("", index=d.index)).fillna(""),
-                 grid=[tuple(sensitivity_record(p).get("grid") or ()) for p in d.path])
+                 grid=[tuple(r.get("grid") or ()) for r in records],
+                 kl_tokens=[(r.get("windows"), r.get("seq_len")) for r in records])
     d = d[d.grid.map(len) > 0]
+    point = [c for c in ["model", "corpus", "method", "setting", "layers", "blocks", "calibration",
+                         "calibration_windows", "rank_value", "kl_tokens"] if c in d]
     rows = []
-    for _, g in d.groupby(["model", "corpus", "method", "setting", "rank_value"]):
-        full = g.loc[g.grid.map(len).idxmax()]
+    for _, g in d.fillna({c: "" for c in point if c != "kl_tokens"}).groupby(point):
+        full = g.loc[(g.grid == default).idxmax()] if (g.grid == default).any() else g.loc[g.grid.map(len).idxmax()]
         for _, r in g.sort_values("grid", key=lambda s: -s.map(len)).iterrows():
             diff, mine, ref = None, r.window_deltas, full.window_deltas
             if r.path != full.path and isinstance(mine, np.ndarray) and isinstance(ref, np.ndarray) \
@@ -47,5 +56,5 @@ def grid_table(df: pd.DataFrame) -> pd.DataFrame:
                          None if diff is None else diff.estimate, "" if diff is None else fmt(diff),
                          "" if diff is None else _verdict(diff)])
     t = pd.DataFrame(rows, columns=COLUMNS)
-    return t.sort_values(["model", "corpus", "budget %", "options per matrix"],
-                         ascending=[True, True, True, False]).reset_index(drop=True)
+    return t.sort_values(["model", "corpus", "method", "budget %", "options per matrix"],
+                         ascending=[True, True, True, True, False], kind="stable").reset_index(drop=True)

@@ -362,13 +362,16 @@ class Compressor:
             raise LordError("allocation 'measured' needs held-out calibration windows: set Compressor.sensitivity "
                             "(stage decompose does, from the sensitivity config)")
         windows, grid = self.sensitivity["windows"], self.sensitivity["grid"]
-        table_file = older_file = None
-        if self.cache is not None:
+        table_file, older = None, ()
+        if self.cache is not None:  # and the older layout's tables of this grid and of the default grid
+            from lord.identity import ADDED_KEYS
+
             folder, statistics_key = self.cache.root / "sensitivity", self._statistics_key_for(method)
             table_file = folder / f"{table_key(self, method, statistics_key, windows)}.json"
-            older_file = folder / f"{table_key(self, method, statistics_key, windows, grid, step)}.json"
+            older = tuple(dict.fromkeys(folder / f"{table_key(self, method, statistics_key, windows, g, step)}.json"
+                                        for g in (grid, ADDED_KEYS["sensitivity"]["grid"])))
         table, record = measure_sensitivities(self, method, candidates, windows, grid, step, table_file,
-                                              self.progress, older_file)
+                                              self.progress, older)
         self.events["sensitivity"] = record
         return [with_costs(c, costs=table[c.name]) for c in candidates]
 

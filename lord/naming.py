@@ -72,7 +72,7 @@ def sensitivity_tag(cfg) -> str:
     from lord.identity import ADDED_KEYS
 
     s, default = _get(cfg, "sensitivity"), ADDED_KEYS["sensitivity"]
-    grid = list(_get(s, "grid", default["grid"]))
+    grid = sorted(_get(s, "grid", default["grid"]))  # the run sorts it (stage decompose)
     tag = "-grid" + ".".join(f"{f:g}" for f in grid) if grid != default["grid"] else ""
     tag += f"-klwindows{s['windows']}" if _get(s, "windows", default["windows"]) != default["windows"] else ""
     return tag + (f"-kllen{s['seq_len']}" if _get(s, "seq_len", default["seq_len"]) != default["seq_len"] else "")

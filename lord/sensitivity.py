@@ -106,21 +106,45 @@ def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid=No
     return content_key(*parts)
 
 
+def _entries(stored: dict | None) -> dict[str, dict[int, float]]:
+    stored_table = (stored or {}).get("table") or {}
+    return {name: {int(r): kl for r, kl in costs.items()} for name, costs in stored_table.items()}
+
+
+def _cost(stored: dict | None) -> dict:
+    return dict((stored or {}).get("cost") or {"forward_passes": 0, "seconds": 0.0})
+
+
 def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor, grid, step: int,
                           table_file: Path | None = None, progress: bool = True,
-                          older_file: Path | None = None) -> tuple[dict, dict]:
+                          older_files: tuple[Path, ...] = ()) -> tuple[dict, dict]:
     """({target: {rank: KL}} for every candidate's rank options on ``grid``, a record of the cost), measuring only
-    the options ``table_file`` (else ``older_file``, a table of the older layout) lacks and adding them to it."""
+    the options ``table_file`` lacks and adding them to it. Tables of the older layout (``older_files``, one per
+    grid and step) fill in what ``table_file`` lacks before anything is measured, and are kept in it; the cost
+    then counts every table that gave entries."""
     stored = read_json(table_file) if table_file is not None else None
-    if stored is None and older_file is not None:
-        stored = read_json(older_file)
-        if stored is not None and table_file is not None:  # the older layout's table becomes this layout's
-            write_json_atomic(table_file, stored)
-    table: dict[str, dict[int, float]] = {name: {int(r): kl for r, kl in costs.items()}
-                                          for name, costs in ((stored or {}).get("table") or {}).items()}
-    before = dict((stored or {}).get("cost") or {"forward_passes": 0, "seconds": 0.0})
+    table, before = _entries(stored), _cost(stored)
     wanted = {c.name: rank_options(c, grid, step)[1:] for c in candidates}
-    missing = {c.name: [r for r in wanted[c.name] if r not in table.get(c.name, {})] for c in candidates}
+
+    def lacking() -> dict[str, list[int]]:
+        return {c.name: [r for r in wanted[c.name] if r not in table.get(c.name, {})] for c in candidates}
+    missing, merged = lacking(), False
+    for older in older_files if any(missing.values()) else ():
+        old = read_json(older)
+        gave = False
+        for name, costs in _entries(old).items():
+            mine = table.setdefault(name, {})
+            for r, kl in costs.items():
+                gave |= r not in mine
+                mine.setdefault(r, kl)
+        if gave:
+            before = {k: before[k] + _cost(old)[k] for k in ("forward_passes", "seconds")}
+            merged = True
+    if merged:
+        missing = lacking()
+        if table_file is not None:  # the older layout's entries become this layout's
+            write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in sorted(v.items())}
+                                                     for n, v in table.items()}, "cost": before})
     todo = [c for c in candidates if missing[c.name]]
     record = {"targets": len(candidates), "from_cache": len(candidates) - len(todo), "windows": int(windows.shape[0]),
               "seq_len": int(windows.shape[1]), "grid": list(grid),

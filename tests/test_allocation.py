@@ -214,7 +214,7 @@ def test_the_sensitivity_table_is_measured_once_and_is_the_full_models_kl():
 def test_another_grid_measures_only_the_ranks_the_table_lacks_and_is_offered_only_its_own():
     """The table keeps one KL per (matrix, rank): a coarser grid whose ranks are cached measures nothing and offers
     only its ranks; a finer one measures only the new ranks, and the shared ranks keep their values; a table of
-    the older layout (its key named the grid) is read, and kept in the new one, when the new one is missing."""
+    the older layout (its key named the grid) fills in what the new one lacks, and is kept in it."""
     import shutil
 
     from lord.allocation.base import rank_options
@@ -233,7 +233,7 @@ def test_another_grid_measures_only_the_ranks_the_table_lacks_and_is_offered_onl
     key = table_key(c, method, c._statistics_key_for(method), windows)
     table_file = c.cache.root / "sensitivity" / f"{key}.json"
 
-    def measure(grid, older=None):
+    def measure(grid, older=()):
         return measure_sensitivities(c, method, cands, windows, grid, 1, table_file, False, older)
 
     fine, first = measure([25, 50])
@@ -249,10 +249,13 @@ def test_another_grid_measures_only_the_ranks_the_table_lacks_and_is_offered_onl
     assert all(finer[x.name][r] == fine[x.name][r] for x in cands for r in fine[x.name])
     older = table_file.with_name("older.json")
     shutil.move(table_file, older)
-    again, fourth = measure([25, 50, 75], older)
-    assert fourth["forward_passes"] == 0 and again == finer
+    measure([50])  # a new-layout table with only the 50 % ranks; the older table holds the rest
+    again, fourth = measure([25, 50, 75], (older,))
+    assert fourth["forward_passes"] == 0 and fourth["total"]["forward_passes"] > third["total"]["forward_passes"]
+    assert again.keys() == finer.keys()
+    assert all(again[n] == pytest.approx(finer[n], rel=1e-6) for n in finer)
     older.unlink()
-    assert measure([25])[1]["forward_passes"] == 0  # read from the new layout's file, written from the older one
+    assert measure([25, 75])[1]["forward_passes"] == 0  # kept in the new layout's file
 
 
 def test_an_exact_allocation_refuses_a_budget_its_options_cannot_meet_before_any_statistics():

@@ -886,9 +886,10 @@ def test_against_reference_pairs_each_curve_with_kfac_loss_estimate_on_the_same_
 
 
 def test_a_coarser_sensitivity_grid_is_compared_with_the_most_options_window_by_window(tmp_path):
-    """sensitivity_grid.grid_table reads each run's grid from its result file: the run with the most options is the
-    reference (no difference of its own); a run whose per-window deltas are the reference's plus c differs by
-    exactly c with an interval excluding 0; another budget or allocation is never paired with it."""
+    """sensitivity_grid.grid_table reads each run's grid from its result file: the run with the most options (the
+    default grid when a point has it) is the reference, with no difference of its own; a run whose per-window
+    deltas are the reference's plus c differs by exactly c with an interval excluding 0; another budget or
+    allocation is never paired with it."""
     import json
 
     import numpy as np
@@ -911,5 +912,9 @@ def test_a_coarser_sensitivity_grid_is_compared_with_the_most_options_window_by_
     full, coarse, alone = t.iloc[0], t.iloc[1], t.iloc[2]
     assert full.against == "" and full["95 % CI of the difference"] == "" and alone.against == ""
     assert coarse.against == "10, 20, 30" and coarse["grid (% removed per option)"] == "10, 30"
-    assert coarse["Δ log ppl vs the most options"] == pytest.approx(0.05)
+    assert coarse["Δ log ppl vs the reference grid"] == pytest.approx(0.05)
     assert coarse.verdict == "worse"
+    default = [10, 20, 30, 40, 50, 60, 70]  # preferred as the reference over a grid with more options
+    t = grid_table(pd.DataFrame([row([5] + default, 30.0, base - 0.01), row(default, 30.0, base)]))
+    assert list(t.against) == ["10, 20, 30, 40, 50, 60, 70", ""]
+    assert t["Δ log ppl vs the reference grid"].iloc[0] == pytest.approx(-0.01) and t.verdict.iloc[0] == "better"
