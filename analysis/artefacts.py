@@ -349,7 +349,8 @@ def pareto_humaneval(a: Analysis) -> list[Path]:
     e = a.everything
     if not len(pareto.humaneval_rows(e)):
         return []
-    return (tables.write(pareto.pareto_humaneval_table(e), a.out / "table_pareto_humaneval",
+    curves = without_lone_variants(e[e.experiment.isin(PARETO_EXPERIMENTS)])  # the pareto table's points
+    return (tables.write(pareto.pareto_humaneval_table(e, curves), a.out / "table_pareto_humaneval",
                          caption(pareto.humaneval_rows(e), "HumanEval pass@1 at equal parameters "
                                  "(experiment=pareto_humaneval), 95% bootstrap CI over tasks; change from the dense "
                                  "run of the same experiment; ppl increase %: the same point's perplexity run in the "

@@ -82,11 +82,11 @@ def humaneval_rows(df: pd.DataFrame) -> pd.DataFrame:
     return he[he.experiment.isin(set(he[budget].experiment)) & (budget | (he.method == "dense"))]
 
 
-def pareto_humaneval_table(df: pd.DataFrame) -> pd.DataFrame:
+def pareto_humaneval_table(df: pd.DataFrame, perplexity: pd.DataFrame | None = None) -> pd.DataFrame:
     """pass@1 (bootstrap CI over tasks) per (model, method/allocation, budget), its change from the dense run of
-    the same experiment, and the perplexity increase of the same point in the pareto table (same model, corpus,
-    method, allocation, stages and budget; NaN where that point has no perplexity run)."""
-    d, ppl = humaneval_rows(df), pareto_table(df)
+    the same experiment, and the perplexity increase of the same point in the pareto table of ``perplexity`` (default
+    ``df``; same model, corpus, method, allocation, stages and budget; NaN where that point has no perplexity run)."""
+    d, ppl = humaneval_rows(df), pareto_table(df if perplexity is None else perplexity)
     rows = []
     for (model, preset), g in d.groupby(["model", "humaneval_preset"]):
         dense = g[g.method == "dense"].pass_at_1

@@ -918,3 +918,27 @@ def test_a_coarser_sensitivity_grid_is_compared_with_the_most_options_window_by_
     t = grid_table(pd.DataFrame([row([5] + default, 30.0, base - 0.01), row(default, 30.0, base)]))
     assert list(t.against) == ["10, 20, 30, 40, 50, 60, 70", ""]
     assert t["Δ log ppl vs the reference grid"].iloc[0] == pytest.approx(-0.01) and t.verdict.iloc[0] == "better"
+
+
+def test_a_humaneval_point_shows_the_perplexity_of_the_pareto_tables_point_not_another_presets():
+    """pareto_humaneval_table looks the perplexity up in the frame it is given: the artefact passes the pareto
+    presets' runs, so a run of the same label and budget from another preset (a random calibration draw) cannot
+    stand in for the pareto point."""
+    import pandas as pd
+
+    from analysis.pareto import pareto_humaneval_table
+
+    he = {"model": "m", "setting": "", "humaneval_preset": "greedy", "experiment": "pareto_humaneval",
+          "corpus": "stdlib"}
+    ppl = {"eval": "perplexity", "model": "m", "corpus": "stdlib", "method": "whiten", "setting": "",
+           "rank_unit": "budget-uniform", "rank_value": 10.0, "target_params_removed_percent": 10.0,
+           "perplexity": 1.5, "dense_perplexity": 1.0, "dense_targets": 0, "n_targets": 7,
+           "compression_seconds": 1.0, "compression_peak_rss_mib": 1024.0}
+    frame = pd.DataFrame([
+        dict(he, eval="humaneval", method="dense", rank_unit="reduction", rank_value=0.0, pass_at_1=40.0),
+        dict(he, eval="humaneval", method="whiten", rank_unit="budget-uniform", rank_value=10.0, pass_at_1=5.0,
+             target_params_removed_percent=10.0, pass_at_1_ci_low=1.0, pass_at_1_ci_high=9.0),
+        dict(ppl, experiment="verdict_draws", perplexity_increase_percent=47.0),
+        dict(ppl, experiment="pareto", perplexity_increase_percent=55.0)])
+    pareto_only = frame[frame.experiment != "verdict_draws"]
+    assert pareto_humaneval_table(frame, pareto_only)["ppl increase %"].tolist() == [55.0]
