@@ -315,33 +315,33 @@ def tuning(a: Analysis) -> list[Path]:
     return written
 
 
+def _budget_table(a: Analysis, experiment: str, name: str, make, what: str) -> list[Path]:
+    """table_<name> of ``make`` over ``experiment``'s runs, or nothing when it has no run at a budget."""
+    e = a.of(experiment)
+    return a.table(e, name, make, what) if len(pareto.budget_rows(e)) else []
+
+
 @ARTEFACTS.register("sensitivity_grid")
 def sensitivity_grid_artefact(a: Analysis) -> list[Path]:
     """How coarse the measured allocation's options can be (experiment=tune_grid, the stdlib corpus)."""
-    e = a.of("tune_grid")
-    if not len(pareto.budget_rows(e)):
-        return []
-    return a.table(e, "sensitivity_grid", sensitivity_grid.grid_table,
-                   "The measured allocation with fewer options per matrix (sensitivity.grid; the KL table's forward "
-                   "passes grow with the options), each against the default grid (else the one with the most "
-                   "options) at the same model, method and budget: paired difference in mean Δ log ppl over the "
-                   "validation windows (positive: the other grid lost more)")
+    what = ("The measured allocation with fewer options per matrix (sensitivity.grid; the KL table's forward "
+            "passes grow with the options), each against the default grid (else the one with the most "
+            "options) at the same model, method and budget: paired difference in mean Δ log ppl over the "
+            "validation windows (positive: the other grid lost more)")
+    return _budget_table(a, "tune_grid", "sensitivity_grid", sensitivity_grid.grid_table, what)
 
 
 @ARTEFACTS.register("refit_diagnosis")
 def refit_diagnosis_artefact(a: Analysis) -> list[Path]:
     """Why refit hurts at large budgets (experiment=refit_diagnosis): one candidate cause changed per run."""
-    e = a.of("refit_diagnosis")
-    if not len(pareto.budget_rows(e)):
-        return []
-    return a.table(e, "refit_diagnosis", refit_diagnosis.refit_diagnosis_table,
-                   "Why refit hurts at large budgets (experiment=refit_diagnosis): each candidate cause changed "
-                   "alone -- the first window position left out of the fit (refit.skip_first), the ridge chosen per "
-                   "layer on held-out calibration batches, four times the calibration windows, the layers of a block "
-                   "refitted in forward order (refit.order=sublayer) -- against the run "
-                   "without refit on the same windows (paired over the validation windows; positive: refit is "
-                   "worse). Medians over the refitted layers from each run's record (stages.refit.targets); the "
-                   "first position's share of the squared residual before the fit is 1 / 1024 for a typical position")
+    what = ("Why refit hurts at large budgets (experiment=refit_diagnosis): each candidate cause changed "
+            "alone -- the first window position left out of the fit (refit.skip_first), the ridge chosen per "
+            "layer on held-out calibration batches, four times the calibration windows, the layers of a block "
+            "refitted in forward order (refit.order=sublayer) -- against the run "
+            "without refit on the same windows (paired over the validation windows; positive: refit is "
+            "worse). Medians over the refitted layers from each run's record (stages.refit.targets); the "
+            "first position's share of the squared residual before the fit is 1 / 1024 for a typical position")
+    return _budget_table(a, "refit_diagnosis", "refit_diagnosis", refit_diagnosis.refit_diagnosis_table, what)
 
 
 @ARTEFACTS.register("pareto_humaneval")
