@@ -1,6 +1,7 @@
 """How coarse the measured allocation's options can be (``experiment=tune_grid``): runs of ``rank.allocation=measured``
-that differ only in ``sensitivity.grid``, each against the run with the most options at the same model, method and
-budget. The KL table's cost grows with the options per matrix, so this is what a cheaper table costs in quality."""
+that differ only in ``sensitivity.grid``, each against the run with the default grid (else the most options) at the
+same model, method and budget. The KL table's cost grows with the options per matrix, so this is what a cheaper table
+costs in quality."""
 
 from __future__ import annotations
 

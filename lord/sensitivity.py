@@ -9,13 +9,13 @@ tokens -- and the cost is the mean per-token KL divergence ``KL(p_dense || p_opt
 distributions. Blocks before the target's are not run again: each block's dense input is stored once, and the
 run starts at the target's block, so a measurement costs the blocks from there on plus the LM head.
 
-The table holds one KL per (target, rank) and is kept once per (model weights, calibration statistics, method
-basis, windows) under ``<cache>/sensitivity/<key>.json``, rewritten after every target, so an interrupted
-measurement resumes where it stopped; a budget sweep reads it for every budget, and another ``sensitivity.grid``
-measures only the ranks the table lacks (a coarser grid whose ranks are all there measures nothing). Each run is
-offered only its own grid's ranks. A table from before this layout (its key also named the grid and the rank step)
-is read when the new one is missing. The record says how many options and forward passes the measurement cost,
-and how many seconds (in this process, and in all).
+The table holds one KL per (target, rank) and is kept once per (model weights, calibration statistics, method basis,
+windows) under ``<cache>/sensitivity/<key>.json``, rewritten after every target, so an interrupted measurement
+resumes where it stopped; a budget sweep reads it for every budget, and another ``sensitivity.grid`` measures only
+the ranks the table lacks (a coarser grid whose ranks are all there measures nothing). Each run is offered only its
+own grid's ranks. Tables from before this layout (their key also named the grid and the rank step; the run's grid
+and the default grid are looked up) fill in what the new one lacks. The record says how many options and forward
+passes the measurement cost, and how many seconds (in this process, and in all).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class BlockRunner:
 
 def table_key(compressor, method, statistics_key, windows: torch.Tensor, grid=None, step: int | None = None) -> str:
     """The table's cache key: what every entry depends on. ``grid`` and ``step`` give the key of the older layout,
-    one table per grid (read when the new one is missing)."""
+    one table per grid and step (read for what the new one lacks)."""
     from lord.cache import content_key, tensor_hash
 
     parts = [compressor.cache.model_key if compressor.cache else None, statistics_key, method.basis_key(),
