@@ -115,6 +115,11 @@ def _cost(stored: dict | None) -> dict:
     return dict((stored or {}).get("cost") or {"forward_passes": 0, "seconds": 0.0})
 
 
+def _write(table_file: Path, table: dict[str, dict[int, float]], cost: dict) -> None:
+    write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in sorted(v.items())} for n, v in table.items()},
+                                   "cost": cost})
+
+
 def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor, grid, step: int,
                           table_file: Path | None = None, progress: bool = True,
                           older_files: tuple[Path, ...] = ()) -> tuple[dict, dict]:
@@ -143,8 +148,7 @@ def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor,
     if merged:
         missing = lacking()
         if table_file is not None:  # the older layout's entries become this layout's
-            write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in sorted(v.items())}
-                                                     for n, v in table.items()}, "cost": before})
+            _write(table_file, table, before)
     todo = [c for c in candidates if missing[c.name]]
     record = {"targets": len(candidates), "from_cache": len(candidates) - len(todo), "windows": int(windows.shape[0]),
               "seq_len": int(windows.shape[1]), "grid": list(grid),
@@ -181,10 +185,8 @@ def measure_sensitivities(compressor, method, candidates, windows: torch.Tensor,
                 compressor.restore()
         if table_file is not None:
             spent = time.perf_counter() - t0
-            write_json_atomic(table_file, {"table": {n: {str(r): kl for r, kl in sorted(v.items())}
-                                                     for n, v in table.items()},
-                                           "cost": {"forward_passes": before["forward_passes"] + runner.passes,
-                                                    "seconds": before["seconds"] + spent}})
+            _write(table_file, table, {"forward_passes": before["forward_passes"] + runner.passes,
+                                       "seconds": before["seconds"] + spent})
     spent = time.perf_counter() - t0
     total = {"forward_passes": before["forward_passes"] + runner.passes, "seconds": before["seconds"] + spent}
     log.info("measured %d options of %d matrices in %.0f s (%d forward passes)", record["options_measured"],
